@@ -1,0 +1,42 @@
+"""nas_flex: kernel size as something learned.
+
+Discrete kernel-size / pooling grids, the DARTS-style mixed-kernel layer and layers that learn their own size
+(FlexConv, N-Jet, adaptive Gaussian envelopes, NIFF, CF-Conv), compared in one search.
+
+``import nas_flex`` is light: submodules (and torch) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# attribute -> module that defines it; imported lazily on first access
+_LAZY = {
+    "learned_sizes": "nas_flex.sizes",
+    "layers": "nas_flex.layers",
+    "functional": "nas_flex.functional",
+    "kernels": "nas_flex.kernels",
+    "errors": "nas_flex.errors",
+}
+
+if TYPE_CHECKING:
+    from nas_flex import errors, functional, kernels, layers
+    from nas_flex.sizes import learned_sizes
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = module if _LAZY[name].endswith(name) else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nas_flex' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,161 @@
+"""'Same'-size stride-1 convolution, spatial or by FFT, and the choice between them.
+
+Every layer in nas_flex ends in ``conv2d_same(x, weight, bias)``: the layer generates its (cropped) kernel once per
+forward, and this op runs it the cheaper way. The FFT path is exact linear (zero-padded) cross-correlation, the same
+operation as ``F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2))``, for odd kernel sides of any aspect ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nas_flex.errors import HyperparameterError, ShapeError
+
+__all__ = ["conv2d_same", "fft_conv2d", "choose_conv_method", "fft_flops", "next_fast_len", "FFT_CROSSOVER"]
+
+Method = Literal["auto", "spatial", "fft"]
+
+# Spatial MACs per FFT-path "unit of work" at which the FFT path starts to win, per device type. Measured with
+# experiments/bench_fft_crossover.py (batch 16, 32 -> 32 channels, 32x32 and 64x64, forward + backward): see that
+# script's output and the issue note. On the 2-core CPU the FFT path wins from k = 11-13 at 32x32.
+FFT_CROSSOVER: dict[str, float] = {"cpu": 1.0, "cuda": 4.0}
+
+
+def next_fast_len(n: int) -> int:
+    """Smallest integer >= n whose only prime factors are 2, 3 and 5 (fast for pocketfft and cuFFT)."""
+    if n < 1:
+        raise ValueError(f"`n >= 1` must hold, but got {n=}")
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def fft_flops(shape: tuple[int, ...]) -> float:
+    """Real flops of one complex FFT over the last ``len(shape)`` axes: about 5 N log2 N for N points.
+
+    torch's FlopCounterMode does not count FFTs; nas_flex meters them with this so frequency-domain layers are not
+    reported as free. A real-input FFT (rfft) costs about half of this.
+    """
+    n = math.prod(shape)
+    return 5.0 * n * math.log2(n) if n > 1 else 0.0
+
+
+def _fft_cost(n: int, c_in: int, c_out: int, h: int, w: int, kh: int, kw: int) -> float:
+    """Approximate real flops of ``fft_conv2d`` forward (FFTs of input, kernel and output plus the channel mix)."""
+    hf, wf = next_fast_len(h + kh - 1), next_fast_len(w + kw - 1)
+    freq = hf * (wf // 2 + 1)
+    ffts = 0.5 * fft_flops((hf, wf)) * (n * c_in + c_in * c_out + n * c_out)
+    mix = 8.0 * n * c_in * c_out * freq  # complex multiply-add = 8 real flops
+    return ffts + mix
+
+
+def _spatial_cost(n: int, c_in: int, c_out: int, h: int, w: int, kh: int, kw: int) -> float:
+    return 2.0 * n * c_in * c_out * h * w * kh * kw
+
+
+def choose_conv_method(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], device_type: str = "cpu") -> str:
+    """'spatial' or 'fft': whichever the flop model, calibrated per device type, says is cheaper."""
+    n, c_in, h, w = x_shape
+    c_out, c_in_w, kh, kw = weight_shape
+    if kh * kw <= 9:  # 3x3 and smaller: direct convolution always wins (im2col / cuDNN are tuned for them)
+        return "spatial"
+    groups = max(c_in // max(c_in_w, 1), 1)
+    spatial = _spatial_cost(max(n, 1), c_in_w, c_out, h, w, kh, kw)
+    fft = _fft_cost(max(n, 1), c_in_w * groups, c_out, h, w, kh, kw)
+    ratio = FFT_CROSSOVER.get(device_type, FFT_CROSSOVER["cpu"])
+    return "fft" if spatial > ratio * fft else "spatial"
+
+
+def _check_weight(x: Tensor, weight: Tensor, op: str) -> tuple[int, int]:
+    if x.dim() != 4:
+        raise ShapeError(f"{op}: `x` must have shape (N, C_in, H, W), but got shape {tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ShapeError(f"{op}: `weight` must have shape (C_out, C_in, kh, kw), but got shape {tuple(weight.shape)}")
+    kh, kw = weight.shape[-2:]
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ShapeError(f"{op}: kernel sides must be odd for a centred 'same' convolution, but got {kh}x{kw}")
+    if weight.shape[1] != x.shape[1]:
+        raise ShapeError(
+            f"{op}: `weight` expects C_in={weight.shape[1]} but `x` has C_in={x.shape[1]} (shape {tuple(x.shape)})"
+        )
+    return kh, kw
+
+
+def fft_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """'Same' cross-correlation by FFT, equal to ``F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2))``.
+
+    The input is zero-padded to a fast FFT length of at least H + kh - 1 (so no circular wrap-around), both are
+    transformed with rfft2, the channels are mixed per frequency as one batched complex matmul, and the centre
+    H x W of the inverse transform is returned. Under autocast it computes in float32 (cuFFT's half precision
+    only takes power-of-two sizes).
+
+    Args:
+        x: input (N, C_in, H, W).
+        weight: kernel (C_out, C_in, kh, kw), odd kh and kw; any size, also larger than the input.
+        bias: (C_out,) or None.
+
+    Shape:
+        (N, C_in, H, W) -> (N, C_out, H, W)
+
+    Example:
+        >>> import torch, torch.nn.functional as F
+        >>> x, w = torch.randn(2, 3, 16, 16), torch.randn(4, 3, 7, 5)
+        >>> torch.allclose(fft_conv2d(x, w), F.conv2d(x, w, padding=(3, 2)), atol=1e-4)
+        True
+    """
+    kh, kw = _check_weight(x, weight, "fft_conv2d")
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    out_dtype = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    weight = weight.to(x.dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        hf, wf = next_fast_len(h + kh - 1), next_fast_len(w + kw - 1)
+        xf = torch.fft.rfft2(x, s=(hf, wf))  # (N, C_in, Hf, Wf//2+1)
+        # cross-correlation = convolution with the flipped kernel
+        kf = torch.fft.rfft2(weight.flip(-2, -1), s=(hf, wf))  # (C_out, C_in, Hf, Wf//2+1)
+        fh, fw = xf.shape[-2:]
+        # per-frequency channel mix as one batched matmul: (F, N, C_in) @ (F, C_in, C_out) -> (F, N, C_out)
+        xm = xf.permute(2, 3, 0, 1).reshape(fh * fw, n, c_in)
+        km = kf.permute(2, 3, 1, 0).reshape(fh * fw, c_in, c_out)
+        yf = torch.bmm(xm, km).reshape(fh, fw, n, c_out).permute(2, 3, 0, 1)  # (N, C_out, Hf, Wf//2+1)
+        y = torch.fft.irfft2(yf, s=(hf, wf))
+        ph, pw = kh // 2, kw // 2
+        y = y[..., ph : ph + h, pw : pw + w]  # centre H x W of the full linear convolution
+        if bias is not None:
+            y = y + bias.to(y.dtype).view(1, c_out, 1, 1)
+    return y.to(out_dtype).contiguous()
+
+
+def conv2d_same(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, method: Method = "auto") -> Tensor:
+    """'Same' stride-1 cross-correlation with an odd kernel, spatially or by FFT, whichever is cheaper.
+
+    Args:
+        x: input (N, C_in, H, W).
+        weight: kernel (C_out, C_in, kh, kw) with odd kh, kw.
+        bias: (C_out,) or None.
+        method: "auto" (flop model calibrated on this project's benchmark), "spatial" or "fft".
+
+    Shape:
+        (N, C_in, H, W) -> (N, C_out, H, W)
+    """
+    kh, kw = _check_weight(x, weight, "conv2d_same")
+    if method == "auto":
+        method = choose_conv_method(tuple(x.shape), tuple(weight.shape), x.device.type)  # type: ignore[assignment]
+    if method == "fft":
+        return fft_conv2d(x, weight, bias)
+    if method != "spatial":
+        raise HyperparameterError(f"`method` must be 'auto', 'spatial' or 'fft', but got {method=!r}")
+    return F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2))

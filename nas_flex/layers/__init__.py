@@ -1,0 +1,9 @@
+"""The layer library: discrete baselines and learned-size convolutions behind one registry.
+
+Knows nothing of models, search, Ray or Parquet. See DESIGN.md, "The layer contract".
+"""
+
+from nas_flex.layers.base import KernelLayer
+from nas_flex.layers.registry import available, build, get, hparam_names, register
+
+__all__ = ["KernelLayer", "available", "build", "get", "hparam_names", "register"]

@@ -1,0 +1,136 @@
+"""The layer contract every registry layer implements (see DESIGN.md, "The layer contract").
+
+A registry layer maps ``(N, C_in, H, W) -> (N, C_out, H, W)`` with stride 1 and 'same' output size for any H, W,
+and reports the size it has learned. ``KernelLayer`` holds what all of them share: the channel bookkeeping, the
+input check, the last grid size seen, and defaults for the parts of the contract a method may not need.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from nas_flex.errors import HyperparameterError, NonFiniteError, ShapeError, check_shape
+
+__all__ = ["KernelLayer", "check_positive_int", "check_finite"]
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int if it is a positive integer, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HyperparameterError(f"`{name}` must be a positive int, but got {name}={value!r}")
+    return value
+
+
+def check_finite(name: str, tensor: Tensor, where: str) -> Tensor:
+    """Raise ``NonFiniteError`` naming the tensor and the layer if ``tensor`` holds a NaN or inf.
+
+    Called where a size parameter or a generated kernel is made, so a NaN is reported where it arises, not ten
+    layers later. Skipped while tracing/compiling (data-dependent control flow).
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return tensor
+    if not bool(torch.isfinite(tensor).all()):
+        raise NonFiniteError(
+            f"{where}: `{name}` holds non-finite values (NaN or inf); the size parameters were "
+            f"probably driven there by a too-large learning rate. Lower the learning rate or size_lr_factor."
+        )
+    return tensor
+
+
+class KernelLayer(nn.Module):
+    """Base class of the registry layers.
+
+    Subclasses set the class attributes, call ``super().__init__(in_channels, out_channels)``, call
+    ``self._check_input(x)`` first thing in ``forward``, and implement ``effective_kernel_size`` and, as applies,
+    ``size_parameters``, ``regularization``, ``to_conv2d`` / ``spatial_kernel``, ``size_record`` and
+    ``constrain_``.
+
+    Class attributes:
+        kind: the registry name ("flexconv", ...); set by ``register``.
+        learns_size: False only for fixed-size layers (the ``conv`` baseline): they get no learned-sizes row.
+        domain: "spatial" (has ``to_conv2d``) or "frequency" (has ``spatial_kernel`` of the input's size).
+        example_hparams: a small, fast instance's hyperparameters, used by the demo and the contract tests.
+    """
+
+    kind: ClassVar[str] = ""
+    learns_size: ClassVar[bool] = True
+    domain: ClassVar[str] = "spatial"
+    example_hparams: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        # the (H, W) of the last input; sizes in pixels refer to this grid. Not a buffer: it is not state.
+        self.last_input_size: tuple[int, int] | None = None
+
+    # ----------------------------------------------------------------------------------------------- input checks
+    def _check_input(self, x: Tensor, *, max_kernel: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Check ``x`` is (N, C_in, H, W) and, if given, that a fixed kernel fits in the input; remember (H, W)."""
+        sizes = check_shape(x, ["N", "C", "H", "W"], name=f"{type(self).__name__} input", known={"C": self.in_channels})
+        h, w = sizes["H"], sizes["W"]
+        if h < 1 or w < 1:
+            raise ShapeError(f"{type(self).__name__} input must have H >= 1 and W >= 1, but got shape {tuple(x.shape)}")
+        if max_kernel is not None and (max_kernel[0] > h or max_kernel[1] > w):
+            raise ShapeError(
+                f"{type(self).__name__}: kernel {max_kernel[0]}x{max_kernel[1]} is larger than the "
+                f"{h}x{w} input; use a kernel_size <= {min(h, w)} or a larger input"
+            )
+        self.last_input_size = (h, w)
+        return h, w
+
+    # --------------------------------------------------------------------------------------------------- contract
+    @property
+    def effective_kernel_size(self) -> tuple[float, float]:
+        """(height, width) of the kernel in pixels of the grid the layer last saw (floats)."""
+        raise NotImplementedError
+
+    def size_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters that set the kernel size (trained with their own learning rate). None by default."""
+        return iter(())
+
+    def regularization(self) -> Tensor:
+        """Scalar regularization term to add to the loss; 0 where the method has none."""
+        p = next(self.parameters(), None)
+        return torch.zeros((), device=p.device if p is not None else None, dtype=p.dtype if p is not None else None)
+
+    def constrain_(self) -> None:
+        """Project the size parameters back into their valid range in place (call after each optimizer step).
+
+        ``forward`` clamps them anyway, so skipping this never gives an invalid kernel; projecting keeps a
+        parameter that ran past a bound from sitting there with zero gradient.
+        """
+
+    def size_record(self) -> dict[str, Any]:
+        """The raw size parameters as plain Python values, for ``nas_flex.learned_sizes``."""
+        return {}
+
+    def to_conv2d(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` with the same output as this layer in eval mode (spatial layers)."""
+        raise NotImplementedError(f"{type(self).__name__} is a frequency-domain layer: use spatial_kernel()")
+
+    def spatial_kernel(self) -> Tensor:
+        """The spatial kernel (C_out, C_in, kh, kw) the layer applies (frequency layers: circular, input-sized)."""
+        return self.to_conv2d().weight.detach()
+
+    # ---------------------------------------------------------------------------------------------------- helpers
+    def _size_repr(self) -> str:
+        """``kernel_size=7x5 (learned, ...)`` for extra_repr; subclasses add their raw size parameters."""
+        h, w = self.effective_kernel_size
+        return f"kernel_size={_fmt(h)}x{_fmt(w)} (learned)"
+
+    def _grid_note(self) -> str:
+        if self.last_input_size is None:
+            return ""
+        return f", on a {self.last_input_size[0]}x{self.last_input_size[1]} grid"
+
+
+def _fmt(v: float) -> str:
+    if math.isfinite(v) and float(v).is_integer():
+        return str(int(v))
+    return f"{v:.2f}"
