@@ -1,0 +1,167 @@
+"""The discrete baseline: a plain convolution of a fixed, searched-over kernel size, and the pooling choices a grid
+searches over between stages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from nas_flex.errors import HyperparameterError, unknown_name
+from nas_flex.functional.conv import conv2d_same
+from nas_flex.layers.base import KernelLayer, check_positive_int
+from nas_flex.layers.registry import register
+
+__all__ = ["Conv", "Pool2d", "POOLING_MODES", "check_kernel_size"]
+
+
+def check_kernel_size(name: str, value: Any) -> tuple[int, int]:
+    """An odd kernel side (or (h, w) pair of odd sides) as a pair; raise naming ``name`` otherwise."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if (
+        pair is None
+        or len(pair) != 2
+        or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in pair)
+    ):
+        raise HyperparameterError(
+            f"`{name}` must be an odd positive int or a pair of them (a centred 'same' kernel), but got {name}={value!r}"
+        )
+    return pair  # type: ignore[return-value]
+
+
+@register("conv")
+class Conv(KernelLayer):
+    """A plain 'same' convolution with a fixed kernel size: the discrete grid's baseline.
+
+    The kernel runs spatially or by FFT, whichever ``conv2d_same`` measures as cheaper for its size.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: odd side, or (height, width) of odd sides. Default 3.
+        bias: add a learnable bias.
+
+    Shape:
+        (N, C_in, H, W) -> (N, C_out, H, W); the kernel must fit in the input (kernel_size <= H, W).
+
+    Example:
+        >>> import torch
+        >>> layer = Conv(3, 8, kernel_size=5)
+        >>> layer(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 8, 16, 16])
+    """
+
+    learns_size: ClassVar[bool] = False
+    example_hparams: ClassVar[dict[str, Any]] = {"kernel_size": 3}
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels)
+        self.kernel_size = check_kernel_size("kernel_size", kernel_size)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's initialisation, so the baseline is exactly the layer people compare against
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def effective_kernel_size(self) -> tuple[float, float]:
+        """(height, width) in pixels: the fixed kernel size."""
+        return float(self.kernel_size[0]), float(self.kernel_size[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x, max_kernel=self.kernel_size)
+        return conv2d_same(x, self.weight, self.bias)
+
+    def to_conv2d(self) -> nn.Conv2d:
+        kh, kw = self.kernel_size
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, (kh, kw), padding=(kh // 2, kw // 2), bias=self.bias is not None,
+            device=self.weight.device, dtype=self.weight.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self.weight)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        kh, kw = self.kernel_size
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={kh if kh == kw else (kh, kw)}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+POOLING_MODES = ("max", "avg", "conv", "none")
+
+
+class Pool2d(nn.Module):
+    """The downsampling step a grid search places between stages: max, avg, strided conv, or none.
+
+    Args:
+        mode: "max" / "avg" (kernel ``factor``, stride ``factor``), "conv" (a ``factor`` x ``factor`` convolution
+            with stride ``factor``, needs ``channels``), or "none" (identity: the layers keep full resolution,
+            as in FlexNet). N-Jet's safe-subsampling is ``nas_flex.layers.njet.SafeSubsample2d``.
+        channels: channels in and out; required for "conv".
+        factor: the downsampling factor (>= 1).
+
+    Shape:
+        (N, C, H, W) -> (N, C, ceil(H / factor), ceil(W / factor)), or unchanged for "none". Odd sides round up
+        (ceil_mode), so no row or column of the input is dropped.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        channels: int | None = None,
+        *,
+        factor: int = 2,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in POOLING_MODES:
+            raise unknown_name("pooling mode", mode, POOLING_MODES)
+        self.mode = mode
+        self.factor = check_positive_int("factor", factor)
+        self.channels = channels
+        if mode == "conv":
+            if channels is None:
+                raise HyperparameterError("Pool2d(mode='conv') needs `channels` (the channel count in and out)")
+            check_positive_int("channels", channels)
+            self.op: nn.Module = nn.Conv2d(channels, channels, factor, stride=factor, device=device, dtype=dtype)
+        elif mode == "max":
+            self.op = nn.MaxPool2d(factor, stride=factor, ceil_mode=True)
+        elif mode == "avg":
+            self.op = nn.AvgPool2d(factor, stride=factor, ceil_mode=True, count_include_pad=False)
+        else:
+            self.op = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "conv":
+            # pad bottom/right so odd sides round up like the pooling modes do
+            h, w = x.shape[-2:]
+            ph, pw = (-h) % self.factor, (-w) % self.factor
+            if ph or pw:
+                x = nn.functional.pad(x, (0, pw, 0, ph))
+        return self.op(x)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}" + (f", factor={self.factor}" if self.factor != 2 else "")

@@ -1,0 +1,1 @@
+"""Training and metering of one trial (no Ray here)."""

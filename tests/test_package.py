@@ -1,0 +1,53 @@
+"""Packaging invariants: the dependency directions of DESIGN.md, and a light ``import nas_flex``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+def test_import_nas_flex_is_light():
+    mods = _modules_after("import nas_flex")
+    assert not {"torch", "ray", "optuna", "pandas", "pyarrow"} & mods
+
+
+def test_errors_need_no_torch():
+    assert "torch" not in _modules_after("import nas_flex.errors")
+
+
+def test_layers_do_not_pull_in_search_or_tabular_stacks():
+    mods = _modules_after("import nas_flex.layers; nas_flex.layers.build('conv', 1, 1)")
+    assert not {"ray", "optuna", "pandas", "pyarrow"} & mods
+
+
+def test_import_linter_contracts_hold():
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.fail("import-linter is not installed: `make setup` installs it")
+    out = subprocess.run([exe, "--no-cache"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_import_linter_catches_an_upward_import(tmp_path):
+    """The checker is live: the same contracts on a copy with kernels importing train must fail."""
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    shutil.copytree(ROOT / "nas_flex", tmp_path / "nas_flex", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    init = tmp_path / "nas_flex" / "kernels" / "__init__.py"
+    init.write_text(init.read_text() + "\nimport nas_flex.train.metering  # an upward import\n")
+    env = {"PYTHONPATH": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
+    out = subprocess.run([exe, "--no-cache"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode != 0
+    assert "BROKEN" in out.stdout and "nas_flex.kernels" in out.stdout
