@@ -16,14 +16,20 @@ from torch import Tensor
 
 from nas_flex.errors import HyperparameterError, ShapeError
 
-__all__ = ["conv2d_same", "fft_conv2d", "choose_conv_method", "fft_flops", "next_fast_len", "FFT_CROSSOVER"]
+__all__ = ["conv2d_same", "fft_conv2d", "choose_conv_method", "fft_flops", "next_fast_len", "FFT_CROSSOVER", "WIDE_KERNEL_PENALTY"]
 
 Method = Literal["auto", "spatial", "fft"]
 
-# Spatial MACs per FFT-path "unit of work" at which the FFT path starts to win, per device type. Measured with
-# experiments/bench_fft_crossover.py (batch 16, 32 -> 32 channels, 32x32 and 64x64, forward + backward): see that
-# script's output and the issue note. On the 2-core CPU the FFT path wins from k = 11-13 at 32x32.
-FFT_CROSSOVER: dict[str, float] = {"cpu": 1.0, "cuda": 4.0}
+# The FFT path is taken when (estimated spatial flops x penalty) > FFT_CROSSOVER x (estimated FFT-path flops).
+# Calibrated with experiments/bench_fft_crossover.py (batch 16, 32 -> 32 channels, 32x32 and 64x64, forward +
+# backward). On the 2-core x86 CPU the measured break-even sits at a flop ratio of 27-39 for kernels up to 13 px
+# wide, and the direct convolution falls off a cliff (about 5x slower per flop) once the kernel is 15 px or more
+# *wide* (oneDNN's fast path; tall-narrow kernels stay fast): so FFT wins from k = 15 for square kernels, and a
+# 7x27 crop goes to FFT while a 27x7 one stays spatial. CUDA has not been measured on this project's machines yet;
+# its value is a conservative guess (cuDNN is efficient at every size) until the benchmark is run on a GPU.
+FFT_CROSSOVER: dict[str, float] = {"cpu": 32.0, "cuda": 10.0}
+# (kernel width from which the direct convolution is slower per flop, factor), per device type
+WIDE_KERNEL_PENALTY: dict[str, tuple[int, float]] = {"cpu": (15, 5.0)}
 
 
 def next_fast_len(n: int) -> int:
@@ -70,9 +76,11 @@ def choose_conv_method(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], 
     c_out, c_in_w, kh, kw = weight_shape
     if kh * kw <= 9:  # 3x3 and smaller: direct convolution always wins (im2col / cuDNN are tuned for them)
         return "spatial"
-    groups = max(c_in // max(c_in_w, 1), 1)
     spatial = _spatial_cost(max(n, 1), c_in_w, c_out, h, w, kh, kw)
-    fft = _fft_cost(max(n, 1), c_in_w * groups, c_out, h, w, kh, kw)
+    wide, penalty = WIDE_KERNEL_PENALTY.get(device_type, (0, 1.0))
+    if wide and kw >= wide:
+        spatial *= penalty
+    fft = _fft_cost(max(n, 1), c_in, c_out, h, w, kh, kw)
     ratio = FFT_CROSSOVER.get(device_type, FFT_CROSSOVER["cpu"])
     return "fft" if spatial > ratio * fft else "spatial"
 

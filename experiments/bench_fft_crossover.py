@@ -1,0 +1,53 @@
+"""Where does the FFT convolution beat the direct one? Calibrates ``nas_flex.functional.conv.FFT_CROSSOVER``.
+
+For batch 16, 32 -> 32 channels, square inputs, forward + backward, times ``F.conv2d`` (spatial) and
+``fft_conv2d`` side by side for odd kernel sides, prints fft/spatial, the flop model's estimate of spatial/fft
+work, and what ``choose_conv_method`` picks. A good calibration puts the switch where the measured ratio crosses 1.
+
+    python experiments/bench_fft_crossover.py [--sizes 32 64] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from nas_flex.bench import compare, fwd_bwd
+from nas_flex.functional.conv import _fft_cost, _spatial_cost, choose_conv_method, fft_conv2d
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--kernels", type=int, nargs="+", default=[3, 5, 7, 9, 11, 13, 15, 17, 21, 25, 33])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    n, c = args.batch, args.channels
+    print(f"device={args.device} threads={torch.get_num_threads()} batch={n} channels={c}->{c} (forward+backward)")
+    print(f"{'H=W':>4} {'k':>3} {'fft/spatial':>11} {'model spatial/fft':>17} {'chosen':>8}")
+    for hw in args.sizes:
+        for k in args.kernels:
+            if k > 2 * hw - 1:
+                continue
+            x = torch.randn(n, c, hw, hw, device=args.device, requires_grad=True)
+            w = torch.randn(c, c, k, k, device=args.device, requires_grad=True)
+            t = compare(
+                {
+                    "spatial": fwd_bwd(lambda: F.conv2d(x, w, padding=k // 2)),
+                    "fft": fwd_bwd(lambda: fft_conv2d(x, w)),
+                },
+                rounds=args.rounds,
+                device=args.device,
+            )
+            model = _spatial_cost(n, c, c, hw, hw, k, k) / _fft_cost(n, c, c, hw, hw, k, k)  # flops, no penalty
+            chosen = choose_conv_method(tuple(x.shape), tuple(w.shape), x.device.type)
+            print(f"{hw:>4} {k:>3} {t['fft'] / t['spatial']:>11.2f} {model:>17.2f} {chosen:>8}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

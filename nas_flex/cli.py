@@ -1,0 +1,133 @@
+"""The ``nas-flex`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nas_flex import __version__
+from nas_flex.errors import NasFlexError
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from nas_flex.layers import available, get, hparam_names
+
+    for name in available():
+        cls = get(name)
+        kind = "fixed size" if not cls.learns_size else f"learned size, {cls.domain} domain"
+        hp = ", ".join(h for h in hparam_names(name) if h not in ("device", "dtype"))
+        print(f"{name:<9} {cls.__name__:<12} {kind:<31} hparams: {hp}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Every registry layer: a short fit, its learned size, and its speed next to nn.Conv2d."""
+    import torch
+    from torch import nn
+
+    import nas_flex
+    from nas_flex.bench import compare, fwd_bwd
+    from nas_flex.layers import available, build, get
+
+    torch.manual_seed(0)
+    n, c, hw, device = args.batch, args.channels, args.size, args.device
+    print(
+        f"nas_flex {__version__}: each layer maps {n} x {c} x {hw} x {hw} to {c} channels on {device}; "
+        f"{args.steps} Adam steps fit a 9x9 box blur (a target with a known size), then forward+backward is "
+        "timed side by side with nn.Conv2d.\n"
+    )
+    x = torch.randn(n, c, hw, hw, device=device)
+    with torch.no_grad():
+        target = nn.functional.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=False)
+
+    header = f"{'layer':<9} {'kernel h x w (px)':<24} {'params':>8} {'ms':>7} {'/conv3x3':>9} {'/conv same k':>13}"
+    print(header)
+    print("-" * len(header))
+    for name in available():
+        hparams = dict(get(name).example_hparams) if args.small else {}
+        layer = build(name, c, c, **hparams).to(device)
+        size_ids = {id(p) for p in layer.size_parameters()}
+        groups = [
+            {"params": [p for p in layer.parameters() if id(p) not in size_ids], "lr": 1e-2},
+            {"params": [p for p in layer.parameters() if id(p) in size_ids], "lr": 1e-3},  # size_lr_factor 0.1
+        ]
+        opt = torch.optim.Adam([g for g in groups if g["params"]])
+        for _ in range(args.steps):
+            opt.zero_grad()
+            loss = (layer(x) - target).pow(2).mean() + layer.regularization()
+            loss.backward()
+            opt.step()
+            layer.constrain_()
+        kh, kw = layer.effective_kernel_size
+        k_same = 2 * round((max(kh, kw) - 1) / 2) + 1  # nearest odd side
+        k_same = max(1, min(k_same, hw if hw % 2 else hw - 1))
+        conv3 = nn.Conv2d(c, c, 3, padding=1).to(device)
+        conv_k = nn.Conv2d(c, c, k_same, padding=k_same // 2).to(device)
+        xg = x.clone().requires_grad_(True)
+        t = compare(
+            {"layer": fwd_bwd(lambda: layer(xg)), "c3": fwd_bwd(lambda: conv3(xg)), "ck": fwd_bwd(lambda: conv_k(xg))},
+            rounds=args.rounds,
+            device=device,
+        )
+        params = sum(p.numel() for p in layer.parameters())
+        size = f"{kh:.1f} x {kw:.1f}" + ("  (fixed)" if not layer.learns_size else "")
+        print(
+            f"{name:<9} {size:<24} {params:>8} {t['layer'] * 1e3:>7.1f} {t['layer'] / t['c3']:>9.2f} "
+            f"{t['layer'] / t['ck']:>7.2f} (k={k_same})",
+            flush=True,
+        )
+    print(
+        "\nms: forward+backward, median of interleaved rounds (nas_flex.bench). The nn.Conv2d baselines run "
+        "spatially;\nnas_flex layers switch to FFT convolution where that is cheaper (nas_flex.functional.conv2d_same)."
+    )
+    names = [nm for nm in ("flexconv", "njet", "envelope", "mixed") if nm in available()]
+    model = nn.Sequential(*[build(nm, 3 if i == 0 else 8, 8) for i, nm in enumerate(names)])
+    model(torch.randn(1, 3, hw, hw))
+    print(f"\nnas_flex.learned_sizes of a fresh {' -> '.join(names)} stack on a {hw}x{hw} input:")
+    print(nas_flex.learned_sizes(model).iloc[:, :4].to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nas-flex", description="Grid, differentiable and learned kernel sizes, compared in one search."
+    )
+    parser.add_argument("--version", action="version", version=f"nas_flex {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("layers", help="list the registry layers and their hyperparameters")
+    p.set_defaults(func=_cmd_layers)
+
+    p = sub.add_parser("demo", help="every layer: learned size after a short fit, speed next to nn.Conv2d")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--size", type=int, default=32, help="input height and width")
+    p.add_argument("--steps", type=int, default=10, help="Adam steps before timing")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--small", action="store_true", help="use each layer's small example hyperparameters")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "device", "unset") is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return int(args.func(args) or 0)
+    except NasFlexError as err:
+        print(f"nas-flex: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nas-flex: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
