@@ -38,8 +38,8 @@ def main() -> None:
             w = torch.randn(c, c, k, k, device=args.device, requires_grad=True)
             t = compare(
                 {
-                    "spatial": fwd_bwd(lambda: F.conv2d(x, w, padding=k // 2)),
-                    "fft": fwd_bwd(lambda: fft_conv2d(x, w)),
+                    "spatial": fwd_bwd(lambda x=x, w=w, k=k: F.conv2d(x, w, padding=k // 2)),
+                    "fft": fwd_bwd(lambda x=x, w=w: fft_conv2d(x, w)),
                 },
                 rounds=args.rounds,
                 device=args.device,

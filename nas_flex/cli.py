@@ -68,7 +68,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         conv_k = nn.Conv2d(c, c, k_same, padding=k_same // 2).to(device)
         xg = x.clone().requires_grad_(True)
         t = compare(
-            {"layer": fwd_bwd(lambda: layer(xg)), "c3": fwd_bwd(lambda: conv3(xg)), "ck": fwd_bwd(lambda: conv_k(xg))},
+            {
+                "layer": fwd_bwd(lambda m=layer, x=xg: m(x)),
+                "c3": fwd_bwd(lambda m=conv3, x=xg: m(x)),
+                "ck": fwd_bwd(lambda m=conv_k, x=xg: m(x)),
+            },
             rounds=args.rounds,
             device=device,
         )

@@ -16,7 +16,10 @@ from torch import Tensor
 
 from nas_flex.errors import HyperparameterError, ShapeError
 
-__all__ = ["conv2d_same", "fft_conv2d", "choose_conv_method", "fft_flops", "next_fast_len", "FFT_CROSSOVER", "WIDE_KERNEL_PENALTY"]
+__all__ = [
+    "conv2d_same", "fft_conv2d", "choose_conv_method", "fft_flops", "next_fast_len", "FFT_CROSSOVER",
+    "WIDE_KERNEL_PENALTY",
+]
 
 Method = Literal["auto", "spatial", "fft"]
 

@@ -79,7 +79,8 @@ class KernelLayer(nn.Module):
         if max_kernel is not None and (max_kernel[0] > h or max_kernel[1] > w):
             raise ShapeError(
                 f"{type(self).__name__}: kernel {max_kernel[0]}x{max_kernel[1]} is larger than the "
-                f"{h}x{w} input; use a kernel_size <= {min(h, w)} or a larger input"
+                f"{h}x{w} input; use kernels of at most {min(h, w)} px here (fewer poolings before this layer) or a "
+                f"larger input"
             )
         self.last_input_size = (h, w)
         return h, w

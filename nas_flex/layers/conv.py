@@ -27,7 +27,8 @@ def check_kernel_size(name: str, value: Any) -> tuple[int, int]:
         or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in pair)
     ):
         raise HyperparameterError(
-            f"`{name}` must be an odd positive int or a pair of them (a centred 'same' kernel), but got {name}={value!r}"
+            f"`{name}` must be an odd positive int or a pair of them (a centred 'same' kernel), "
+            f"but got {name}={value!r}"
         )
     return pair  # type: ignore[return-value]
 

@@ -1,0 +1,85 @@
+"""What every backbone shares: building its convolutions through the registry, and its pooling steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from nas_flex.errors import HyperparameterError, unknown_name
+from nas_flex.layers import build as build_layer
+from nas_flex.layers import hparam_names
+from nas_flex.layers.conv import POOLING_MODES, Pool2d
+
+__all__ = ["ConvFactory", "make_pool", "POOLINGS"]
+
+POOLINGS = (*POOLING_MODES, "safe")  # "safe": N-Jet's safe-subsampling, reading sigma of the N-Jet layer before it
+
+
+class ConvFactory:
+    """Builds a backbone's convolutions, in order, from a trial config's ``conv``, ``conv_hparams`` and
+    ``kernel_size``.
+
+    ``kernel_size`` goes to layers that take one (``conv``, ``envelope``); it may be an int (every layer) or a list
+    with one entry per convolution in build order (what ``discretise`` writes); its length is checked by
+    ``finish()``.
+    """
+
+    def __init__(self, conv: str, conv_hparams: Mapping[str, Any] | None = None,
+                 kernel_size: int | Sequence[int] | None = None) -> None:
+        self.conv = conv
+        self.hparams = dict(conv_hparams or {})
+        names = hparam_names(conv)  # raises UnknownNameError for an unknown layer, listing the valid ones
+        bad = sorted(set(self.hparams) - set(names))
+        if bad:
+            raise HyperparameterError(f"conv_hparams {bad} are not hyperparameters of {conv!r}; valid: {names}")
+        self.takes_kernel_size = "kernel_size" in names and "kernel_size" not in self.hparams
+        self.kernel_size = kernel_size
+        self.built: list[nn.Module] = []
+
+    def __call__(self, in_channels: int, out_channels: int) -> nn.Module:
+        hp = dict(self.hparams)
+        if self.takes_kernel_size and self.kernel_size is not None:
+            if isinstance(self.kernel_size, (list, tuple)):
+                i = len(self.built)
+                if i >= len(self.kernel_size):
+                    raise HyperparameterError(
+                        f"`kernel_size` lists {len(self.kernel_size)} sizes, but the backbone has more convolutions"
+                    )
+                hp["kernel_size"] = self.kernel_size[i]
+            else:
+                hp["kernel_size"] = self.kernel_size
+        layer = build_layer(self.conv, in_channels, out_channels, **hp)
+        self.built.append(layer)
+        return layer
+
+    def finish(self) -> None:
+        if isinstance(self.kernel_size, (list, tuple)) and self.takes_kernel_size:
+            if len(self.kernel_size) != len(self.built):
+                raise HyperparameterError(
+                    f"`kernel_size` lists {len(self.kernel_size)} sizes but the backbone has {len(self.built)} "
+                    "convolutions; give one per convolution or a single int"
+                )
+
+
+def make_pool(mode: str, channels: int, previous: nn.Module | None = None) -> nn.Module:
+    """The pooling step between stages: max, avg, conv (strided), none, or safe (N-Jet safe-subsampling).
+
+    Args:
+        mode: one of ``POOLINGS``.
+        channels: the channel count in and out (strided conv).
+        previous: the convolution right before this step ("safe" reads its sigma; it must be an N-Jet layer).
+    """
+    if mode not in POOLINGS:
+        raise unknown_name("pooling", mode, POOLINGS)
+    if mode == "safe":
+        if previous is None or getattr(previous, "kind", None) != "njet":
+            raise HyperparameterError(
+                "pooling='safe' (N-Jet safe-subsampling) reads the sigma of the N-Jet layer before it: use it "
+                f"with conv='njet', not conv={getattr(previous, 'kind', type(previous).__name__)!r}"
+            )
+        from nas_flex.layers.njet import SafeSubsample2d
+
+        return SafeSubsample2d(previous)
+    return Pool2d(mode, channels)
