@@ -1,0 +1,303 @@
+"""``run_trial(config, report=None)``: the one training loop every search trial runs. No Ray here: progress goes
+out through the ``report`` callback, and everything the leaderboard records comes back as a plain dict.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nas_flex import __version__
+from nas_flex.errors import NonFiniteError
+from nas_flex.layers.base import KernelLayer
+from nas_flex.sizes import learned_size_records
+from nas_flex.train.config import resolve_config
+from nas_flex.train.metering import count_flops, count_parameters
+
+__all__ = ["run_trial", "make_optimizer", "warmup_cosine", "resolve_device", "RESULT_KEYS"]
+
+Report = Callable[[dict[str, Any]], None]
+
+RESULT_KEYS = (
+    "status", "error", "config", "started", "finished", "epochs_completed", "metrics", "best", "history",
+    "params", "flops", "flops_fft", "train_seconds", "examples_per_second", "peak_memory_bytes",
+    "peak_memory_kind", "device", "learned_sizes", "nas_flex_version", "torch_version",
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when available, else the CPU; an unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"config device={name!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    return dev
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def _kernel_layers(model: nn.Module) -> Iterator[KernelLayer]:
+    return (m for m in model.modules() if isinstance(m, KernelLayer))
+
+
+def make_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """Adam or SGD with the size parameters in their own group: lr x size_lr_factor and no weight decay."""
+    size_ids = {id(p) for layer in _kernel_layers(model) for p in layer.size_parameters()}
+    size = [p for p in model.parameters() if id(p) in size_ids and p.requires_grad]
+    other = [p for p in model.parameters() if id(p) not in size_ids and p.requires_grad]
+    groups = [{"params": other, "lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "name": "weights"}]
+    if size:
+        groups.append({"params": size, "lr": cfg["lr"] * cfg["size_lr_factor"], "weight_decay": 0.0,
+                       "name": "size"})
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=0.9, nesterov=True)
+    return torch.optim.Adam(groups, lr=cfg["lr"])
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _loaders(cfg: dict[str, Any], device: torch.device):
+    from nas_flex.data import get_dataset
+
+    splits = get_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
+                         download=cfg["download"])
+    train, val = splits.train, splits.val
+    if cfg["train_subset"]:
+        g = torch.Generator().manual_seed(cfg["seed"])
+        train = torch.utils.data.Subset(train, torch.randperm(len(train), generator=g)[: cfg["train_subset"]].tolist())
+    if cfg["val_subset"]:
+        val = torch.utils.data.Subset(val, list(range(min(cfg["val_subset"], len(val)))))
+    pin = device.type == "cuda"
+    common = {"batch_size": cfg["batch_size"], "num_workers": cfg["num_workers"], "pin_memory": pin}
+    val_loader = torch.utils.data.DataLoader(val, shuffle=False, **common)
+    return splits, train, val_loader, common
+
+
+def _evaluate(model: nn.Module, loader, device: torch.device, autocast: dict[str, Any]) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.no_grad(), torch.autocast(**autocast):
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = model(x).float()
+            loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            count += len(y)
+    model.train()
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_trial(config: dict[str, Any], report: Report | None = None, *,
+              checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Build the model and data a trial config describes, train it, and return what the leaderboard records.
+
+    Args:
+        config: a trial config (``nas_flex.train.config.KEY_DOCS`` lists the keys and defaults).
+        report: called after every epoch with that epoch's metrics (epoch, train_loss, train_acc, val_loss,
+            val_acc, lr, seconds, learned_sizes); the search runner passes Ray Tune's report here.
+        checkpoint_dir: if given, the trial saves its state there after every epoch (``torch.save`` of tensors and
+            plain values, loadable with ``weights_only=True``) and resumes from it when called again.
+
+    Returns:
+        A dict with the keys in ``RESULT_KEYS``. ``status`` is "completed", "diverged" (a NaN/inf loss or size
+        parameter: the metrics so far are kept) or "oom". Other errors propagate (the runner records them).
+
+    Example:
+        >>> result = run_trial({"dataset": "digits", "epochs": 1})  # doctest: +SKIP
+        >>> result["status"], result["metrics"]["val_acc"]  # doctest: +SKIP
+    """
+    cfg = resolve_config(config)
+    started = _now()
+    device = resolve_device(cfg["device"])
+    _seed_everything(cfg["seed"], cfg["deterministic"])
+    splits, train_set, val_loader, loader_args = _loaders(cfg, device)
+
+    from nas_flex.models import build as build_model
+
+    model = build_model(cfg, in_channels=splits.input_shape[0], num_classes=splits.num_classes,
+                        input_size=tuple(splits.input_shape[1:]))
+    # metering on one example before training (eval mode; FFTs counted)
+    sample = splits.val[0][0].unsqueeze(0)
+    model.eval()
+    flops = count_flops(model, sample)
+    model.train()
+    params = count_parameters(model)
+    model.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    steps_per_epoch = math.ceil(len(train_set) / cfg["batch_size"])
+    total_steps = steps_per_epoch * cfg["epochs"]
+    warmup_steps = int(min(cfg["warmup_epochs"], max(cfg["epochs"] - 1, 0)) * steps_per_epoch)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps))
+    use_amp = cfg["amp"] and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    autocast = {"device_type": device.type, "dtype": amp_dtype, "enabled": use_amp}
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    layers = list(_kernel_layers(model))
+
+    history: list[dict[str, Any]] = []
+    start_epoch, train_seconds, examples = 0, 0.0, 0
+    ckpt_path = Path(checkpoint_dir) / "trial_state.pt" if checkpoint_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
+        train_seconds, examples = float(state["train_seconds"]), int(state["examples"])
+        torch.set_rng_state(state["rng"].cpu())  # dropout and sampling continue as if never interrupted
+
+    status, error = "completed", None
+    for epoch in range(start_epoch, cfg["epochs"]):
+        g = torch.Generator().manual_seed(cfg["seed"] * 1000003 + epoch)  # order depends on (seed, epoch) only
+        loader = torch.utils.data.DataLoader(train_set, shuffle=True, generator=g, drop_last=False, **loader_args)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, correct, count = 0.0, 0, 0
+        try:
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(**autocast):
+                    out = model(x)
+                    loss = nn.functional.cross_entropy(out.float(), y, label_smoothing=cfg["label_smoothing"])
+                reg = sum((layer.regularization() for layer in layers), torch.zeros((), device=device))
+                total = loss + reg
+                if not torch.isfinite(total):
+                    raise NonFiniteError(
+                        f"the loss became {float(total.detach())} at epoch {epoch} "
+                        f"(regularization {float(reg.detach())})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                if cfg["grad_clip"]:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                for layer in layers:
+                    layer.constrain_()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((out.argmax(1) == y).sum())
+                count += len(y)
+        except NonFiniteError as err:
+            status, error = "diverged", str(err)
+        except torch.cuda.OutOfMemoryError as err:
+            status, error = "oom", str(err).splitlines()[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        examples += count
+        if status != "completed":
+            break
+        val_loss, val_acc = _evaluate(model, val_loader, device, autocast)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(count, 1),
+            "train_acc": correct / max(count, 1),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "learned_sizes": learned_size_records(model),
+        }
+        history.append(record)
+        if ckpt_path is not None:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                        "history": history, "train_seconds": train_seconds, "examples": examples,
+                        "rng": torch.get_rng_state()}, tmp)
+            os.replace(tmp, ckpt_path)
+        if report is not None:
+            report(dict(record))
+
+    metric_keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+    last = history[-1] if history else {}
+    metrics = {k: last.get(k, float("nan")) for k in metric_keys}
+    best = {
+        "val_acc": max((h["val_acc"] for h in history), default=float("nan")),
+        "val_loss": min((h["val_loss"] for h in history), default=float("nan")),
+        "epoch": max(history, key=lambda h: h["val_acc"])["epoch"] if history else 0,
+    }
+    peak, peak_kind = _peak_memory(device)
+    return {
+        "status": status,
+        "error": error,
+        "config": cfg,
+        "started": started,
+        "finished": _now(),
+        "epochs_completed": len(history),
+        "metrics": metrics,
+        "best": best,
+        "history": history,
+        "params": params,
+        "flops": flops.per_sample,
+        "flops_fft": flops.fft / max(flops.batch_size, 1),
+        "train_seconds": train_seconds,
+        "examples_per_second": examples / train_seconds if train_seconds > 0 else float("nan"),
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": peak_kind,
+        "device": _device_name(device),
+        "learned_sizes": learned_size_records(model),
+        "nas_flex_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def format_exception(err: BaseException) -> str:
+    """One-line error text plus the last frame, for a leaderboard row."""
+    tb = traceback.extract_tb(err.__traceback__)
+    where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+    return f"{type(err).__name__}: {err}{where}"
+

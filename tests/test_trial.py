@@ -1,0 +1,150 @@
+"""run_trial end to end on the built-in digits: keys, sane values, metering, divergence, resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nas_flex.errors import HyperparameterError
+from nas_flex.layers import KernelLayer, register
+from nas_flex.layers import registry as layer_registry
+from nas_flex.train import RESULT_KEYS, canonical_key, resolve_config, run_trial
+
+# the ACONV paper's 2-layer net (conv - conv - pool - dense 256 - classes), narrow
+BASE = {"dataset": "digits", "backbone": "simple", "head": "dense", "width": 8, "depth": 2, "epochs": 2,
+        "batch_size": 64, "lr": 1e-2, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def digits_result():
+    reports = []
+    result = run_trial(dict(BASE), report=reports.append)
+    return result, reports
+
+
+def test_two_epochs_on_digits(digits_result):
+    result, reports = digits_result
+    assert set(result) == set(RESULT_KEYS)
+    assert result["status"] == "completed" and result["error"] is None
+    assert result["epochs_completed"] == 2 and len(result["history"]) == 2
+    assert result["metrics"]["val_acc"] > 0.5  # chance is 0.1
+    assert result["best"]["val_acc"] >= result["metrics"]["val_acc"]
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert reports[-1]["val_acc"] == result["metrics"]["val_acc"]
+
+
+def test_metering_is_measured(digits_result):
+    result, _ = digits_result
+    from nas_flex.data import get_dataset
+    from nas_flex.models import build
+
+    splits = get_dataset("digits")
+    model = build(result["config"], in_channels=splits.input_shape[0], num_classes=splits.num_classes,
+                  input_size=splits.input_shape[1:])
+    assert result["params"] == sum(p.numel() for p in model.parameters())
+    # two 3x3 convs at 16x16, (1*8 + 8*8) * 9 * 256 multiply-adds, plus the dense head 512*256 + 256*10,
+    # two flops per multiply-add
+    expected = 2 * ((1 * 8 + 8 * 8) * 9 * 16 * 16 + 8 * 8 * 8 * 256 + 256 * 10)
+    assert expected <= result["flops"] < 1.05 * expected
+    assert result["flops_fft"] == 0
+    assert result["train_seconds"] > 0 and result["examples_per_second"] > 0
+    assert result["peak_memory_bytes"] > 0 and result["peak_memory_kind"] == "process_max_rss"
+    assert result["device"].startswith("cpu")
+    assert result["config"] == resolve_config(BASE)
+
+
+def test_fft_layer_flops_are_counted():
+    result = run_trial({**BASE, "conv": "niff", "epochs": 1, "train_subset": 64, "val_subset": 32})
+    assert result["status"] == "completed"
+    assert result["flops_fft"] > 0 and result["flops"] > result["flops_fft"]
+
+
+def test_learned_sizes_per_epoch():
+    result = run_trial({**BASE, "conv": "njet", "conv_hparams": {"order": 2}, "train_subset": 128,
+                        "val_subset": 64})
+    assert len(result["history"]) == 2
+    for h in result["history"]:
+        rows = h["learned_sizes"]
+        assert [r["kind"] for r in rows] == ["njet", "njet"]
+        assert all(r["height"] >= 1 and math.isfinite(r["sigma"]) for r in rows)
+    assert result["learned_sizes"] == result["history"][-1]["learned_sizes"]
+
+
+def test_same_seed_same_result():
+    cfg = {**BASE, "epochs": 1, "train_subset": 128, "val_subset": 64}
+    a, b = run_trial(cfg), run_trial(cfg)
+    assert a["metrics"] == b["metrics"]
+    c = run_trial({**cfg, "seed": 1})
+    assert c["metrics"] != a["metrics"]
+
+
+class _Explodes(KernelLayer):
+    """A 3x3 conv that returns NaN from its 5th training call on: a divergence with a known time."""
+
+    learns_size = False
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, *, device=None, dtype=None):
+        super().__init__(in_channels, out_channels)
+        self.conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, device=device, dtype=dtype)
+        self.calls = 0
+
+    effective_kernel_size = (3.0, 3.0)
+
+    def forward(self, x):
+        self._check_input(x)
+        self.calls += self.training
+        y = self.conv(x)
+        return y * float("nan") if self.calls > 8 else y  # each layer counts its own steps
+
+
+def test_divergence_is_a_status_not_an_exception():
+    register("test_explodes")(_Explodes)
+    try:
+        # 128 examples / 64 per batch = 2 steps per epoch: epochs 1-4 train, step 9 gives NaN
+        result = run_trial({**BASE, "conv": "test_explodes", "epochs": 6, "train_subset": 128, "val_subset": 64})
+    finally:
+        layer_registry._REGISTERED.pop("test_explodes")
+    assert result["status"] == "diverged"
+    assert "nan" in result["error"].lower()
+    assert result["epochs_completed"] == len(result["history"]) == 4
+    assert result["metrics"]["val_acc"] == result["history"][-1]["val_acc"]
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    cfg = {**BASE, "epochs": 3, "train_subset": 128, "val_subset": 64, "dropout": 0.25}
+    straight = run_trial(cfg)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(metrics):
+        if metrics["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_trial(cfg, report=stop_after_two, checkpoint_dir=tmp_path)
+    seen = []
+    resumed = run_trial(cfg, report=seen.append, checkpoint_dir=tmp_path)
+    assert [m["epoch"] for m in seen] == [3]  # epochs 1-2 were not redone
+    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in straight["history"]]
+    assert resumed["metrics"] == straight["metrics"]
+    state = torch.load(tmp_path / "trial_state.pt", weights_only=True)
+    assert state["epoch"] == 2
+
+
+def test_config_errors():
+    with pytest.raises(HyperparameterError, match=r"'epoch' \(did you mean 'epochs'\?\)"):
+        resolve_config({"epoch": 3})
+    with pytest.raises(HyperparameterError, match="'lr' must be"):
+        resolve_config({"lr": "fast"})
+    with pytest.raises(HyperparameterError, match="'epochs' must be >= 1"):
+        resolve_config({"epochs": 0})
+    with pytest.raises(HyperparameterError, match="JSON"):
+        resolve_config({"conv_hparams": {"sigma_init": object()}})
+
+
+def test_canonical_key_ignores_order_and_defaults():
+    assert canonical_key({"epochs": 10, "conv": "conv"}) == canonical_key({"conv": "conv"})
+    assert canonical_key({"lr": 0.1}) != canonical_key({"lr": 0.2})
