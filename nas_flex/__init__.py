@@ -20,11 +20,12 @@ _LAZY = {
     "functional": "nas_flex.functional",
     "kernels": "nas_flex.kernels",
     "errors": "nas_flex.errors",
+    "data": "nas_flex.data",
 }
 
 if TYPE_CHECKING:
-    from nas_flex import errors, functional, kernels, layers
-    from nas_flex.sizes import learned_sizes
+    from nas_flex import data, errors, functional, kernels, layers  # noqa: F401
+    from nas_flex.sizes import learned_sizes  # noqa: F401
 
 __all__ = ["__version__", *_LAZY]
 

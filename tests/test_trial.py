@@ -148,3 +148,11 @@ def test_config_errors():
 def test_canonical_key_ignores_order_and_defaults():
     assert canonical_key({"epochs": 10, "conv": "conv"}) == canonical_key({"conv": "conv"})
     assert canonical_key({"lr": 0.1}) != canonical_key({"lr": 0.2})
+
+
+def test_dataset_options_reach_the_dataset():
+    result = run_trial({**BASE, "dataset": "digits-multiscale", "backbone": "simple", "head": "gap", "epochs": 1,
+                        "train_subset": 64, "val_subset": 32, "data_options": {"scales": [1.0, 1.2]}})
+    assert result["status"] == "completed"
+    with pytest.raises(HyperparameterError, match="scale"):
+        run_trial({**BASE, "dataset": "digits", "data_options": {"scales": [1.0, 2.0]}})

@@ -32,6 +32,7 @@ KEY_DOCS: dict[str, tuple[Any, str]] = {
     "data_root": (None, "folder of a torchvision dataset"),
     "image_size": (None, "resize images to this side (dataset default if None)"),
     "download": (False, "let torchvision download a missing dataset (never implicit)"),
+    "data_options": ({}, "the dataset's own options, e.g. {'scales': [1, 2]} (nas_flex.data.describe_dataset)"),
     "train_subset": (None, "use only this many training examples (quick searches)"),
     "val_subset": (None, "use only this many validation examples"),
     # optimisation
@@ -54,7 +55,8 @@ KEY_DOCS: dict[str, tuple[Any, str]] = {
 DEFAULTS: dict[str, Any] = {k: v[0] for k, v in KEY_DOCS.items()}
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "backbone": (str,), "conv": (str,), "conv_hparams": (dict,), "dataset": (str,), "optimizer": (str,),
+    "backbone": (str,), "conv": (str,), "conv_hparams": (dict,), "data_options": (dict,), "dataset": (str,),
+    "optimizer": (str,),
     "device": (str,), "epochs": (int,), "batch_size": (int,), "seed": (int,), "num_workers": (int,),
     "lr": (int, float), "size_lr_factor": (int, float), "weight_decay": (int, float),
     "warmup_epochs": (int, float), "label_smoothing": (int, float), "amp": (bool,), "deterministic": (bool,),

@@ -94,7 +94,7 @@ def _loaders(cfg: dict[str, Any], device: torch.device):
     from nas_flex.data import get_dataset
 
     splits = get_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
-                         download=cfg["download"])
+                         download=cfg["download"], **cfg["data_options"])
     train, val = splits.train, splits.val
     if cfg["train_subset"]:
         g = torch.Generator().manual_seed(cfg["seed"])
