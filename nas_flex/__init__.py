@@ -21,10 +21,15 @@ _LAZY = {
     "kernels": "nas_flex.kernels",
     "errors": "nas_flex.errors",
     "data": "nas_flex.data",
+    "spaces": "nas_flex.spaces",
+    "search": "nas_flex.tune.runner",
+    "Leaderboard": "nas_flex.leaderboard",
 }
 
 if TYPE_CHECKING:
-    from nas_flex import data, errors, functional, kernels, layers  # noqa: F401
+    from nas_flex import data, errors, functional, kernels, layers, spaces  # noqa: F401
+    from nas_flex.leaderboard import Leaderboard  # noqa: F401
+    from nas_flex.tune.runner import search  # noqa: F401
     from nas_flex.sizes import learned_sizes  # noqa: F401
 
 __all__ = ["__version__", *_LAZY]
@@ -33,7 +38,7 @@ __all__ = ["__version__", *_LAZY]
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        value = module if _LAZY[name].endswith(name) else getattr(module, name)
+        value = module if _LAZY[name].rsplit(".", 1)[-1] == name else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'nas_flex' has no attribute {name!r}")

@@ -1,0 +1,19 @@
+"""FlexConv alone: kernel net, initial mask size and pooling, searched with TPE."""
+
+SAMPLER = "tpe"
+NUM_SAMPLES = 12
+
+BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 8, "lr": 1e-2}
+
+
+def space(trial):
+    return {
+        **BASE,
+        "conv": "flexconv",
+        "conv_hparams": {
+            "kernel_net": trial.suggest_categorical("kernel_net", ["magnet", "mfn_gabor", "siren"]),
+            "mask_sigma_init": trial.suggest_float("mask_sigma_init", 0.05, 0.3, log=True),
+        },
+        "pooling": trial.suggest_categorical("pooling", ["max", "avg", "none"]),
+        "size_lr_factor": trial.suggest_categorical("size_lr_factor", [0.1, 1.0]),
+    }

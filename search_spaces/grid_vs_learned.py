@@ -1,0 +1,23 @@
+"""Grid vs learned: the discrete kernel-size grid, the DARTS-style mixed kernel and every learned-size layer, on the
+same backbone, data, pooling choices and training budget (exhaustive, so every method gets the same trials).
+
+The headline comparison of nas_flex; `make search` runs it on digits-multiscale (digits pasted at 1-3x scale).
+"""
+
+SAMPLER = "grid"
+
+BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 6, "lr": 1e-2}
+
+METHODS = ["conv", "mixed", "flexconv", "njet", "envelope", "niff", "cfconv"]
+
+
+def space(trial):
+    method = trial.suggest_categorical("method", METHODS)
+    config = {**BASE, "conv": method, "pooling": trial.suggest_categorical("pooling", ["max", "avg"])}
+    if method == "conv":  # the grid: kernel size is a searched choice
+        config["kernel_size"] = trial.suggest_categorical("kernel_size", [3, 5, 7])
+    elif method == "mixed":  # the differentiable choice among the same sizes
+        config["conv_hparams"] = {"kernel_sizes": [3, 5, 7]}
+    elif method == "envelope":  # ACONV: the envelope shrinks inside a 7x7 base grid
+        config["kernel_size"] = 7
+    return config
