@@ -95,6 +95,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    """A leaderboard directory as a table: filter, sort, top N, chosen columns."""
+    from nas_flex.leaderboard import format_leaderboard
+
+    print(format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where, columns=args.columns))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nas-flex", description="Grid, differentiable and learned kernel sizes, compared in one search."
@@ -114,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="use each layer's small example hyperparameters")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("leaderboard", help="print a leaderboard directory (one Parquet file per trial) as a table")
+    p.add_argument("path", help="the leaderboard directory")
+    p.add_argument("--top", type=int, default=None, metavar="N", help="only the first N rows after sorting")
+    p.add_argument("--sort", default="metrics_val_acc", metavar="METRIC",
+                   help="sort column: best first for a metric with a recorded direction, else ascending "
+                        "(default: metrics_val_acc)")
+    p.add_argument("--where", default=None, metavar="EXPR",
+                   help="a pandas DataFrame.query expression, e.g. \"params_conv == 'njet' and flops < 1e6\"")
+    p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
+                   help="columns to show, space or comma separated (default: a summary set)")
+    p.set_defaults(func=_cmd_leaderboard)
     return parser
 
 

@@ -1,0 +1,37 @@
+"""Parquet leaderboards: one atomic, schema-versioned file per finished trial, and ``Leaderboard`` to query them.
+
+Stands alone: pyarrow, pandas (for reading, imported on first use) and ``nas_flex.errors`` only, never torch, Ray or
+Optuna, so a notebook or a CI job reads a leaderboard without the training stack.
+
+Example:
+    >>> from nas_flex.leaderboard import Leaderboard, write_trial
+    >>> write_trial("runs/digits", run_trial(config), experiment="digits", trial_id="t0001")  # doctest: +SKIP
+    >>> Leaderboard("runs/digits").top(5, "metrics_val_acc")  # doctest: +SKIP
+    >>> pandas.read_parquet("runs/digits")  # the same rows, as plain Parquet  # doctest: +SKIP
+"""
+
+from nas_flex.leaderboard.board import Leaderboard
+from nas_flex.leaderboard.schema import (
+    CONFIG_COLUMNS,
+    HISTORY_METRIC_DIRECTIONS,
+    HISTORY_SCHEMA,
+    METRIC_DIRECTIONS,
+    SCHEMA_VERSION,
+    TRIAL_SCHEMA,
+)
+from nas_flex.leaderboard.store import compact, trial_file_name, write_trial
+from nas_flex.leaderboard.table import format_leaderboard
+
+__all__ = [
+    "Leaderboard",
+    "write_trial",
+    "compact",
+    "trial_file_name",
+    "format_leaderboard",
+    "SCHEMA_VERSION",
+    "TRIAL_SCHEMA",
+    "HISTORY_SCHEMA",
+    "METRIC_DIRECTIONS",
+    "HISTORY_METRIC_DIRECTIONS",
+    "CONFIG_COLUMNS",
+]
