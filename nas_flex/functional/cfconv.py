@@ -1,0 +1,145 @@
+"""Stateless ops of CF-Conv (Harper, Wood, Gerstoft, Larson, "Scaling Continuous Kernels with Sparse Fourier Domain
+Learning"): kernel positions and their coordinates, uniform position sampling, the per-pair MLP, and the sparse
+EMA step that merges sampled MLP values into a stored kernel state.
+
+A *position* is one complex kernel entry (h, w, c_in, c_out) on the rfft2 layout of an H x W input; the state is a
+real tensor (H, W // 2 + 1, C_in, C_out, 2) (last axis: real, imaginary), and position p is its flat index
+``p = ((h * Wf + w) * C_in + c_in) * C_out + c_out`` with Wf = W // 2 + 1. Coordinates are normalised to [-1, 1]:
+the frequencies as in ``nas_flex.kernels.frequency`` (1 = Nyquist), the channel indices linearly (0 when a
+dimension has one channel).
+
+The convolution itself is ``nas_flex.functional.niff.circular_conv2d_rfft``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nas_flex.errors import ShapeError
+from nas_flex.functional.niff import ACTIVATIONS
+from nas_flex.kernels.frequency import frequencies, rfft_frequencies
+
+__all__ = [
+    "state_shape",
+    "sample_positions",
+    "position_coords",
+    "pair_index",
+    "pairwise_mlp",
+    "ema_merge",
+    "state_to_spectrum",
+]
+
+
+def state_shape(h: int, w: int, c_in: int, c_out: int) -> tuple[int, int, int, int, int]:
+    """Shape (H, W // 2 + 1, C_in, C_out, 2) of the CF-Conv kernel state for an H x W input."""
+    return h, w // 2 + 1, c_in, c_out, 2
+
+
+def sample_positions(total: int, count: int, *, device: torch.device | str | None = None,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Uniformly sampled distinct positions out of ``total``, sorted (int64).
+
+    ``count >= total`` selects every position. A ``count`` of at least a quarter of ``total`` is drawn without
+    replacement (exactly ``count``); a smaller one is drawn with replacement and deduplicated, which costs
+    O(count) instead of O(total) memory and returns slightly fewer than ``count`` positions when collisions occur
+    (expected shortfall count^2 / (2 total)).
+    """
+    if count >= total:
+        return torch.arange(total, device=device)
+    if 4 * count >= total:
+        idx = torch.randperm(total, device=device, generator=generator)[:count]
+    else:
+        idx = torch.randint(total, (count,), device=device, generator=generator)
+    return torch.unique(idx)  # sorted, distinct
+
+
+def _channel_coord(index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    if n == 1:
+        return torch.zeros(index.shape, device=index.device, dtype=dtype)
+    return index.to(dtype) * (2.0 / (n - 1)) - 1.0
+
+
+def position_coords(positions: Tensor, h: int, w: int, c_in: int, c_out: int, *, dtype: torch.dtype,
+                    channels: bool = True) -> Tensor:
+    """Normalised coordinates of flat state positions.
+
+    Args:
+        positions: (P,) int64 flat indices (see the module docstring).
+        h, w: the input size; c_in, c_out: the channel counts.
+        dtype: the coordinates' dtype.
+        channels: True: (f_y, f_x, c_in, c_out) for the joint MLP; False: (f_y, f_x) for the per-pair MLPs.
+
+    Returns:
+        (P, 4) or (P, 2).
+    """
+    wf = w // 2 + 1
+    o = positions % c_out
+    rest = positions // c_out
+    i = rest % c_in
+    rest = rest // c_in
+    col = rest % wf
+    row = rest // wf
+    fy = frequencies(h, device=positions.device, dtype=dtype)[row]
+    fx = rfft_frequencies(w, device=positions.device, dtype=dtype)[col]
+    if not channels:
+        return torch.stack([fy, fx], dim=-1)
+    return torch.stack([fy, fx, _channel_coord(i, c_in, dtype), _channel_coord(o, c_out, dtype)], dim=-1)
+
+
+def pair_index(positions: Tensor, c_in: int, c_out: int) -> Tensor:
+    """The (c_in, c_out) pair of each flat position, as c_in * C_out + c_out (the per-pair MLP's index)."""
+    return positions % (c_in * c_out)
+
+
+def pairwise_mlp(coords: Tensor, pairs: Tensor, weights: list[Tensor], biases: list[Tensor], activation: str) -> Tensor:
+    """One small MLP per (c_in, c_out) pair, twice (real and imaginary part): the paper's Phi(H, W) option.
+
+    Args:
+        coords: (P, D) coordinates.
+        pairs: (P,) which pair's MLP evaluates each position.
+        weights: per layer (2, pairs, out, in).
+        biases: per layer (2, pairs, out).
+        activation: "relu" or "silu", between layers.
+
+    Returns:
+        (2, P, out_last).
+    """
+    act = ACTIVATIONS[activation]
+    h = coords.unsqueeze(0).expand(2, *coords.shape)  # (P, D) -> (2, P, D)
+    for layer, (w, b) in enumerate(zip(weights, biases)):
+        if layer:
+            h = act(h)
+        # gather each position's weights: (2, pairs, out, in) -> (2, P, out, in); (2, P, out, in) @ (2, P, in, 1)
+        h = (w[:, pairs] @ h.unsqueeze(-1)).squeeze(-1) + b[:, pairs]
+    return h
+
+
+def ema_merge(state: Tensor, positions: Tensor, values: Tensor, decay: float) -> tuple[Tensor, Tensor]:
+    """The sparse EMA step: merge MLP values into the state at sampled positions.
+
+    ``new = (1 - decay) * state[positions] + decay * values`` at the sampled positions; every other position keeps
+    its state. Gradients flow from the returned kernel into ``values`` (scaled by ``decay``), never into the state.
+
+    Args:
+        state: (H, Wf, C_in, C_out, 2) the stored state (not modified).
+        positions: (P,) distinct flat positions.
+        values: (P, 2) the MLP's (real, imaginary) values there.
+        decay: the EMA's step, in (0, 1].
+
+    Returns:
+        (kernel, new): the full kernel (H, Wf, C_in, C_out, 2) to convolve with, and the (P, 2) new values to write
+        into the state (detached).
+    """
+    if values.shape != (positions.numel(), 2):
+        raise ShapeError(f"ema_merge: `values` must have shape ({positions.numel()}, 2), but got {tuple(values.shape)}")
+    flat = state.detach().reshape(-1, 2)  # (H*Wf*C_in*C_out, 2)
+    new = (1.0 - decay) * flat[positions] + decay * values.to(flat.dtype)
+    kernel = flat.index_put((positions,), new)  # out of place: a full copy with the sampled rows replaced
+    return kernel.reshape(state.shape), new.detach()
+
+
+def state_to_spectrum(state: Tensor) -> Tensor:
+    """(H, Wf, C_in, C_out, 2) real state -> complex (H, Wf, C_in, C_out) spectrum, a view where ``state`` is
+    contiguous (the layout ``circular_conv2d_rfft(..., layout="hwio")`` takes without a copy)."""
+    return torch.view_as_complex(state.contiguous())

@@ -1,0 +1,377 @@
+"""CF-Conv: continuous Fourier convolution with sparse updates of a stored kernel state.
+
+Harper, Wood, Gerstoft, Larson, "Scaling Continuous Kernels with Sparse Fourier Domain Learning". The kernel lives in
+the Fourier domain, G_o = sum_i F_i K_{i,o}, with complex K (real and imaginary part, the "split kernel"). Its values
+come from an MLP over normalised (h, w, c_in, c_out) positions (the paper's recommended Phi(H, W, C_in, C_out),
+one MLP per part), or from one small MLP per (c_in, c_out) pair over (h, w) (Phi(H, W)). Evaluating the MLP at all
+H x W x C_in x C_out positions with gradients is what exhausts memory, so training evaluates it only at uniformly
+sampled positions and merges those values into a stored kernel state by an exponential moving average; the other
+positions keep their state. Activations are left to the caller, in the spatial domain: the layer ends with an
+inverse FFT.
+
+There is no public code for the paper; the choices below that it leaves open are nas_flex's, and are documented on
+the class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from nas_flex.errors import HyperparameterError, ShapeError
+from nas_flex.functional.cfconv import (
+    ema_merge,
+    pair_index,
+    pairwise_mlp,
+    position_coords,
+    sample_positions,
+    state_shape,
+    state_to_spectrum,
+)
+from nas_flex.functional.niff import circular_conv2d_rfft, compute_dtype
+from nas_flex.kernels.frequency import hermitian_project
+from nas_flex.kernels.mass import effective_size_from_mass, kernel_mass_ratio
+from nas_flex.layers.base import KernelLayer, check_finite, check_positive_int
+from nas_flex.layers.niff import DEFAULT_GRID, MASS_FRACTION, TwinMLP, _size_repr
+from nas_flex.layers.registry import register
+
+__all__ = ["CFConv", "CFCONV_PARAMETERIZATIONS", "DEFAULT_HIDDEN"]
+
+CFCONV_PARAMETERIZATIONS = ("joint", "per_pair")
+# the paper's MLPs: [32, 32, 32, 16, 16, 16, 8, 8, 8, 1] for the joint MLP, [2, 1] per pair (hidden widths here)
+DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"joint": (32, 32, 32, 16, 16, 16, 8, 8, 8), "per_pair": (2,)}
+# positions per chunk when the MLP is evaluated everywhere without gradients (eval at a new size, spatial_kernel)
+_CHUNK = 2**16
+
+
+class _PairMLP(nn.Module):
+    """One MLP per (c_in, c_out) pair, for the real and imaginary part: (P, 2) coords + (P,) pairs -> (2, P, 1)."""
+
+    def __init__(self, pairs: int, hidden: Sequence[int], *, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        widths = [2, *hidden, 1]
+        factory = {"device": device, "dtype": dtype}
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.empty(2, pairs, o, i, **factory)) for i, o in zip(widths[:-1], widths[1:])]
+        )
+        self.biases = nn.ParameterList([nn.Parameter(torch.empty(2, pairs, o, **factory)) for o in widths[1:]])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for w, b in zip(self.weights, self.biases):
+            bound = 1 / math.sqrt(w.shape[-1])  # nn.Linear's default, per pair
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+
+    def forward(self, coords: Tensor, pairs: Tensor, dtype: torch.dtype) -> Tensor:
+        return pairwise_mlp(
+            coords.to(dtype), pairs, [w.to(dtype) for w in self.weights], [b.to(dtype) for b in self.biases], "relu"
+        )
+
+
+@register("cfconv")
+class CFConv(KernelLayer):
+    """Continuous Fourier convolution (CF-Conv) with sparse EMA updates of a stored kernel state.
+
+    **Kernel.** Complex, on the rfft2 layout of the input: entry (h, w, c_in, c_out) for the H x (W // 2 + 1)
+    non-negative-column frequencies (the other half follows from Hermitian symmetry, which is enforced, so the
+    layer is exactly a circular convolution with the real kernel ``spatial_kernel()``). The MLP (ReLU, one per
+    real / imaginary part) sees normalised coordinates: frequencies in [-1, 1] (1 = Nyquist) and channel indices
+    mapped linearly to [-1, 1]. The convolution uses the kernel times 1 / sqrt(C_in) (fan-in scaling, our addition:
+    with U[-1, 1] entries the output variance is then about 2/3 of a white input's, independent of C_in).
+
+    **State.** A buffer ``kernel_state`` of shape (H, W // 2 + 1, C_in, C_out, 2) (the paper's H x W x C_in x C_out x 2
+    on the rfft layout; last axis real, imaginary), saved in ``state_dict``. It is created at the first forward with
+    ``sampled_positions`` set, U[-1, 1] as in the paper, for that input's size (loading a ``state_dict`` adopts the
+    saved size).
+
+    **Training step** (``sampled_positions=P``): P positions are drawn uniformly (distinct; see
+    ``nas_flex.functional.cfconv.sample_positions``), the MLP is evaluated there with gradients, and
+    ``new = (1 - decay) * state + decay * mlp`` at those positions: the kernel of this forward is the state with the
+    sampled positions replaced by ``new`` (gradients reach the MLP through ``new``, scaled by ``decay``), and ``new`` is
+    written into the state. Unselected positions keep their state. ``decay`` is the share of the old value that decays
+    per update (PyTorch BatchNorm's momentum convention, to which the paper compares its state); the paper's
+    "decay rate of 0.1" does not say which side it weights, and TensorFlow's ExponentialMovingAverage would read it
+    the other way round: ``decay=0.9`` gives that reading. **Eval** uses the stored state.
+
+    ``sampled_positions=None`` evaluates the MLP at every position, with gradients, in training and in eval (the
+    paper's "naive" evaluation): the kernel *is* the MLP, there is no state and the forward is deterministic.
+
+    **Input size.** The MLP is continuous, so with ``sampled_positions=None`` any input size works. The state is tied
+    to the size it was created (or loaded) at: in eval, another size is served by evaluating the MLP on that size's
+    grid (no gradients, the state untouched); in training, another size raises ``ShapeError`` naming both sizes,
+    because the sparse updates cannot follow it: call ``resize_state_(h, w)`` (resamples the state from the MLP) to
+    continue at the new size.
+
+    The kernel is as large as the input; there is no explicit size parameter (``size_parameters()`` yields nothing).
+    ``effective_kernel_size`` is, per dimension, the side of the smallest centred window holding 90 % of the spatial
+    kernel's absolute mass, on the last input's grid (before the first forward: the MLP's kernel on the 32 x 32
+    ``DEFAULT_GRID``).
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        sampled_positions: positions P evaluated per training step (the paper: 2**12, 2**15, 2**18); None evaluates
+            every position. Default 2**15.
+        decay: the EMA step in (0, 1] (see above). Default 0.1 (the paper's).
+        parameterization: "joint" (one MLP over (h, w, c_in, c_out), recommended) or "per_pair" (one MLP per
+            (c_in, c_out) pair over (h, w)).
+        hidden_features: the MLP's hidden widths; default the paper's (32, 32, 32, 16, 16, 16, 8, 8, 8) for
+            "joint", (2,) for "per_pair" (its [2, 1] neurons). The output width is 1 per part.
+        bias: add a learnable bias per output channel (spatial domain; nn.Conv2d's default; not in the paper).
+
+    Shape:
+        (N, C_in, H, W) -> (N, C_out, H, W).
+
+    Example:
+        >>> import torch
+        >>> layer = CFConv(3, 8, sampled_positions=2**10)
+        >>> layer(torch.randn(2, 3, 16, 12)).shape
+        torch.Size([2, 8, 16, 12])
+        >>> tuple(layer.kernel_state.shape)
+        (16, 7, 3, 8, 2)
+    """
+
+    domain: ClassVar[str] = "frequency"
+    example_hparams: ClassVar[dict[str, Any]] = {"sampled_positions": None}
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        sampled_positions: int | None = 2**15,
+        decay: float = 0.1,
+        parameterization: str = "joint",
+        hidden_features: Sequence[int] | None = None,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels)
+        if sampled_positions is not None:
+            check_positive_int("sampled_positions", sampled_positions)
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+            raise HyperparameterError(f"`0 < decay <= 1` must hold, but got {decay=!r}")
+        if parameterization not in CFCONV_PARAMETERIZATIONS:
+            raise HyperparameterError(
+                f"`parameterization` must be one of {list(CFCONV_PARAMETERIZATIONS)}, but got {parameterization=!r}"
+            )
+        hidden = DEFAULT_HIDDEN[parameterization] if hidden_features is None else hidden_features
+        if not isinstance(hidden, (tuple, list)) or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in hidden
+        ):
+            raise HyperparameterError(
+                f"`hidden_features` must be a sequence of positive ints (or None), but got {hidden_features=!r}"
+            )
+        if not isinstance(bias, bool):
+            raise HyperparameterError(f"`bias` must be a bool, but got {bias=!r}")
+        self.sampled_positions = sampled_positions
+        self.decay = float(decay)
+        self.parameterization = parameterization
+        self.hidden_features = tuple(hidden)
+        factory = {"device": device, "dtype": dtype}
+        if parameterization == "joint":
+            self.kernel_mlp: nn.Module = TwinMLP(4, self.hidden_features, 1, "relu", **factory)
+        else:
+            self.kernel_mlp = _PairMLP(in_channels * out_channels, self.hidden_features, **factory)
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.register_buffer("kernel_state", None)
+        self._state_size: tuple[int, int] | None = None  # the (H, W) the state belongs to
+        self.last_positions: Tensor | None = None  # the flat positions the last training step updated
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the MLP and the bias, and drop the kernel state (re-created, U[-1, 1], at the next
+        training forward)."""
+        self.kernel_mlp.reset_parameters()
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_channels)
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.kernel_state = None
+        self._state_size = None
+
+    # ------------------------------------------------------------------------------------------------- state
+    @property
+    def state_size(self) -> tuple[int, int] | None:
+        """(H, W) of the input the kernel state belongs to; None before it exists."""
+        return self._state_size
+
+    def _ref(self) -> Tensor:
+        return next(self.kernel_mlp.parameters())
+
+    def _create_state(self, h: int, w: int) -> None:
+        ref = self._ref()
+        state = torch.empty(state_shape(h, w, self.in_channels, self.out_channels), device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            state.uniform_(-1.0, 1.0)  # the paper: U[-1, 1], no preferred position or frequency
+        self.kernel_state = state
+        self._state_size = (h, w)
+
+    def resize_state_(self, h: int, w: int) -> None:
+        """Re-create the kernel state for an H x W input from the MLP evaluated at every position (no gradients),
+        so sparse training can continue at a new input size."""
+        check_positive_int("h", h)
+        check_positive_int("w", w)
+        with torch.no_grad():
+            state = self._mlp_everywhere(h, w, chunk=_CHUNK)
+        self.kernel_state = state.to(self._ref().dtype)
+        self._state_size = (h, w)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"state_size": self._state_size}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        size = state.get("state_size")
+        self._state_size = tuple(size) if size is not None else None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # The state's shape depends on the input size it was made for: adopt the checkpoint's, so a fresh layer can
+        # load a trained one. A checkpoint that says it has no state drops ours.
+        incoming = state_dict.get(prefix + "kernel_state")
+        extra = state_dict.get(prefix + "_extra_state")
+        if incoming is not None:
+            current = self.kernel_state
+            if current is None or current.shape != incoming.shape:
+                ref = self._ref()
+                self.kernel_state = torch.empty(incoming.shape, device=ref.device, dtype=ref.dtype)
+        elif isinstance(extra, dict) and extra.get("state_size") is None:
+            self.kernel_state = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if incoming is not None and self.kernel_state is not None:
+            check_finite("kernel_state", self.kernel_state, type(self).__name__)  # forward only checks new values
+
+    # ------------------------------------------------------------------------------------------------ kernels
+    def _mlp_at(self, positions: Tensor, h: int, w: int, dtype: torch.dtype) -> Tensor:
+        """The MLP's (real, imaginary) values at flat positions: (P,) -> (P, 2), checked for NaN / inf (the kernel's
+        only source of new values: the state was finite before)."""
+        if self.parameterization == "joint":
+            coords = position_coords(positions, h, w, self.in_channels, self.out_channels, dtype=dtype)
+            out = self.kernel_mlp(coords, dtype)  # (P, 4) -> (2, P, 1)
+        else:
+            coords = position_coords(positions, h, w, self.in_channels, self.out_channels, dtype=dtype, channels=False)
+            out = self.kernel_mlp(coords, pair_index(positions, self.in_channels, self.out_channels), dtype)
+        return check_finite("kernel", out[..., 0].T, type(self).__name__)  # (2, P, 1) -> (P, 2)
+
+    def _mlp_everywhere(self, h: int, w: int, chunk: int | None = None) -> Tensor:
+        """The MLP evaluated at every position: (H, Wf, C_in, C_out, 2); ``chunk`` bounds the memory (no grad)."""
+        shape = state_shape(h, w, self.in_channels, self.out_channels)
+        total = math.prod(shape[:-1])
+        dtype = compute_dtype(self._ref().dtype)
+        device = self._ref().device
+        step = total if chunk is None else chunk
+        parts = [
+            self._mlp_at(torch.arange(s, min(s + step, total), device=device), h, w, dtype)
+            for s in range(0, total, step)
+        ]
+        return torch.cat(parts).reshape(shape)
+
+    def _spectrum(self, kernel: Tensor, w: int) -> Tensor:
+        """Real (H, Wf, C_in, C_out, 2) kernel -> its Hermitian complex spectrum (H, Wf, C_in, C_out), unscaled."""
+        kernel = kernel.to(compute_dtype(kernel.dtype))
+        return hermitian_project(state_to_spectrum(kernel), w, dims=(0, 1))
+
+    def _eval_kernel(self, h: int, w: int) -> Tensor:
+        """The kernel used in eval for an H x W input: with sampled updates, the state at its own size, else the MLP
+        on that grid as a constant (no gradients); with ``sampled_positions=None``, the MLP (with gradients)."""
+        if self.sampled_positions is None:
+            return self._mlp_everywhere(h, w, chunk=None if torch.is_grad_enabled() else _CHUNK)
+        if self.kernel_state is not None and self._state_size == (h, w):
+            return self.kernel_state
+        with torch.no_grad():
+            return self._mlp_everywhere(h, w, chunk=_CHUNK)
+
+    def frequency_kernel(self, size: tuple[int, int] | None = None) -> Tensor:
+        """The kernel the layer applies in eval, as a spectrum: complex (C_out, C_in, H, W // 2 + 1), Hermitian, with
+        the 1 / sqrt(C_in) scale. ``size`` defaults to the last input's (H, W) (``DEFAULT_GRID`` before any)."""
+        h, w = size or self.last_input_size or DEFAULT_GRID
+        with torch.autocast(device_type=self._ref().device.type, enabled=False):
+            spec = self._spectrum(self._eval_kernel(h, w), w)  # (H, Wf, C_in, C_out)
+            return spec.permute(3, 2, 0, 1) / math.sqrt(self.in_channels)  # -> (C_out, C_in, H, Wf)
+
+    def spatial_kernel(self) -> Tensor:
+        """The equivalent circular spatial kernel (C_out, C_in, H, W) for the last input size (detached).
+
+        The eval-mode output is the circular *convolution* of the input with it (tap (0, 0) at index (0, 0);
+        ``torch.fft.fftshift`` centres it). It is the stored state where the state has the last input's size, else
+        the MLP's kernel on that grid (``DEFAULT_GRID`` before the first forward).
+        """
+        h, w = self.last_input_size or DEFAULT_GRID
+        with torch.no_grad():
+            return torch.fft.irfft2(self.frequency_kernel((h, w)), s=(h, w))
+
+    # --------------------------------------------------------------------------------------------------- size
+    @property
+    def effective_kernel_size(self) -> tuple[float, float]:
+        """(height, width) in pixels of the last input's grid: per dimension, the side of the smallest centred
+        window holding 90 % of the spatial kernel's absolute mass (``DEFAULT_GRID`` before the first forward)."""
+        h, w = effective_size_from_mass(self.spatial_kernel(), MASS_FRACTION, circular=True)
+        return float(h), float(w)
+
+    def size_parameters(self) -> Iterator[nn.Parameter]:
+        """None: the kernel is as large as the input; its effective size is learned through all MLP weights."""
+        return iter(())
+
+    def size_record(self) -> dict[str, Any]:
+        h, w = self.last_input_size or DEFAULT_GRID
+        ratio3 = kernel_mass_ratio(self.spatial_kernel(), [3], circular=True).mean()
+        return {"parameterization": self.parameterization, "sampled_positions": self.sampled_positions,
+                "grid_height": h, "grid_width": w, "mass_in_3x3": float(ratio3)}
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = self._check_input(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.training and self.sampled_positions is not None:
+                kernel = self._sparse_step(h, w)
+            else:
+                kernel = self._eval_kernel(h, w)
+            # Not projected to Hermitian here: irfft2 applies exactly the Hermitian part of its input, and for a
+            # Hermitian input spectrum X the Hermitian part of X * K is X * herm(K) (on a self-conjugate column,
+            # conj(X[-r]) = X[r]), so the output and its gradients equal those of the projected kernel that
+            # frequency_kernel() and spatial_kernel() report, without two more passes over C_in x C_out x H x Wf.
+            spec = state_to_spectrum(kernel.to(compute_dtype(kernel.dtype)))  # (H, Wf, C_in, C_out)
+            # the fan-in scale on the output instead of on the C_in x C_out x H x Wf kernel
+            y = circular_conv2d_rfft(x, spec, layout="hwio") * (1.0 / math.sqrt(self.in_channels))
+        return y if self.bias is None else y + self.bias.to(y.dtype).view(1, -1, 1, 1)
+
+    def _sparse_step(self, h: int, w: int) -> Tensor:
+        """One training step's kernel: EMA-merge the MLP at sampled positions into the state (and store it)."""
+        if self.kernel_state is None:
+            self._create_state(h, w)
+        elif self._state_size != (h, w):
+            sh, sw = self._state_size
+            raise ShapeError(
+                f"CFConv: the kernel state belongs to a {sh}x{sw} input, but training got a {h}x{w} input; sparse "
+                f"updates cannot follow a size change. Call layer.resize_state_({h}, {w}) to resample the state from "
+                f"the MLP, keep training at {sh}x{sw}, or use sampled_positions=None (eval at another size works)."
+            )
+        state = self.kernel_state
+        total = math.prod(state.shape[:-1])
+        positions = sample_positions(total, self.sampled_positions, device=state.device)
+        self.last_positions = positions
+        values = self._mlp_at(positions, h, w, compute_dtype(state.dtype))  # (P, 2), with gradients
+        kernel, new = ema_merge(state, positions, values, self.decay)
+        with torch.no_grad():
+            state.view(-1, 2)[positions] = new.to(state.dtype)
+        return kernel
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, {_size_repr(self)}"
+        if self.sampled_positions != 2**15:
+            s += f", sampled_positions={self.sampled_positions}"
+        if self.decay != 0.1:
+            s += f", decay={self.decay}"
+        if self.parameterization != "joint":
+            s += f", parameterization={self.parameterization!r}"
+        if self.hidden_features != DEFAULT_HIDDEN[self.parameterization]:
+            s += f", hidden_features={self.hidden_features}"
+        if self.state_size is not None:
+            s += f", state for {self.state_size[0]}x{self.state_size[1]}"
+        return s + ("" if self.bias is not None else ", bias=False")

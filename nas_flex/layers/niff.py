@@ -1,0 +1,279 @@
+"""NIFF: neural implicit frequency filters.
+
+Grabinski, Keuper, Keuper, "As large as it gets: studying infinitely large convolutions via neural implicit frequency
+filters", TMLR 2024. A small MLP over the grid of frequency coordinates (the paper's stacked 1x1 convolutions over a
+2-channel coordinate map) predicts each filter's spectrum, real and imaginary parts by separate MLPs; the input is
+transformed with the real FFT, multiplied, and transformed back: a circular convolution with a kernel as large as the
+input, for the cost of the FFTs.
+
+nas_flex's version against the authors' code (GeJulia/NIFF): frequencies are normalised to [-1, 1] (1 = Nyquist)
+instead of integer indices, so the same continuous filter is resampled for any input size; the grid is built for
+each input (any H, W, non-square included) on the input's device; rfft2 / irfft2 with an explicitly Hermitian
+spectrum instead of fft2 + fftshift + taking the real part.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from nas_flex.errors import HyperparameterError, unknown_name
+from nas_flex.functional.niff import (
+    ACTIVATIONS,
+    circular_conv2d_rfft,
+    compute_dtype,
+    separable_circular_conv2d_rfft,
+    twin_mlp,
+)
+from nas_flex.kernels.frequency import hermitian_project, rfft_grid
+from nas_flex.kernels.mass import effective_size_from_mass, kernel_mass_ratio
+from nas_flex.layers.base import KernelLayer, check_finite
+from nas_flex.layers.registry import register
+
+__all__ = ["NIFFConv", "TwinMLP", "NIFF_MLPS", "NIFF_MODES", "DEFAULT_GRID", "MASS_FRACTION"]
+
+# preset -> (hidden widths, activation); the output width is the number of filters
+NIFF_MLPS: dict[str, tuple[tuple[int, ...], str]] = {
+    "small": ((32,), "relu"),  # the paper's CIFAR-10 NIFF: 2 -> 32 -> C, ReLU
+    "large": ((16, 128, 32), "silu"),  # the paper's ImageNet NIFF for large models: 2 -> 16 -> 128 -> 32 -> C, SiLU
+    "light": ((8, 4), "silu"),  # the paper's lightweight NIFF (MobileNet-v2, DenseNet-121): 2 -> 8 -> 4 -> C, SiLU
+}
+NIFF_MODES = ("separable", "full")
+# The grid sizes refer to before the first forward (spatial_kernel, effective_kernel_size): a CIFAR feature map.
+DEFAULT_GRID = (32, 32)
+# effective_kernel_size: the smallest centred window holding this share of the kernel's absolute mass
+MASS_FRACTION = 0.9
+
+
+class TwinMLP(nn.Module):
+    """Two MLPs of one shape, for the real and the imaginary part of a filter, evaluated as one batched op.
+
+    Args:
+        in_features: coordinates per position.
+        hidden: hidden widths.
+        out_features: outputs per position (per part).
+        activation: "relu" or "silu".
+
+    Shape:
+        (P, in_features) -> (2, P, out_features): index 0 real, 1 imaginary.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        out_features: int,
+        activation: str,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise unknown_name("activation", activation, ACTIVATIONS)
+        self.activation = activation
+        widths = [in_features, *hidden, out_features]
+        factory = {"device": device, "dtype": dtype}
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.empty(2, o, i, **factory)) for i, o in zip(widths[:-1], widths[1:])]
+        )
+        self.biases = nn.ParameterList([nn.Parameter(torch.empty(2, o, **factory)) for o in widths[1:]])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases
+        for w, b in zip(self.weights, self.biases):
+            bound = 1 / math.sqrt(w.shape[-1])
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+
+    def forward(self, coords: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or coords.dtype
+        return twin_mlp(
+            coords.to(dtype), [w.to(dtype) for w in self.weights], [b.to(dtype) for b in self.biases], self.activation
+        )
+
+    def extra_repr(self) -> str:
+        widths = [self.weights[0].shape[-1], *(w.shape[1] for w in self.weights)]
+        return f"{' -> '.join(map(str, widths))}, activation={self.activation}, x2 (real, imaginary)"
+
+
+@register("niff")
+class NIFFConv(KernelLayer):
+    """Circular convolution with filters learned in the frequency domain by an implicit MLP (NIFF).
+
+    An MLP maps each normalised frequency (f_y, f_x) of the input's rfft2 grid to filter values, real and imaginary
+    parts by separate MLPs. ``mode="separable"`` (the paper's default): the MLP gives one filter per input channel
+    (a depthwise convolution), then a 1x1 channel mix (a real C_out x C_in matrix, no bias, as in the authors' code)
+    is applied in the frequency domain, and one inverse FFT returns to the spatial domain. ``mode="full"``: the MLP
+    gives C_out x C_in filters and the channels are summed per frequency (scaled by 1 / sqrt(C_in), the fan-in, so
+    the output variance does not grow with C_in).
+
+    The spectrum is made Hermitian (``nas_flex.kernels.frequency.hermitian_project``), so the layer is exactly a
+    circular convolution with the real kernel ``spatial_kernel()``. A new input size resamples the continuous
+    filter: frequencies are normalised (1 = Nyquist), so a filter keeps its extent in pixels.
+
+    The kernel is as large as the input; there is no explicit size parameter (``size_parameters()`` yields nothing).
+    ``effective_kernel_size`` is, per dimension, the side of the smallest centred window that holds 90 % of the
+    spatial kernel's absolute mass (the paper's kernel mass ratio), on the last input's grid, or on the 32 x 32
+    ``DEFAULT_GRID`` before the first forward.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        mode: "separable" (depthwise filters + 1x1 mix) or "full" (C_out x C_in filters).
+        mlp: the paper's MLP sizes: "small" (CIFAR: 2 -> 32 -> C, ReLU), "large" (ImageNet: 2 -> 16 -> 128 -> 32 -> C,
+            SiLU) or "light" (2 -> 8 -> 4 -> C, SiLU, the authors' lightweight one).
+        bias: add a learnable bias per output channel (spatial domain; nn.Conv2d's default; not in the paper).
+
+    Shape:
+        (N, C_in, H, W) -> (N, C_out, H, W), any H, W.
+
+    Example:
+        >>> import torch
+        >>> layer = NIFFConv(3, 8)
+        >>> layer(torch.randn(2, 3, 16, 12)).shape
+        torch.Size([2, 8, 16, 12])
+        >>> layer.spatial_kernel().shape
+        torch.Size([8, 3, 16, 12])
+    """
+
+    domain: ClassVar[str] = "frequency"
+    example_hparams: ClassVar[dict[str, Any]] = {"mode": "separable", "mlp": "small"}
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        mode: str = "separable",
+        mlp: str = "small",
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels)
+        if mode not in NIFF_MODES:
+            raise HyperparameterError(f"`mode` must be one of {list(NIFF_MODES)}, but got {mode=!r}")
+        if mlp not in NIFF_MLPS:
+            raise HyperparameterError(f"`mlp` must be one of {list(NIFF_MLPS)}, but got {mlp=!r}")
+        if not isinstance(bias, bool):
+            raise HyperparameterError(f"`bias` must be a bool, but got {bias=!r}")
+        self.mode = mode
+        self.mlp = mlp
+        hidden, activation = NIFF_MLPS[mlp]
+        filters = in_channels if mode == "separable" else out_channels * in_channels
+        factory = {"device": device, "dtype": dtype}
+        self.filter_mlp = TwinMLP(2, hidden, filters, activation, **factory)
+        separable = mode == "separable"
+        self.pointwise = nn.Parameter(torch.empty(out_channels, in_channels, **factory)) if separable else None
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.filter_mlp.reset_parameters()
+        bound = 1 / math.sqrt(self.in_channels)
+        if self.pointwise is not None:
+            nn.init.uniform_(self.pointwise, -bound, bound)  # nn.Linear's / a 1x1 nn.Conv2d's default
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    # ------------------------------------------------------------------------------------------------ filters
+    def _param_dtype(self) -> torch.dtype:
+        return compute_dtype(self.filter_mlp.weights[0].dtype)
+
+    def filters(self, size: tuple[int, int] | None = None) -> Tensor:
+        """The MLP's Hermitian filter spectra on the rfft2 grid of an H x W input.
+
+        Args:
+            size: (H, W); default the last input's size (``DEFAULT_GRID`` before the first forward).
+
+        Returns:
+            complex (C_in, H, W // 2 + 1) for ``mode="separable"`` (the depthwise filters), complex
+            (C_out, C_in, H, W // 2 + 1) for ``mode="full"`` (including the 1 / sqrt(C_in) scale).
+        """
+        h, w = size or self.last_input_size or DEFAULT_GRID
+        dtype = self._param_dtype()
+        device = self.filter_mlp.weights[0].device
+        with torch.autocast(device_type=device.type, enabled=False):
+            grid = rfft_grid(h, w, device=device, dtype=dtype)  # (2, H, Wf)
+            wf = grid.shape[-1]
+            out = self.filter_mlp(grid.reshape(2, h * wf).T, dtype)  # (H*Wf, 2) -> (2, H*Wf, C)
+            spec = torch.complex(out[0], out[1]).reshape(h, wf, -1)  # (H*Wf, C) -> (H, Wf, C)
+            spec = hermitian_project(spec, w, dims=(0, 1))
+            if self.mode == "full":
+                # (H, Wf, C_out*C_in) -> (H, Wf, C_out, C_in) -> (C_out, C_in, H, Wf), a view: the conv's batched
+                # matmul reads the (H, Wf, C_in, C_out) order from it without a copy
+                spec = (spec / math.sqrt(self.in_channels)).reshape(h, wf, self.out_channels, self.in_channels)
+                spec = spec.permute(2, 3, 0, 1)
+            else:
+                spec = spec.permute(2, 0, 1)  # (H, Wf, C_in) -> (C_in, H, Wf)
+        return check_finite("filters", spec, type(self).__name__)
+
+    def frequency_kernel(self, size: tuple[int, int] | None = None) -> Tensor:
+        """The complete filter bank as spectra: complex (C_out, C_in, H, W // 2 + 1), Hermitian, rfft2 layout.
+
+        For ``mode="separable"`` this is the composition ``pointwise[o, i] * depthwise[i]``.
+        """
+        spec = self.filters(size)
+        if self.mode == "separable":
+            spec = self.pointwise.to(spec.real.dtype)[:, :, None, None] * spec[None]  # (C_out, C_in, H, Wf)
+        return spec
+
+    def spatial_kernel(self) -> Tensor:
+        """The equivalent circular spatial kernel (C_out, C_in, H, W) for the last input size (detached).
+
+        ``forward(x)`` equals the circular *convolution* of x with it: y[o] = sum_i k[o, i] (*) x[i], tap (0, 0) at
+        index (0, 0) and negative offsets wrapped to the end (``torch.fft.fftshift`` centres it). Before the first
+        forward it is the kernel for ``DEFAULT_GRID``.
+        """
+        h, w = self.last_input_size or DEFAULT_GRID
+        with torch.no_grad():
+            return torch.fft.irfft2(self.frequency_kernel((h, w)), s=(h, w))
+
+    # --------------------------------------------------------------------------------------------------- size
+    @property
+    def effective_kernel_size(self) -> tuple[float, float]:
+        """(height, width) in pixels of the last input's grid: per dimension, the side of the smallest centred
+        window holding 90 % of the spatial kernel's absolute mass (``DEFAULT_GRID`` before the first forward)."""
+        h, w = effective_size_from_mass(self.spatial_kernel(), MASS_FRACTION, circular=True)
+        return float(h), float(w)
+
+    def size_parameters(self) -> Iterator[nn.Parameter]:
+        """None: the kernel is as large as the input; its effective size is learned through all MLP weights."""
+        return iter(())
+
+    def size_record(self) -> dict[str, Any]:
+        h, w = self.last_input_size or DEFAULT_GRID
+        ratio3 = kernel_mass_ratio(self.spatial_kernel(), [3], circular=True).mean()
+        return {"mode": self.mode, "grid_height": h, "grid_width": w, "mass_in_3x3": float(ratio3)}
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = self._check_input(x)
+        spec = self.filters((h, w))
+        if self.mode == "separable":
+            return separable_circular_conv2d_rfft(x, spec, self.pointwise, self.bias)
+        return circular_conv2d_rfft(x, spec, self.bias)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, {_size_repr(self)}"
+        if self.mode != "separable":
+            s += f", mode={self.mode!r}"
+        if self.mlp != "small":
+            s += f", mlp={self.mlp!r}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+def _size_repr(layer: KernelLayer) -> str:
+    """``kernel_size=5x3 (learned, 90% mass on a 12x10 grid)`` for the frequency layers' extra_repr."""
+    grid = layer.last_input_size
+    where = f"on a {grid[0]}x{grid[1]} grid" if grid else f"on the default {DEFAULT_GRID[0]}x{DEFAULT_GRID[1]} grid"
+    if any(p.device.type == "meta" for p in layer.parameters()):
+        return f"kernel_size=? (learned, 90% mass; meta device) {where}"
+    h, w = layer.effective_kernel_size
+    return f"kernel_size={int(h)}x{int(w)} (learned, 90% mass {where})"

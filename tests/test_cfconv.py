@@ -1,0 +1,355 @@
+"""CF-Conv (registered "cfconv"): Fourier-domain kernels from an MLP, trained by sparse EMA updates of a state.
+
+Feature tests against independent float64 references (a circular convolution written with shifts; the MLP and its
+coordinates rebuilt from the parameters with plain F.linear), the EMA step, the state's life cycle (state_dict,
+size changes), Hermitian symmetry, gradcheck, and the allocation bound of a sparse step.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from nas_flex.errors import HyperparameterError, NonFiniteError, ShapeError
+from nas_flex.functional.cfconv import sample_positions
+from nas_flex.kernels.frequency import rfft_to_full
+from nas_flex.layers import build
+from nas_flex.layers.cfconv import CFConv
+
+
+def circular_conv_reference(x: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y[n, o, p] = sum_i sum_q k[o, i, q] x[n, i, p - q (mod H, W)], by explicit shifts (float64)."""
+    x, k = x.double(), k.double()
+    h, w = x.shape[-2:]
+    y = torch.zeros(x.shape[0], k.shape[0], h, w, dtype=torch.float64)
+    for qy in range(h):
+        for qx in range(w):
+            y += torch.einsum("oi,nihw->nohw", k[:, :, qy, qx], torch.roll(x, shifts=(qy, qx), dims=(-2, -1)))
+    if bias is not None:
+        y += bias.double().view(1, -1, 1, 1)
+    return y
+
+
+def reference_mlp_state(layer: CFConv, h: int, w: int) -> torch.Tensor:
+    """The joint MLP at every position, (H, W // 2 + 1, C_in, C_out, 2), from the parameters with F.linear."""
+    c_in, c_out = layer.in_channels, layer.out_channels
+    fy = torch.tensor([(r if r < (h + 1) // 2 else r - h) * 2.0 / h for r in range(h)], dtype=torch.float64)
+    fx = torch.tensor([c * 2.0 / w for c in range(w // 2 + 1)], dtype=torch.float64)
+    ci = torch.linspace(-1, 1, c_in, dtype=torch.float64) if c_in > 1 else torch.zeros(1, dtype=torch.float64)
+    co = torch.linspace(-1, 1, c_out, dtype=torch.float64) if c_out > 1 else torch.zeros(1, dtype=torch.float64)
+    coords = torch.stack(torch.meshgrid(fy, fx, ci, co, indexing="ij"), dim=-1)  # (H, Wf, C_in, C_out, 4)
+    parts = []
+    for part in range(2):  # real, imaginary
+        z = coords
+        for layer_index, (wt, b) in enumerate(zip(layer.kernel_mlp.weights, layer.kernel_mlp.biases)):
+            if layer_index:
+                z = torch.relu(z)
+            z = F.linear(z, wt[part].double(), b[part].double())
+        parts.append(z[..., 0])
+    return torch.stack(parts, dim=-1)
+
+
+def spectrum_of(state: torch.Tensor, c_in: int) -> torch.Tensor:
+    """(H, Wf, C_in, C_out, 2) -> complex (C_out, C_in, H, Wf) with the layer's 1 / sqrt(C_in) scale."""
+    return torch.view_as_complex(state.contiguous()).permute(3, 2, 0, 1) / math.sqrt(c_in)
+
+
+def make(sampled=32, c_in=3, c_out=4, **kw) -> CFConv:
+    return build("cfconv", c_in, c_out, sampled_positions=sampled, dtype=torch.float64, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ equivalence
+@pytest.mark.parametrize("sampled", [None, 32])
+@pytest.mark.parametrize("hw", [(7, 10), (6, 5)])
+def test_output_is_a_circular_convolution_with_spatial_kernel(sampled, hw):
+    layer = make(sampled)
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    for _ in range(3):
+        layer(x)  # training steps (sparse updates when sampled)
+    layer.eval()
+    k = layer.spatial_kernel()
+    assert k.shape == (4, 3, *hw)
+    torch.testing.assert_close(layer(x), circular_conv_reference(x, k, layer.bias), rtol=1e-10, atol=1e-10)
+
+
+def test_dense_kernel_is_the_mlp_everywhere():
+    """sampled_positions=None: the kernel is the MLP at every (h, w, c_in, c_out) position (checks coordinates)."""
+    layer = make(None, c_in=2, c_out=3)
+    hw = (6, 7)
+    x = torch.randn(1, 2, *hw, dtype=torch.float64)
+    y = layer(x)
+    want = torch.fft.irfft2(spectrum_of(reference_mlp_state(layer, *hw), 2), s=hw)
+    torch.testing.assert_close(layer.spatial_kernel(), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(y, circular_conv_reference(x, want, layer.bias), rtol=1e-10, atol=1e-10)
+    assert layer.kernel_state is None  # no state in dense mode
+    torch.testing.assert_close(layer(x), y, rtol=0, atol=0)  # deterministic in training mode
+
+
+# ------------------------------------------------------------------------------------------------- EMA step
+def test_ema_step_touches_only_the_sampled_positions():
+    layer = make(40, decay=0.1)
+    hw = (8, 6)
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    layer(x)  # creates the state (and takes a first step)
+    before = layer.kernel_state.clone()
+    y = layer(x)
+    after = layer.kernel_state
+    pos = layer.last_positions
+    assert 0 < pos.numel() <= 40 and pos.unique().numel() == pos.numel()
+    flat_before, flat_after = before.reshape(-1, 2), after.reshape(-1, 2)
+    untouched = torch.ones(flat_before.shape[0], dtype=torch.bool)
+    untouched[pos] = False
+    assert torch.equal(flat_after[untouched], flat_before[untouched])
+    # at the sampled positions: state <- (1 - decay) * state + decay * mlp
+    mlp = reference_mlp_state(layer, *hw).reshape(-1, 2)
+    torch.testing.assert_close(flat_after[pos], 0.9 * flat_before[pos] + 0.1 * mlp[pos], rtol=1e-12, atol=1e-12)
+    # the training forward used the updated state
+    layer.eval()
+    torch.testing.assert_close(layer(x), y, rtol=0, atol=0)
+
+
+def test_gradients_reach_the_mlp_through_the_sampled_positions_only():
+    layer = make(24, c_in=2, c_out=2)
+    hw = (5, 6)
+    x = torch.randn(2, 2, *hw, dtype=torch.float64)
+    layer(x)
+    state0 = layer.kernel_state.clone()
+    torch.manual_seed(7)
+    layer(x).square().sum().backward()
+    pos = layer.last_positions
+    got = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    # reference: kernel = state with (0.9 state + 0.1 mlp) at pos, the MLP rebuilt from the parameters
+    layer.zero_grad()
+    mlp = reference_mlp_state(layer, *hw).reshape(-1, 2)
+    kernel = state0.reshape(-1, 2).clone()
+    kernel[pos] = 0.9 * kernel[pos] + 0.1 * mlp[pos]
+    k = torch.fft.irfft2(spectrum_of(kernel.reshape(state0.shape), 2), s=hw)
+    circular_conv_reference(x, k, layer.bias).square().sum().backward()
+    for n, p in layer.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-8, atol=1e-10, msg=n)
+    assert any(g.abs().sum() > 0 for n, g in got.items() if n.startswith("kernel_mlp"))
+
+
+def test_state_is_initialised_uniform_in_minus_one_one():
+    layer = build("cfconv", 8, 8, sampled_positions=1)
+    with torch.no_grad():
+        layer(torch.randn(1, 8, 32, 32))
+    s = layer.kernel_state
+    assert s.shape == (32, 17, 8, 8, 2)
+    assert s.min() >= -1 and s.max() <= 1
+    assert abs(float(s.mean())) < 0.02 and abs(float(s.var()) - 1 / 3) < 0.02
+
+
+def test_sample_positions():
+    idx = sample_positions(1000, 100)
+    assert idx.dtype == torch.int64 and idx.unique().numel() == idx.numel() and torch.equal(idx, idx.sort().values)
+    assert 0 <= int(idx.min()) and int(idx.max()) < 1000 and 90 <= idx.numel() <= 100
+    assert sample_positions(1000, 400).numel() == 400  # large shares: exactly, without replacement
+    assert torch.equal(sample_positions(10, 10), torch.arange(10))
+    counts = torch.bincount(torch.cat([sample_positions(20, 4) for _ in range(2000)]), minlength=20)
+    assert counts.min() > 0.7 * counts.float().mean()  # roughly uniform
+
+
+# ------------------------------------------------------------------------------------------------ state life
+def test_state_dict_round_trip_keeps_the_state():
+    a = make(30)
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    for _ in range(3):
+        a(x)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = make(30)  # never run: adopts the checkpoint's state and size
+    b.load_state_dict(torch.load(buf))
+    assert torch.equal(b.kernel_state, a.kernel_state) and b.state_size == (9, 8)
+    a.eval()
+    b.eval()
+    torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
+    c = pickle.loads(pickle.dumps(a))
+    assert torch.equal(c.kernel_state, a.kernel_state) and c.state_size == a.state_size
+    # a checkpoint of a layer without state drops the state
+    a.load_state_dict(make(30).state_dict())
+    assert a.kernel_state is None and a.state_size is None
+
+
+def test_input_size_changes():
+    layer = make(50)
+    layer(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    with pytest.raises(ShapeError, match=r"belongs to a 8x8 input, but training got a 9x6 input.*resize_state_\(9, 6"):
+        layer(torch.randn(1, 3, 9, 6, dtype=torch.float64))
+    # eval at another size: the MLP resampled on that grid, the state untouched
+    layer.eval()
+    state = layer.kernel_state.clone()
+    x = torch.randn(1, 3, 9, 6, dtype=torch.float64)
+    k = torch.fft.irfft2(spectrum_of(reference_mlp_state(layer, 9, 6), 3), s=(9, 6))
+    torch.testing.assert_close(layer(x), circular_conv_reference(x, k, layer.bias), rtol=1e-10, atol=1e-10)
+    assert torch.equal(layer.kernel_state, state) and layer.state_size == (8, 8)
+    # resize_state_ resamples the state from the MLP; training continues at the new size
+    layer.train()
+    layer.resize_state_(9, 6)
+    torch.testing.assert_close(layer.kernel_state, reference_mlp_state(layer, 9, 6), rtol=1e-12, atol=1e-12)
+    assert layer(x).shape == (1, 4, 9, 6)
+    # dense mode follows any size
+    dense = make(None)
+    for hw in [(8, 8), (9, 6), (5, 11)]:
+        assert dense(torch.randn(1, 3, *hw, dtype=torch.float64)).shape == (1, 4, *hw)
+
+
+@pytest.mark.parametrize("sampled", [None, 32])
+def test_spectrum_is_hermitian(sampled):
+    layer = make(sampled)
+    hw = (7, 8)
+    layer(torch.randn(1, 3, *hw, dtype=torch.float64))
+    spec = layer.frequency_kernel()
+    kernel = torch.fft.ifft2(rfft_to_full(spec, hw[1]))
+    assert kernel.imag.abs().max() < 1e-14
+    torch.testing.assert_close(kernel.real, layer.spatial_kernel(), rtol=1e-12, atol=1e-12)
+    # the raw stored / generated values are not Hermitian on their own: the projection is what makes the test pass
+    raw = layer.kernel_state if sampled else reference_mlp_state(layer, *hw)
+    assert torch.fft.ifft2(rfft_to_full(spectrum_of(raw, 3), hw[1])).imag.abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("parameterization", ["joint", "per_pair"])
+def test_gradcheck_dense(parameterization):
+    layer = make(None, c_in=2, c_out=2, parameterization=parameterization, hidden_features=(4, 4))
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in layer.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters()]
+
+    def f(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_gradcheck_sampled_in_eval():
+    layer = make(16, c_in=2, c_out=2)
+    layer(torch.randn(1, 2, 5, 4, dtype=torch.float64))
+    layer.eval()
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------- memory
+class _AllocatedBytes(TorchDispatchMode):
+    """Sums the bytes of every new storage an aten op returns (forward and backward): what a step allocates.
+
+    Views and in-place results share a storage with an input and are not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.total += t.untyped_storage().nbytes()
+        return out
+
+
+def _step_bytes(layer: CFConv, x: torch.Tensor) -> int:
+    with _AllocatedBytes() as counter:
+        layer(x).sum().backward()
+    return counter.total
+
+
+def test_sparse_step_allocates_a_fraction_of_a_full_evaluation():
+    x = torch.randn(2, 4, 24, 24)
+    sparse = build("cfconv", 4, 4, sampled_positions=2**8)
+    sparse(x)  # create the state outside the measurement
+    dense = build("cfconv", 4, 4, sampled_positions=None)
+    assert _step_bytes(sparse, x) * 10 < _step_bytes(dense, x)
+
+
+# ----------------------------------------------------------------------------------------------- options
+def test_parameterizations_and_paper_mlp():
+    joint = build("cfconv", 3, 4)
+    widths = [4, 32, 32, 32, 16, 16, 16, 8, 8, 8, 1]  # the paper's [32, 32, 32, 16, 16, 16, 8, 8, 8, 1]
+    assert [tuple(w.shape) for w in joint.kernel_mlp.weights] == [(2, o, i) for i, o in zip(widths[:-1], widths[1:])]
+    pair = build("cfconv", 3, 4, parameterization="per_pair")
+    assert [tuple(w.shape) for w in pair.kernel_mlp.weights] == [(2, 12, 2, 2), (2, 12, 1, 2)]  # [2, 1] per pair
+    x = torch.randn(2, 3, 10, 9)
+    for layer in (joint, pair):
+        y = layer(x)
+        y.square().mean().backward()
+        assert y.shape == (2, 4, 10, 9) and torch.isfinite(y).all()
+        assert all(p.grad is not None for p in layer.kernel_mlp.parameters())
+
+
+def test_output_variance_is_sane_at_init():
+    """U[-1, 1] state scaled by 1 / sqrt(C_in): output variance about 2/3 of a white input's, for any C_in."""
+    for c_in in (2, 32):
+        layer = build("cfconv", c_in, 8, sampled_positions=1, bias=False)
+        y = layer(torch.randn(4, c_in, 16, 16))
+        assert 0.4 < float(y.detach().var()) < 0.95
+
+
+def test_bad_hyperparameters_are_named():
+    with pytest.raises(HyperparameterError, match="sampled_positions"):
+        build("cfconv", 3, 4, sampled_positions=0)
+    with pytest.raises(HyperparameterError, match="decay"):
+        build("cfconv", 3, 4, decay=1.5)
+    with pytest.raises(HyperparameterError, match=r"\['joint', 'per_pair'\].*'hw'"):
+        build("cfconv", 3, 4, parameterization="hw")
+    with pytest.raises(HyperparameterError, match="hidden_features"):
+        build("cfconv", 3, 4, hidden_features=(8, 0))
+
+
+def test_effective_size_and_repr():
+    layer = build("cfconv", 3, 4, sampled_positions=64)
+    assert all(1 <= s <= 32 for s in layer.effective_kernel_size)  # before any forward: the default grid
+    assert "(learned, 90% mass on the default 32x32 grid)" in layer.extra_repr()
+    layer(torch.randn(1, 3, 12, 10))
+    h, w = layer.effective_kernel_size
+    assert h <= 12 and w <= 10
+    text = layer.extra_repr()
+    assert "on a 12x10 grid" in text and "sampled_positions=64" in text and "state for 12x10" in text
+    assert "decay" not in text and "parameterization" not in text
+    rec = layer.size_record()
+    assert rec["sampled_positions"] == 64 and (rec["grid_height"], rec["grid_width"]) == (12, 10)
+
+
+def test_autocast_computes_the_ffts_in_float32():
+    layer = build("cfconv", 3, 4, sampled_positions=None)
+    x = torch.randn(2, 3, 9, 7)
+    want = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_sparse_step():
+    layer = build("cfconv", 3, 4, sampled_positions=64).cuda()
+    x = torch.randn(2, 3, 9, 6, device="cuda")
+    layer(x).sum().backward()
+    assert layer.kernel_state.device.type == "cuda" and layer.last_positions.device.type == "cuda"
+    layer.eval()
+    torch.testing.assert_close(layer.cpu()(x.cpu()), layer.cuda()(x).cpu(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampled", [None, 16])
+def test_a_nan_in_the_mlp_is_caught_where_it_arises(sampled):
+    layer = build("cfconv", 3, 4, sampled_positions=sampled)
+    x = torch.randn(1, 3, 8, 8)
+    layer(x)
+    with torch.no_grad():
+        layer.kernel_mlp.biases[-1].fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="CFConv"):
+        layer(x)
+    if sampled:
+        state = layer.state_dict()
+        state["kernel_state"][0, 0, 0, 0, 0] = float("inf")
+        with pytest.raises(NonFiniteError, match="kernel_state"):
+            build("cfconv", 3, 4, sampled_positions=sampled).load_state_dict(state)

@@ -1,0 +1,197 @@
+"""NIFF (registered "niff"): circular convolution with MLP-generated frequency filters.
+
+Feature tests against an independent float64 reference (a circular convolution written with shifts, no FFT), the
+Hermitian property, resampling across input sizes, gradcheck, the paper's MLP sizes and the errors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nas_flex.errors import HyperparameterError, NonFiniteError
+from nas_flex.functional.niff import circular_conv2d_rfft
+from nas_flex.kernels.frequency import rfft_grid, rfft_to_full
+from nas_flex.kernels.mass import effective_size_from_mass
+from nas_flex.layers import build
+from nas_flex.layers.niff import DEFAULT_GRID, NIFFConv
+
+
+def circular_conv_reference(x: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y[n, o, p] = sum_i sum_q k[o, i, q] x[n, i, p - q (mod H, W)], by explicit shifts (float64)."""
+    x, k = x.double(), k.double()
+    h, w = x.shape[-2:]
+    y = torch.zeros(x.shape[0], k.shape[0], h, w, dtype=torch.float64)
+    for qy in range(h):
+        for qx in range(w):
+            shifted = torch.roll(x, shifts=(qy, qx), dims=(-2, -1))  # shifted[p] = x[p - q]
+            y += torch.einsum("oi,nihw->nohw", k[:, :, qy, qx], shifted)
+    if bias is not None:
+        y += bias.double().view(1, -1, 1, 1)
+    return y
+
+
+def make(mode: str = "separable", c_in: int = 3, c_out: int = 4, **kw) -> NIFFConv:
+    return build("niff", c_in, c_out, mode=mode, dtype=torch.float64, **kw)
+
+
+@pytest.mark.parametrize("mode", ["separable", "full"])
+@pytest.mark.parametrize("hw", [(7, 10), (8, 5), (6, 6)])
+def test_output_is_a_circular_convolution_with_spatial_kernel(mode, hw):
+    layer = make(mode)
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    y = layer(x)
+    k = layer.spatial_kernel()
+    assert k.shape == (4, 3, *hw)
+    torch.testing.assert_close(y, circular_conv_reference(x, k, layer.bias), rtol=1e-10, atol=1e-10)
+
+
+def test_separable_equals_its_composed_full_kernel():
+    """The separable path (depthwise, mix in frequency, one iFFT) equals a full conv with the composed kernel."""
+    layer = make("separable", mlp="light")
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    y = layer(x)
+    composed = layer.frequency_kernel((9, 8))
+    assert composed.shape == (4, 3, 9, 5)
+    torch.testing.assert_close(y, circular_conv2d_rfft(x, composed, layer.bias), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["separable", "full"])
+@pytest.mark.parametrize("hw", [(7, 10), (8, 6)])
+def test_spectrum_is_hermitian(mode, hw):
+    """The full spectrum rebuilt from the layer's half-spectrum inverts to a real kernel: no imaginary part."""
+    layer = make(mode)
+    spec = layer.frequency_kernel(hw)
+    kernel = torch.fft.ifft2(rfft_to_full(spec, hw[1]))
+    assert kernel.imag.abs().max() < 1e-14
+    torch.testing.assert_close(kernel.real, torch.fft.irfft2(spec, s=hw), rtol=1e-12, atol=1e-12)
+    # the raw MLP output is not Hermitian on its own: without the projection this test would fail
+    out = layer.filter_mlp(rfft_grid(*hw, dtype=torch.float64).flatten(1).T)
+    raw = torch.complex(out[0], out[1]).T.reshape(-1, hw[0], hw[1] // 2 + 1)
+    assert torch.fft.ifft2(rfft_to_full(raw, hw[1])).imag.abs().max() > 1e-3
+
+
+def test_the_continuous_filter_is_resampled_for_a_new_size():
+    """Normalised frequencies: the grid of a 2H x 2W input contains the H x W grid at even indices."""
+    layer = make("full")
+    small = layer.filters((6, 10))
+    large = layer.filters((12, 20))
+    torch.testing.assert_close(large[..., ::2, ::2], small, rtol=1e-12, atol=1e-12)
+    for hw in [(6, 10), (13, 7), (12, 20)]:  # sizes change between calls; the kernel follows
+        layer(torch.randn(1, 3, *hw, dtype=torch.float64))
+        assert layer.last_input_size == hw and layer.spatial_kernel().shape == (4, 3, *hw)
+
+
+def test_non_square_inputs_keep_their_orientation():
+    """A filter that only varies with f_x (a horizontal blur) must blur along W, also for H != W."""
+    layer = make("full", c_in=1, c_out=1, bias=False)
+    with torch.no_grad():
+        for p in layer.filter_mlp.parameters():
+            p.zero_()
+        layer.filter_mlp.weights[0][0, 0, 1] = -1.0  # hidden unit 0 of the real MLP: relu(-f_x)
+        layer.filter_mlp.biases[0][0, 0] = 1.0  # relu(1 - f_x) >= 0 on [0, 1]
+        layer.filter_mlp.weights[1][0, 0, 0] = 1.0  # real part = 1 - |f_x|: a low-pass along W only
+    x = torch.zeros(1, 1, 5, 9, dtype=torch.float64)
+    x[0, 0, 2, 4] = 1.0
+    y = layer(x)[0, 0]
+    assert torch.allclose(y[[0, 1, 3, 4]], torch.zeros(()).double(), atol=1e-12)  # nothing leaks into other rows
+    assert (y[2].abs() > 1e-3).sum() > 1  # spread along the row
+    assert layer.effective_kernel_size[0] == 1.0 and layer.effective_kernel_size[1] > 1.0
+
+
+def test_a_flat_spectrum_is_a_1x1_convolution():
+    layer = make("separable")
+    with torch.no_grad():
+        for p in layer.filter_mlp.parameters():
+            p.zero_()
+        layer.filter_mlp.biases[-1][0].fill_(1.0)  # K = 1 + 0j at every frequency: a delta kernel
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    want = F.conv2d(x, layer.pointwise[:, :, None, None], layer.bias)
+    torch.testing.assert_close(layer(x), want, rtol=1e-10, atol=1e-12)
+    assert layer.effective_kernel_size == (1.0, 1.0)
+
+
+def test_effective_kernel_size_is_the_90_percent_mass_window():
+    layer = make("full")
+    assert layer.spatial_kernel().shape == (4, 3, *DEFAULT_GRID)  # before the first forward: the default grid
+    before = layer.effective_kernel_size
+    assert all(1 <= s <= 32 for s in before)
+    layer(torch.randn(1, 3, 12, 9, dtype=torch.float64))
+    got = layer.effective_kernel_size
+    assert got == tuple(float(s) for s in effective_size_from_mass(layer.spatial_kernel(), 0.9, circular=True))
+    assert got[0] <= 12 and got[1] <= 9
+    rec = layer.size_record()
+    assert rec["mode"] == "full" and (rec["grid_height"], rec["grid_width"]) == (12, 9)
+    assert 0 <= rec["mass_in_3x3"] <= 1
+
+
+@pytest.mark.parametrize("mode", ["separable", "full"])
+def test_gradcheck_including_the_mlp(mode):
+    layer = make(mode, c_in=2, c_out=2, mlp="light")
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in layer.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters()]
+
+    def f(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("mlp", "widths", "act"),
+    [("small", [2, 32, 3], "relu"), ("large", [2, 16, 128, 32, 3], "silu"), ("light", [2, 8, 4, 3], "silu")],
+)
+def test_mlp_sizes_as_in_the_paper(mlp, widths, act):
+    layer = build("niff", 3, 5, mlp=mlp)
+    shapes = [tuple(w.shape) for w in layer.filter_mlp.weights]
+    assert shapes == [(2, o, i) for i, o in zip(widths[:-1], widths[1:])]  # separate real and imaginary MLPs
+    assert layer.filter_mlp.activation == act
+    full = build("niff", 3, 5, mode="full", mlp=mlp)
+    assert full.filter_mlp.weights[-1].shape[1] == 15  # C_out x C_in filters
+
+
+def test_bad_hyperparameters_are_named():
+    with pytest.raises(HyperparameterError, match=r"`mode` must be one of \['separable', 'full'\].*'depthwise'"):
+        build("niff", 3, 4, mode="depthwise")
+    with pytest.raises(HyperparameterError, match=r"`mlp` must be one of .*'huge'"):
+        build("niff", 3, 4, mlp="huge")
+    with pytest.raises(HyperparameterError, match="bias"):
+        build("niff", 3, 4, bias="yes")
+
+
+def test_autocast_computes_the_ffts_in_float32():
+    layer = build("niff", 3, 4)
+    x = torch.randn(2, 3, 9, 7)
+    want = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    assert layer(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_repr_leaves_defaults_out():
+    text = build("niff", 3, 4).extra_repr()
+    assert "kernel_size=" in text and "(learned, 90% mass on the default 32x32 grid)" in text
+    assert "mode=" not in text and "bias" not in text
+    text = build("niff", 3, 4, mode="full", mlp="large", bias=False).extra_repr()
+    assert "mode='full'" in text and "mlp='large'" in text and "bias=False" in text
+    assert "kernel_size=?" in repr(build("niff", 3, 4, device="meta"))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    layer = make("full")
+    x = torch.randn(2, 3, 9, 6, dtype=torch.float64)
+    want = layer(x)
+    torch.testing.assert_close(layer.cuda()(x.cuda()).cpu(), want, rtol=1e-9, atol=1e-9)
+
+
+def test_a_nan_in_the_mlp_is_caught_where_it_arises():
+    layer = build("niff", 3, 4)
+    with torch.no_grad():
+        layer.filter_mlp.weights[0][1, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="NIFFConv"):
+        layer(torch.randn(1, 3, 8, 8))
