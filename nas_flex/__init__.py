@@ -29,8 +29,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from nas_flex import data, errors, functional, kernels, layers, spaces  # noqa: F401
     from nas_flex.leaderboard import Leaderboard  # noqa: F401
-    from nas_flex.tune.runner import search  # noqa: F401
     from nas_flex.sizes import learned_sizes  # noqa: F401
+    from nas_flex.tune.runner import search  # noqa: F401
 
 __all__ = ["__version__", *_LAZY]
 

@@ -103,6 +103,51 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_objectives(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    from nas_flex.tune.runner import METRICS
+
+    out = {}
+    for item in items:
+        metric, _, mode = item.partition(":")
+        out[metric] = mode or METRICS.get(metric, "")
+    return out
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    """Run a search space file with Ray Tune + Optuna; print the leaderboard and the best learned sizes."""
+    import json
+
+    from nas_flex.leaderboard import format_leaderboard
+    from nas_flex.tune import search
+
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    lb = search(
+        args.space, storage=args.storage, num_samples=args.num_samples, experiment=args.experiment,
+        address=args.address, resources_per_trial=resources, scheduler=args.scheduler,
+        objectives=_parse_objectives(args.objective), sampler=args.sampler, max_concurrent=args.max_concurrent,
+        seed=args.seed, resume=args.resume, overrides={"dataset": args.dataset, "epochs": args.epochs},
+        verbose=0 if args.quiet else 1,
+    )
+    df = lb.to_pandas()
+    experiment = args.experiment or (df.sort_values("written_at")["experiment"].iloc[-1] if len(df) else None)
+    print(f"\nLeaderboard {args.storage} (experiment {experiment}):")
+    print(format_leaderboard(args.storage, sort="metrics_val_acc", where=f"experiment == {experiment!r}"))
+    learned = df[(df["experiment"] == experiment) & (df["status"] == "completed") & (df["params_conv"] != "conv")]
+    if len(learned):
+        best = learned.sort_values("metrics_val_acc", ascending=False).iloc[0]
+        print(f"\nBest learned-size trial: {best['trial_id']} ({best['params_conv']}), val_acc "
+              f"{best['metrics_val_acc']:.4f}, {best['flops'] / 1e6:.2f} MFLOPs. Learned kernel sizes (px):")
+        for row in json.loads(best["learned_sizes_json"] or "[]"):
+            extra = {k: v for k, v in row.items() if k not in ("name", "kind", "height", "width")}
+            shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()
+                              if not isinstance(v, list))
+            print(f"  {row['name']:<24} {row['kind']:<9} {row['height']:6.2f} x {row['width']:6.2f}  {shown}")
+    print(f"\nQuery it with pandas: pd.read_parquet({str(args.storage)!r}); or: nas-flex leaderboard {args.storage}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nas-flex", description="Grid, differentiable and learned kernel sizes, compared in one search."
@@ -134,6 +179,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
                    help="columns to show, space or comma separated (default: a summary set)")
     p.set_defaults(func=_cmd_leaderboard)
+
+    p = sub.add_parser("search", help="run a search space (.py defining space(trial)) as Ray Tune trials")
+    p.add_argument("space", help="a .py file defining space(trial) -> trial config (see search_spaces/)")
+    p.add_argument("--storage", required=True, help="the leaderboard folder (a shared path on a cluster)")
+    p.add_argument("--num-samples", type=int, default=None, help="trials to run (a grid counts itself)")
+    p.add_argument("--dataset", default=None, help="override the space's dataset")
+    p.add_argument("--epochs", type=int, default=None, help="override the space's epochs")
+    p.add_argument("--experiment", default=None, help="experiment name (default: space name + time)")
+    p.add_argument("--resume", action="store_true", help="continue the latest (or --experiment) experiment")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:10001")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.5")
+    p.add_argument("--scheduler", choices=["asha"], default=None, help="early stopping (stopped = PRUNED)")
+    p.add_argument("--objective", action="append", metavar="METRIC[:max|min]",
+                   help="repeat for multi-objective, e.g. --objective val_acc:max --objective flops:min")
+    p.add_argument("--sampler", choices=["tpe", "grid", "random"], default=None, help="default: the space's")
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    p.set_defaults(func=_cmd_search)
     return parser
 
 

@@ -83,7 +83,15 @@ def make_result(val_acc: float = 0.9, flops: float = 1.0e6, *, status: str = "co
 
 
 def test_hand_built_result_has_run_trials_keys():
-    assert set(make_result()) == set(RESULT_KEYS) == set(RESULT_FIELDS)
+    # the runner adds search_params (the sampler's params) to what run_trial returns
+    assert set(make_result()) == set(RESULT_KEYS) == set(RESULT_FIELDS) - {"search_params"}
+
+
+def test_search_params_round_trip(tmp_path):
+    write_trial(tmp_path, {**make_result(), "search_params": {"kernel_size": 5, "pooling": "max"}},
+                experiment="e", trial_id="t1")
+    row = Leaderboard(tmp_path).to_pandas().iloc[0]
+    assert json.loads(row["search_params"]) == {"kernel_size": 5, "pooling": "max"}
 
 
 def test_round_trip(tmp_path):

@@ -67,7 +67,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
 
 #: ranking direction of the per-epoch metric columns of the history table
 HISTORY_METRIC_DIRECTIONS: dict[str, str] = {
-    "train_loss": "min", "train_acc": "max", "val_loss": "min", "val_acc": "max", "seconds": "min",
+    "train_loss": "min", "train_acc": "max", "val_loss": "min", "val_acc": "max", "seconds": "min", "flops": "min",
 }
 
 _JSON = "json"  # marker: stored as JSON text (a string column)
@@ -126,6 +126,8 @@ _TRIAL_FIELDS: list[tuple[str, Any, bool, str]] = [
     ("written_at", _UTC, False, "when this row was written (UTC); breaks ties between rewrites of a trial"),
     ("config", pa.string(), False, "the resolved trial config, canonical JSON text (sorted keys)"),
     ("config_key", pa.string(), False, "key of the config: the caller's, or sha256 of the config JSON (16 hex)"),
+    ("search_params", pa.string(), True, "the sampler's params that produced the config (JSON; replay with "
+     "optuna.trial.FixedTrial through the space)"),
     *[
         (f"params_{k}", pa.string() if t is _JSON else t, True,
          f"config[{k!r}]" + (" as JSON text" if t is _JSON else ""))
@@ -168,6 +170,7 @@ _HISTORY_FIELDS: list[tuple[str, Any, bool, str]] = [
     ("val_acc", pa.float64(), True, "validation accuracy after the epoch"),
     ("lr", pa.float64(), True, "learning rate at the end of the epoch"),
     ("seconds", pa.float64(), True, "wall time of the epoch's training"),
+    ("flops", pa.float64(), True, "forward FLOPs per sample after the epoch (learned sizes change it; FFTs counted)"),
     ("learned_sizes", _SIZES_LIST, True, "learned size per layer after the epoch (pixels)"),
     ("learned_sizes_json", pa.string(), True, "the full learned-size records after the epoch as JSON"),
 ]
@@ -194,11 +197,12 @@ HISTORY_SCHEMA = _schema(_HISTORY_FIELDS, "history", HISTORY_METRIC_DIRECTIONS)
 RESULT_FIELDS = (
     "status", "error", "config", "started", "finished", "epochs_completed", "metrics", "best", "history",
     "params", "flops", "flops_fft", "train_seconds", "examples_per_second", "peak_memory_bytes",
-    "peak_memory_kind", "device", "learned_sizes", "nas_flex_version", "torch_version",
+    "peak_memory_kind", "device", "learned_sizes", "nas_flex_version", "torch_version", "search_params",
 )
 _METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 _BEST_KEYS = ("val_acc", "val_loss", "epoch")
-_HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "learned_sizes")
+_HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "flops",
+                 "learned_sizes")
 
 
 # --------------------------------------------------------------------------------------------------- coercion
@@ -380,6 +384,8 @@ def trial_table(result: Mapping[str, Any], *, experiment: str, trial_id: str, wr
         "written_at": _as_timestamp("written_at", written_at),
         "config": config_json,
         "config_key": config_key,
+        "search_params": None if result.get("search_params") is None else _json(result["search_params"],
+                                                                                 "result['search_params']"),
         **{f"params_{k}": _fit(config.get(k), t) for k, t in CONFIG_COLUMNS.items()},
         "dataset": _fit(config.get("dataset"), pa.string()),
         "epochs": _fit(config.get("epochs"), pa.int64()),
@@ -434,7 +440,7 @@ def history_table(result: Mapping[str, Any], *, experiment: str, trial_id: str, 
             "written_at": stamp,
             "epoch": epoch,
             **{k: _as_float(f"{what}[{k!r}]", h.get(k))
-               for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")},
+               for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "flops")},
             "learned_sizes": sizes,
             "learned_sizes_json": sizes_json,
         })

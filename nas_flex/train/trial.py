@@ -26,7 +26,7 @@ from nas_flex.errors import NonFiniteError
 from nas_flex.layers.base import KernelLayer
 from nas_flex.sizes import learned_size_records
 from nas_flex.train.config import resolve_config
-from nas_flex.train.metering import count_flops, count_parameters
+from nas_flex.train.metering import FlopCount, count_flops, count_parameters
 
 __all__ = ["run_trial", "make_optimizer", "warmup_cosine", "resolve_device", "RESULT_KEYS"]
 
@@ -139,7 +139,8 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
     Args:
         config: a trial config (``nas_flex.train.config.KEY_DOCS`` lists the keys and defaults).
         report: called after every epoch with that epoch's metrics (epoch, train_loss, train_acc, val_loss,
-            val_acc, lr, seconds, learned_sizes); the search runner passes Ray Tune's report here.
+            val_acc, lr, seconds, learned_sizes) and the trial's params and flops; the search runner passes Ray
+            Tune's report here.
         checkpoint_dir: if given, the trial saves its state there after every epoch (``torch.save`` of tensors and
             plain values, loadable with ``weights_only=True``) and resumes from it when called again.
 
@@ -161,13 +162,22 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
 
     model = build_model(cfg, in_channels=splits.input_shape[0], num_classes=splits.num_classes,
                         input_size=tuple(splits.input_shape[1:]))
-    # metering on one example before training (eval mode; FFTs counted)
-    sample = splits.val[0][0].unsqueeze(0)
-    model.eval()
-    flops = count_flops(model, sample)
-    model.train()
     params = count_parameters(model)
     model.to(device)
+    sample = splits.val[0][0].unsqueeze(0).to(device)
+
+    def meter() -> FlopCount:
+        # one example in eval mode, FFTs counted. Learned sizes change the cost (a FlexConv crop grows, an N-Jet
+        # kernel follows sigma), so the cost is measured after every epoch, and the final figure is the trained
+        # model's.
+        was_training = model.training
+        model.eval()
+        try:
+            return count_flops(model, sample)
+        finally:
+            model.train(was_training)
+
+    flops = meter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -240,6 +250,7 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
         if status != "completed":
             break
         val_loss, val_acc = _evaluate(model, val_loader, device, autocast)
+        flops = meter()
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(count, 1),
@@ -248,6 +259,7 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
             "val_acc": val_acc,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": seconds,
+            "flops": flops.per_sample,
             "learned_sizes": learned_size_records(model),
         }
         history.append(record)
@@ -260,7 +272,7 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
                         "rng": torch.get_rng_state()}, tmp)
             os.replace(tmp, ckpt_path)
         if report is not None:
-            report(dict(record))
+            report({**record, "params": params})
 
     metric_keys = ("train_loss", "train_acc", "val_loss", "val_acc")
     last = history[-1] if history else {}
@@ -282,7 +294,7 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
         "best": best,
         "history": history,
         "params": params,
-        "flops": flops.per_sample,
+        "flops": flops.per_sample,  # of the trained model (the last epoch's learned sizes)
         "flops_fft": flops.fft / max(flops.batch_size, 1),
         "train_seconds": train_seconds,
         "examples_per_second": examples / train_seconds if train_seconds > 0 else float("nan"),
