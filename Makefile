@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup search demo test lint bench clean
+.PHONY: setup search demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -15,16 +15,21 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-# The main job. Until the search runner lands it is the layer demo: every registry layer, its learned size, and its
-# speed next to nn.Conv2d.
+# The main job: the grid-vs-learned search on the built-in digits-multiscale data, on the embedded local Ray
+# (18 trials, a few minutes on 2 CPU cores); prints the leaderboard and the best learned-size trial's sizes.
+SEARCH_STORAGE ?= runs/grid_vs_learned
 search: setup
-	$(BIN)/nas-flex demo
+	$(BIN)/nas-flex search search_spaces/grid_vs_learned.py --storage $(SEARCH_STORAGE)
 
 demo: setup
 	$(BIN)/nas-flex demo
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# without the Ray end-to-end runs (about a minute and a half)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check nas_flex tests experiments

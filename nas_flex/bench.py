@@ -47,8 +47,13 @@ def compare(candidates: dict[str, Callable[[], None]], *, rounds: int = 7, warmu
         once = now() - t0
         reps[name] = max(1, int(min_time / max(once, 1e-6)))
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    for r in range(rounds):
+        # rotate the order every round, and give each candidate one untimed call first: a candidate that frees
+        # large buffers (an FFT) otherwise makes the next one pay the allocator's page faults
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn = candidates[name]
+            fn()
             sync()
             t0 = now()
             for _ in range(reps[name]):

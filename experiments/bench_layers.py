@@ -1,0 +1,100 @@
+"""Speed of every registry layer against the cheaper of nn.Conv2d and an FFT convolution of the same kernel size.
+
+The issue's target: forward + backward of each layer at most 1.1x min(nn.Conv2d, fft_conv2d) with a kernel of the
+size the layer actually convolves with (batch 16, 32 -> 32 channels, 32x32 input), at a small and a large learned
+size. Everything is timed side by side in one run (interleaved rounds, medians; nas_flex.bench.compare).
+
+Columns: the kernel the layer convolves with (h x w), its effective size when that differs (mixed: the
+softmax-expected side; envelope: the aperture's extent), the layer's time, the two baselines' times relative to
+the layer, and layer / min(baselines). "vs spatial" is what a spatial-only implementation (the authors' FlexConv)
+pays for the same kernel, relative to the layer.
+
+    python experiments/bench_layers.py                  # wall clock, all threads
+    python experiments/bench_layers.py --clock cpu --threads 1   # CPU time, robust on a loaded machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+from nas_flex.bench import compare, fwd_bwd
+from nas_flex.functional import fft_conv2d
+from nas_flex.layers import build
+
+# (layer, size label, hparams that put the learned size there at construction)
+CASES = [
+    ("conv", "small", {"kernel_size": 3}),
+    ("conv", "large", {"kernel_size": 31}),
+    ("mixed", "small", {"kernel_sizes": (3, 5, 7)}),
+    ("mixed", "large", {"kernel_sizes": (9, 17, 31)}),
+    ("flexconv", "small", {"mask_sigma_init": 0.075}),
+    ("flexconv", "large", {"mask_sigma_init": 0.6}),
+    ("njet", "small", {"sigma_init": 0.5}),
+    ("njet", "large", {"sigma_init": 8.0}),
+    ("envelope", "small", {"kernel_size": 5}),
+    ("envelope", "large", {"kernel_size": 31}),
+    ("niff", "input", {}),
+    ("cfconv", "input", {"sampled_positions": 2**12}),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--only", nargs="*", default=None, help="layer names to run")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n, c, hw, dev = args.batch, args.channels, args.size, args.device
+    print(f"device={dev} threads={torch.get_num_threads()} clock={args.clock} batch={n} {c}->{c} {hw}x{hw}, "
+          "forward+backward, medians of interleaved rounds\n")
+    head = (f"{'layer':<9} {'size':<6} {'kernel':>7} {'effective':>11} {'layer ms':>9} {'conv/layer':>11} "
+            f"{'fft/layer':>10} {'layer/min':>10}")
+    print(head)
+    print("-" * len(head))
+    torch.manual_seed(0)
+    x = torch.randn(n, c, hw, hw, device=dev, requires_grad=True)
+    # a throwaway round first: the process's first convolutions pay for thread-pool start-up and allocator growth,
+    # which would otherwise land on whichever case runs first
+    w0 = torch.randn(c, c, 3, 3, device=dev, requires_grad=True)
+    compare({"warm-up": fwd_bwd(lambda: F.conv2d(x, w0, padding=1))}, rounds=5, min_time=0.5, device=dev,
+            clock=args.clock)
+    for name, label, hp in CASES:
+        if args.only and name not in args.only:
+            continue
+        layer = build(name, c, c, **hp).to(dev)
+        layer(x.detach())  # materialise the grid / state at this input size
+        if layer.domain == "spatial":
+            kh, kw = layer.to_conv2d().kernel_size
+        else:
+            kh, kw = (hw if hw % 2 else hw - 1,) * 2  # an input-sized odd kernel
+        eh, ew = layer.effective_kernel_size
+        w = torch.randn(c, c, kh, kw, device=dev, requires_grad=True)
+        b = torch.randn(c, device=dev, requires_grad=True)
+        t = compare(
+            {
+                "layer": fwd_bwd(lambda m=layer: m(x)),
+                "conv": fwd_bwd(lambda w=w, b=b: F.conv2d(x, w, b, padding=(w.shape[2] // 2, w.shape[3] // 2))),
+                "fft": fwd_bwd(lambda w=w, b=b: fft_conv2d(x, w, b)),
+            },
+            rounds=args.rounds, device=dev, clock=args.clock,
+        )
+        eff = "" if math.isclose(eh, kh) and math.isclose(ew, kw) else f"{eh:.1f}x{ew:.1f}"
+        ratio = t["layer"] / min(t["conv"], t["fft"])
+        flag = "" if ratio <= 1.1 else "  > 1.1"
+        print(f"{name:<9} {label:<6} {f'{kh}x{kw}':>7} {eff:>11} {t['layer'] * 1e3:>9.1f} "
+              f"{t['conv'] / t['layer']:>11.2f} {t['fft'] / t['layer']:>10.2f} {ratio:>10.2f}{flag}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
