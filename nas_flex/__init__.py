@@ -24,10 +24,12 @@ _LAZY = {
     "spaces": "nas_flex.spaces",
     "search": "nas_flex.tune.runner",
     "Leaderboard": "nas_flex.leaderboard",
+    "export": "nas_flex.export",
+    "report": "nas_flex.report",
 }
 
 if TYPE_CHECKING:
-    from nas_flex import data, errors, functional, kernels, layers, spaces  # noqa: F401
+    from nas_flex import data, errors, export, functional, kernels, layers, report, spaces  # noqa: F401
     from nas_flex.leaderboard import Leaderboard  # noqa: F401
     from nas_flex.sizes import learned_sizes  # noqa: F401
     from nas_flex.tune.runner import search  # noqa: F401

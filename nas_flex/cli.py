@@ -148,6 +148,42 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Export a leaderboard trial: architecture JSON, weights, TorchScript / torch.export (/ ONNX) deployables."""
+    import os
+
+    from nas_flex.export import export_best, export_trial
+
+    if args.weights is None and os.path.isdir(args.path):
+        print("nas-flex export: search trials keep no trained weights, so the trial is retrained from its stored "
+              "config (run_trial; deterministic on the CPU for its seed). Pass --weights FILE to use saved weights.")
+    common = {"weights": args.weights, "check_examples": args.check_examples, "rtol": args.rtol, "log": print}
+    if args.trial is not None:
+        result = export_trial(args.path, args.trial, args.out, experiment=args.experiment, **common)
+    else:
+        result = export_best(args.path, args.out, metric=args.metric, **common)
+    src = result.architecture["source"]
+    print(f"exported trial {src.get('trial_id')} ({result.architecture['config'].get('conv')}) to {result.out}")
+    for layer in result.architecture["layers"]:
+        kh, kw = layer["kernel_size"]
+        print(f"  {layer['name']:<24} {layer['kind']:<9} learned {layer['height']:6.2f} x {layer['width']:6.2f}"
+              f" -> {kh} x {kw}  deployed as {layer['deployed']['module']}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Figures and a markdown summary of a leaderboard."""
+    from nas_flex.report import make_report
+
+    if args.trial is not None and args.export is None:
+        print(f"nas-flex report: trial {args.trial} is retrained from its config for the kernel figure "
+              "(search trials keep no weights); pass --export DIR to use an existing export instead.")
+    path = make_report(args.path, args.out, metric=args.metric, top=args.top, export_dir=args.export,
+                       trial_id=args.trial, layer=args.layer, log=print)
+    print(f"open {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nas-flex", description="Grid, differentiable and learned kernel sizes, compared in one search."
@@ -199,6 +235,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("export", help="export a trial: architecture JSON, weights, TorchScript / torch.export model")
+    p.add_argument("path", help="the leaderboard directory")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--best", action="store_true", help="export the best completed trial by --metric")
+    which.add_argument("--trial", default=None, metavar="ID", help="export this trial id")
+    p.add_argument("--metric", default="metrics_val_acc", help="ranking metric for --best (default: metrics_val_acc)")
+    p.add_argument("--experiment", default=None, help="the experiment of --trial, where ids repeat")
+    p.add_argument("--out", required=True, help="the export directory")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="trained weights (.safetensors, a torch state_dict or a run_trial trial_state.pt) instead "
+                        "of retraining the trial from its config")
+    p.add_argument("--check-examples", type=int, default=64, metavar="N",
+                   help="validation examples the deployable model is checked on (default 64)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="tolerance of that check, relative to the output scale")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("report", help="figures (PNG) and a markdown summary of a leaderboard")
+    p.add_argument("path", help="the leaderboard directory")
+    p.add_argument("--out", required=True, help="the report directory")
+    p.add_argument("--metric", default="metrics_val_acc", help="the accuracy column (default: metrics_val_acc)")
+    p.add_argument("--top", type=int, default=1, help="trials per learned-size method in the size-per-layer figure")
+    kernels = p.add_mutually_exclusive_group()
+    kernels.add_argument("--trial", default=None, metavar="ID",
+                         help="plot this trial's kernels (retrains it from its config into OUT/export_ID)")
+    kernels.add_argument("--export", default=None, metavar="DIR", help="plot the kernels of this export directory")
+    p.add_argument("--layer", default=None, help="the layer (module name) to plot; default the first learned one")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

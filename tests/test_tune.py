@@ -177,3 +177,22 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
     assert err.startswith("nas-flex: error:") and message in err
     assert "Traceback" not in err
     assert os.listdir(tmp_path) == ["s.py"]  # nothing written
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_asha_and_two_objectives_leave_no_gap(tmp_path):
+    """Trials ASHA stops early still get a row (status "stopped"); a two-objective search runs end to end."""
+    def space(trial):
+        return {**TINY, "epochs": 3, "conv": "conv", "lr": trial.suggest_categorical("lr", [1e-4, 3e-3, 1e-2, 3e-2]),
+                "pooling": trial.suggest_categorical("pooling", ["max", "avg"])}
+
+    lb = search(SearchSpace(space, sampler="grid"), storage=tmp_path, experiment="asha", scheduler="asha",
+                objectives={"val_acc": "max", "flops": "min"}, max_concurrent=2, verbose=0)
+    df = lb.to_pandas()
+    assert len(df) == 8 and df["trial_id"].is_unique
+    assert set(df["status"]) <= {"completed", "stopped"}
+    stopped = df[df["status"] == "stopped"]
+    assert (stopped["epochs_completed"] < 3).all()
+    assert (df.loc[df["status"] == "completed", "epochs_completed"] == 3).all()
+    assert df["metrics_val_acc"].notna().all()

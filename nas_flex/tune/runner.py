@@ -130,7 +130,7 @@ def _latest_experiment(storage: Path, space_name: str | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the trainable
-def _error_result(config: dict[str, Any], error: str, started: str) -> dict[str, Any]:
+def _error_result(config: dict[str, Any], error: str | None, started: str) -> dict[str, Any]:
     import torch
 
     from nas_flex import __version__
@@ -218,22 +218,30 @@ def _trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         checkpoint.to_directory(str(work))
+    final: dict[str, Any] = {}
 
     def report(metrics: dict[str, Any]) -> None:
         out = {k: v for k, v in metrics.items() if k != "learned_sizes"}
         out.update(epochs=config["epochs"], status="completed" if out["epoch"] == config["epochs"] else "running")
+        if out["epoch"] == config["epochs"]:
+            # the last epoch is reported after the row is written: a scheduler may stop the trial at any report
+            # (ASHA stops every trial that reaches max_t there), and nothing after that report would run
+            final.update(out)
+            return
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     try:
         result = run_trial(config, report=report, checkpoint_dir=work)
+        write_trial(store, {**result, "search_params": optuna_params}, experiment=experiment, trial_id=trial_id,
+                    config_key=key)
+        if final:
+            tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
     except Exception as err:
         failed = {**_error_result(config, format_exception(err), started), "search_params": optuna_params}
         write_trial(store, failed, experiment=experiment, trial_id=trial_id, config_key=key)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_trial(store, {**result, "search_params": optuna_params}, experiment=experiment, trial_id=trial_id,
-                config_key=key)
     if result["status"] != "completed":  # tell the searcher how it ended (Optuna records FAIL)
         tune.report({**result["metrics"], "flops": result["flops"], "params": result["params"],
                      "epoch": result["epochs_completed"], "epochs": config["epochs"], "status": result["status"]})
@@ -302,11 +310,16 @@ class _Progress:
         self.done = 0
         self.best: tuple[float, str] | None = None
         self.errored: list[tuple[str, dict, str]] = []  # (trial_id, config, error) of trials that raised
+        self.stopped: list[tuple[str, dict, dict]] = []  # (trial_id, config, last result) of early-stopped trials
         outer = self
 
         class _Cb(Callback):
             def on_trial_complete(self, iteration, trials, trial, **info):
-                outer.finished(trial, trial.last_result or {}, error=False)
+                result = trial.last_result or {}
+                if result.get("status") == "running":  # the scheduler stopped it: its trainable wrote no row
+                    outer.stopped.append((trial.trial_id, (trial.config or {}).get("nas_flex_config", {}),
+                                          dict(result)))
+                outer.finished(trial, result, error=False)
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 outer.errored.append((trial.trial_id, (trial.config or {}).get("nas_flex_config", {}),
@@ -330,6 +343,7 @@ class _Progress:
         elapsed = time.monotonic() - self.start
         eta = elapsed / self.done * max(self.total - self.done, 0)
         status = "error" if error else result.get("status", "stopped")
+        status = "stopped early" if status == "running" else status
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
         best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "-"
         print(f"[{self.done}/{self.total}] {trial.trial_id} {what}: {status}, {self.objective}={shown} | best "
@@ -489,10 +503,31 @@ def search(
             raise
         del grid  # rows come from the trials' own records, never from ResultGrid.get_dataframe()
         _record_unreported_errors(progress.errored, storage, experiment)
+        _record_stopped(progress.stopped, storage, experiment)
     finally:
         if started_ray:
             ray.shutdown()
     return Leaderboard(storage)
+
+
+def _record_stopped(stopped: list[tuple[str, dict, dict]], storage: Path, experiment: str) -> None:
+    """Trials the scheduler (ASHA) stopped early get a row with status "stopped" and their last epoch's metrics."""
+    from nas_flex.leaderboard import Leaderboard, write_trial
+
+    if not stopped:
+        return
+    df = Leaderboard(storage).to_pandas()
+    have = set(df.loc[df["experiment"] == experiment, "trial_id"]) if len(df) else set()
+    for trial_id, config, last in stopped:
+        if trial_id in have:
+            continue
+        row = _error_result(config, None, _now())
+        metrics = {k: last.get(k, float("nan")) for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+        row.update(status="stopped", metrics=metrics, epochs_completed=int(last.get("epoch", 0)),
+                   best={"val_acc": metrics["val_acc"], "val_loss": metrics["val_loss"], "epoch": last.get("epoch", 0)},
+                   params=int(last.get("params", 0)), flops=last.get("flops", float("nan")))
+        write_trial(storage, row, experiment=experiment, trial_id=trial_id,
+                    config_key=_config_hash(config) if config else "")
 
 
 def _record_unreported_errors(errored: list[tuple[str, dict, str]], storage: Path, experiment: str) -> None:

@@ -1,0 +1,346 @@
+"""``export_trial`` / ``export_best``: a leaderboard trial -> architecture JSON + weights + deployable model.
+
+**Weights.** Search trials do not keep their trained weights (a trial's checkpoint folder is temporary). Unless a
+state_dict is given (``weights=``), export *retrains* the trial from its stored config with
+``nas_flex.train.run_trial`` into ``<out>/training/`` (deterministic on the CPU for a given seed; on a GPU it may
+differ slightly from the search's run). Exporting again into the same folder reuses that checkpoint.
+
+Files written to ``out``:
+
+=========================  ==================================================================================
+architecture.json          the trial config, dataset dims, per layer the learned size and its odd rounding,
+                           the discretised plain-CNN config, the equivalence check, the files
+weights.safetensors        the trained (trainable) model's state_dict (non-tensor state in the metadata)
+state_dict.pt              the same, ``torch.save``; loads with ``torch.load(..., weights_only=True)``
+model.torchscript.pt       the deployable model, TorchScript (``torch.jit.load``)
+model.pt2                  the deployable model, ``torch.export.save`` (``torch.export.load(...).module()``)
+model.onnx                 the deployable model, ONNX, only where the ``onnx`` package is importable
+=========================  ==================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas_flex.export.architecture import (
+    ARCHITECTURE_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    STATE_DICT_FILE,
+    WEIGHTS_FILE,
+    discretise,
+    load_state_dict_file,
+    round_odd,
+    row_config,
+)
+from nas_flex.export.deploy import ExportError, check_outputs_match, to_deployable
+
+__all__ = ["ExportResult", "export_trial", "export_best", "export_row", "find_row", "TORCHSCRIPT_FILE",
+           "EXPORTED_PROGRAM_FILE", "ONNX_FILE"]
+
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+EXPORTED_PROGRAM_FILE = "model.pt2"
+ONNX_FILE = "model.onnx"
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What an export wrote.
+
+    Attributes:
+        out: the export directory.
+        architecture: the architecture JSON's content.
+        files: kind ("architecture", "safetensors", "state_dict", "torchscript", "torch_export", "onnx") -> path.
+        model: the trained, trainable model (eval mode).
+        deployable: the plain-PyTorch model (eval mode).
+        max_rel_diff: per checked format, the largest output difference relative to the output scale.
+    """
+
+    out: Path
+    architecture: dict[str, Any]
+    files: dict[str, Path]
+    model: nn.Module
+    deployable: nn.Module
+    max_rel_diff: dict[str, float]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------------------------- finding
+def find_row(leaderboard: Any, trial_id: str, *, experiment: str | None = None) -> Any:
+    """The leaderboard row (pandas Series) of ``trial_id`` (in ``experiment``, if given)."""
+    from nas_flex.leaderboard import Leaderboard
+
+    lb = leaderboard if isinstance(leaderboard, Leaderboard) else Leaderboard(leaderboard)
+    df = lb.to_pandas()
+    rows = df[df["trial_id"] == trial_id]
+    if experiment is not None:
+        rows = rows[rows["experiment"] == experiment]
+    if rows.empty:
+        ids = sorted(df["trial_id"].astype(str).unique().tolist())
+        shown = ", ".join(ids[:20]) + (f", ... ({len(ids)} in all)" if len(ids) > 20 else "")
+        where = f" in experiment {experiment!r}" if experiment is not None else ""
+        raise ExportError(f"no trial {trial_id!r}{where} in the leaderboard {str(lb.path)!r}; "
+                          f"trial ids: {shown or '-'}")
+    if len(rows) > 1:
+        raise ExportError(f"trial id {trial_id!r} is in several experiments {sorted(rows['experiment'].unique())}: "
+                          "pass experiment=... (--experiment)")
+    return rows.iloc[0]
+
+
+def export_best(leaderboard: Any, out: str | os.PathLike, *, metric: str = "metrics_val_acc",
+                **kwargs: Any) -> ExportResult:
+    """Export the best completed trial of a leaderboard by ``metric`` (in its recorded direction).
+
+    Retrains it from its config unless ``weights=`` is given (see the module docstring); other keyword arguments
+    as ``export_row``.
+    """
+    from nas_flex.leaderboard import Leaderboard
+
+    lb = leaderboard if isinstance(leaderboard, Leaderboard) else Leaderboard(leaderboard)
+    row = lb.best(metric)
+    return export_row(row, out, source={"leaderboard": str(lb.path), "metric": metric}, **kwargs)
+
+
+def export_trial(leaderboard: Any, trial_id: str, out: str | os.PathLike, *, experiment: str | None = None,
+                 **kwargs: Any) -> ExportResult:
+    """Export one trial of a leaderboard by id. Retrains it from its config unless ``weights=`` is given (see the
+    module docstring); other keyword arguments as ``export_row``.
+
+    Raises:
+        ExportError: the trial id is unknown (the valid ones are listed) or ambiguous.
+    """
+    row = find_row(leaderboard, trial_id, experiment=experiment)
+    return export_row(row, out, source={"leaderboard": str(getattr(leaderboard, "path", leaderboard))}, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------ weights
+def _save_weights(model: nn.Module, out: Path) -> tuple[Path, Path]:
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    extra = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    st = out / WEIGHTS_FILE
+    save_file(tensors, str(st), metadata={"format": FORMAT, "nas_flex_extra_state": json.dumps(extra)})
+    pt = out / STATE_DICT_FILE
+    torch.save({k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}, pt)
+    return st, pt
+
+
+def _trained_state(cfg: dict[str, Any], out: Path, weights: Any, log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state_dict, provenance): from ``weights`` or by retraining the config into ``out/training``."""
+    if weights is not None:
+        if isinstance(weights, Mapping):
+            return dict(weights), {"weights": "given state_dict"}
+        log(f"using the weights in {weights}")
+        return load_state_dict_file(weights), {"weights": str(weights)}
+    from nas_flex.train import run_trial
+
+    ckpt_dir = out / "training"
+    log(f"search trials keep no trained weights: retraining the trial from its config ({cfg['epochs']} epochs, "
+        f"seed {cfg['seed']}) into {ckpt_dir} ...")
+    result = run_trial(cfg, checkpoint_dir=ckpt_dir)
+    if result["status"] != "completed":
+        raise ExportError(f"retraining the trial did not complete: status {result['status']!r}: {result['error']}")
+    state = torch.load(ckpt_dir / "trial_state.pt", map_location="cpu", weights_only=True)["model"]
+    log(f"retrained: val_acc {result['metrics']['val_acc']:.4f}")
+    return state, {"weights": "retrained with nas_flex.train.run_trial", "retrained_metrics": result["metrics"]}
+
+
+# ------------------------------------------------------------------------------------------------------ formats
+def _torchscript(plain: nn.Module, x: torch.Tensor, path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the portable format
+        try:
+            scripted = torch.jit.script(plain)
+            how = "script"
+        except Exception:  # noqa: BLE001 - some module did not script: a trace holds for the exported input size
+            scripted = torch.jit.trace(plain, (x,), check_trace=False)
+            how = "trace"
+        torch.jit.save(scripted, str(path))
+    return how
+
+
+def _torch_export(plain: nn.Module, x: torch.Tensor, path: Path) -> str:
+    try:
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        program = torch.export.export(plain, (x,), dynamic_shapes=({0: batch},))
+        how = "dynamic batch"
+    except Exception:  # noqa: BLE001 - fall back to the example's static shape
+        program = torch.export.export(plain, (x,))
+        how = f"static batch {x.shape[0]}"
+    torch.export.save(program, str(path))
+    return how
+
+
+def _onnx(plain: nn.Module, x: torch.Tensor, path: Path) -> str:
+    if importlib.util.find_spec("onnx") is None:
+        return "skipped: the onnx package is not installed (pip install onnx)"
+    try:
+        torch.onnx.export(plain, (x,), str(path), input_names=["input"], output_names=["logits"])
+    except Exception as err:  # noqa: BLE001 - FFT layers have no ONNX form in every opset; the others are written
+        path.unlink(missing_ok=True)
+        return f"skipped: torch.onnx.export failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    return "written"
+
+
+# ----------------------------------------------------------------------------------------------------- exporting
+def _layer_records(model: nn.Module, plain: nn.Module) -> list[dict[str, Any]]:
+    from nas_flex.layers.base import KernelLayer
+
+    deployed = dict(plain.named_modules())
+    out = []
+    for name, m in model.named_modules():
+        if not isinstance(m, KernelLayer):
+            continue
+        h, w = m.effective_kernel_size
+        dep = deployed.get(name)
+        if dep is not None and hasattr(dep, "weight") and isinstance(dep.weight, torch.Tensor):
+            shape = list(dep.weight.shape[2:])
+        elif dep is not None and hasattr(dep, "height"):
+            shape = [dep.height, dep.width]
+        else:
+            shape = None
+        raw = {k: v for k, v in m.size_record().items() if isinstance(v, (int, float, str, bool)) or v is None}
+        out.append({
+            "name": name, "kind": m.kind, "domain": m.domain, "learned": bool(m.learns_size),
+            "height": float(h), "width": float(w), "kernel_size": [round_odd(h), round_odd(w)],
+            "grid": list(m.last_input_size) if m.last_input_size else None,
+            "deployed": {"module": type(dep).__name__ if dep is not None else None, "kernel_shape": shape},
+            "raw": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in raw.items()},
+        })
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_examples: int = 64,
+               rtol: float = 1e-4, source: Mapping[str, Any] | None = None, log: Log | None = None) -> ExportResult:
+    """Export a leaderboard row (or a trial config) into ``out``.
+
+    Args:
+        row: a leaderboard row (pandas Series) or a trial config dict.
+        out: the export directory (created).
+        weights: a state_dict (mapping), a ``.safetensors`` / ``torch.save`` file (a run_trial ``trial_state.pt``
+            works) or an export directory, holding the trained weights. None (default): **retrain** the trial
+            from its config with ``run_trial`` into ``out/training`` (search trials keep no weights).
+        check_examples: validation examples of the trial's dataset the deployable models are checked on.
+        rtol: tolerance of the check, relative to the largest |output|.
+        source: provenance written into the JSON (leaderboard path, metric).
+        log: called with progress lines (the CLI passes print).
+
+    Raises:
+        EquivalenceError: a deployable model's outputs differ from the trained model's (an ``ExportError``).
+    """
+    from nas_flex.data import get_dataset
+    from nas_flex.models import build
+    from nas_flex.train.config import resolve_config
+
+    log = log or _noop
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config, _ = row_config(row)
+    cfg = resolve_config(config)
+    splits = get_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
+                         download=cfg["download"], **cfg["data_options"])
+    in_channels, num_classes = int(splits.input_shape[0]), int(splits.num_classes)
+    input_size = tuple(int(s) for s in splits.input_shape[1:])
+    if len(input_size) != 2:
+        raise ExportError(f"export supports image models (C, H, W inputs), not input shape {splits.input_shape}")
+    state, provenance = _trained_state(cfg, out, weights, log)
+    model = build(cfg, in_channels=in_channels, num_classes=num_classes, input_size=input_size)
+    model.load_state_dict(state)
+    model.eval()
+
+    n = max(1, min(check_examples, len(splits.val)))
+    x = torch.stack([splits.val[i][0] for i in range(n)]).float()
+    with torch.no_grad():
+        reference = model(x)  # also sets every layer's grid to the deployment size
+        plain = to_deployable(model, x)
+        diffs = {"deployable": check_outputs_match(reference, plain(x), rtol=rtol)}
+
+    files: dict[str, Path] = {}
+    files["safetensors"], files["state_dict"] = _save_weights(model, out)
+    notes: dict[str, str] = {}
+    ts = out / TORCHSCRIPT_FILE
+    notes["torchscript"] = _torchscript(plain, x, ts)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the portable loader
+        diffs["torchscript"] = check_outputs_match(reference, torch.jit.load(str(ts))(x), rtol=rtol,
+                                                   what="TorchScript model")
+    files["torchscript"] = ts
+    ep = out / EXPORTED_PROGRAM_FILE
+    notes["torch_export"] = _torch_export(plain, x, ep)
+    with torch.no_grad():
+        diffs["torch_export"] = check_outputs_match(reference, torch.export.load(str(ep)).module()(x), rtol=rtol,
+                                                    what="torch.export program")
+    files["torch_export"] = ep
+    onnx_path = out / ONNX_FILE
+    notes["onnx"] = _onnx(plain, x, onnx_path)
+    if onnx_path.exists():
+        files["onnx"] = onnx_path
+    log(f"deployable model checked on {n} validation examples: max relative difference "
+        f"{max(diffs.values()):.2g} (tolerance {rtol:g}); ONNX {notes['onnx']}")
+
+    layers = _layer_records(model, plain)
+    try:
+        discrete = discretise(cfg, [r for r in layers if r["learned"]], in_channels=in_channels,
+                              num_classes=num_classes, input_size=input_size)
+    except ExportError as err:
+        discrete = None
+        notes["discretise"] = str(err)
+    row_info = {}
+    if hasattr(row, "get") and isinstance(row.get("config"), str):
+        for key in ("experiment", "trial_id", "metrics_val_acc", "best_val_acc", "flops", "params", "params_conv"):
+            if key in row:
+                row_info[key] = _json_safe(row[key])
+    from nas_flex import __version__
+
+    files["architecture"] = out / ARCHITECTURE_FILE
+    arch = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "nas_flex_version": __version__,
+        "torch_version": torch.__version__,
+        "source": {**(source or {}), **row_info, **_json_safe(provenance)},
+        "config": cfg,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "input_size": list(input_size),
+        "layers": layers,
+        "discrete_config": discrete,
+        "check": {"examples": n, "rtol": rtol, "max_rel_diff": diffs},
+        "notes": notes,
+        "files": {k: p.name for k, p in files.items()},
+    }
+    tmp = files["architecture"].with_suffix(".tmp")
+    tmp.write_text(json.dumps(_json_safe(arch), indent=2, allow_nan=False))
+    os.replace(tmp, files["architecture"])
+    log(f"exported to {out}: " + ", ".join(p.name for p in files.values()))
+    return ExportResult(out=out, architecture=arch, files=files, model=model, deployable=plain, max_rel_diff=diffs)

@@ -1,0 +1,178 @@
+"""nas_flex.export: architecture JSON, weights, deployable plain-PyTorch models, discretise, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from nas_flex.errors import NasFlexError
+
+BASE = {"dataset": "digits", "backbone": "simple", "head": "dense", "width": 4, "epochs": 1, "train_subset": 96,
+        "val_subset": 64, "device": "cpu"}
+CONFIGS = {
+    "conv": {"conv": "conv"},
+    "njet": {"conv": "njet", "pooling": "safe", "head": "gap", "conv_hparams": {"order": 2}},
+    "flexconv": {"conv": "flexconv"},
+    "niff": {"conv": "niff"},
+}
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """A leaderboard of one tiny trial per method, written with write_trial (no Ray), and their checkpoints."""
+    from nas_flex.leaderboard import write_trial
+    from nas_flex.train import run_trial
+
+    root = tmp_path_factory.mktemp("export")
+    lb, ckpts = root / "lb", {}
+    for name, extra in CONFIGS.items():
+        ckpts[name] = root / "ckpt" / name
+        result = run_trial({**BASE, **extra}, checkpoint_dir=ckpts[name])
+        assert result["status"] == "completed"
+        write_trial(lb, result, experiment="exp", trial_id=name, sync=False)
+    return lb, ckpts, root
+
+
+def _examples(n=16):
+    from nas_flex.data import get_dataset
+
+    splits = get_dataset("digits", seed=0)
+    return torch.stack([splits.val[i][0] for i in range(n)])
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_export_reload_same_outputs(board, name, tmp_path):
+    from safetensors.torch import load_file
+
+    from nas_flex.export import FixedCircularConv2d, export_trial, load_model
+    from nas_flex.layers.base import KernelLayer
+    from nas_flex.models import build
+
+    lb, ckpts, _ = board
+    out = tmp_path / name
+    res = export_trial(lb, name, out, weights=ckpts[name] / "trial_state.pt")
+    arch = json.loads((out / "architecture.json").read_text())
+    assert arch["config"]["conv"] == name and arch["source"]["trial_id"] == name
+    for layer in arch["layers"]:
+        assert all(isinstance(k, int) and k % 2 == 1 for k in layer["kernel_size"])
+    assert max(arch["check"]["max_rel_diff"].values()) <= 1e-4
+    assert not (out / "model.onnx").exists()  # onnx is not installed here: skipped cleanly
+    assert "onnx" in arch["notes"]
+
+    x = _examples()
+    with torch.no_grad():
+        ref = res.model(x)
+        # the loader rebuilds the trainable model from the JSON + weights
+        again = load_model(out)
+        torch.testing.assert_close(again(x), ref, rtol=1e-4, atol=1e-5)
+        # the deployable model: only plain convs / fixed circular kernels, no kernel nets
+        plain = res.deployable
+        assert not any(isinstance(m, KernelLayer) for m in plain.modules())
+        assert not any(type(m).__module__.startswith("nas_flex.layers") for m in plain.modules())
+        convs = [m for m in plain.modules() if isinstance(m, (nn.Conv2d, FixedCircularConv2d))]
+        assert len(convs) == 2
+        if name == "niff":
+            assert all(isinstance(m, FixedCircularConv2d) for m in convs)
+            assert all(not list(m.parameters()) and m.spectrum_real.numel() > 0 for m in convs)
+        else:
+            assert all(type(m) is nn.Conv2d for m in convs)
+        torch.testing.assert_close(plain(x), ref, rtol=1e-4, atol=1e-5)
+        # TorchScript and torch.export files load and agree
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(str(out / "model.torchscript.pt"))
+        torch.testing.assert_close(scripted(x), ref, rtol=1e-4, atol=1e-5)
+        program = torch.export.load(str(out / "model.pt2"))
+        torch.testing.assert_close(program.module()(x), ref, rtol=1e-4, atol=1e-5)
+    # weights: torch.load(weights_only=True) and safetensors both load into a freshly built model
+    state = torch.load(out / "state_dict.pt", weights_only=True)
+    fresh = build(arch["config"], in_channels=arch["in_channels"], num_classes=arch["num_classes"],
+                  input_size=tuple(arch["input_size"]))
+    fresh.load_state_dict(state)
+    tensors = load_file(str(out / "weights.safetensors"))
+    assert set(tensors) == {k for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def test_frozen_frequency_layer_rejects_other_sizes(board, tmp_path):
+    from nas_flex.export import FixedCircularConv2d, export_trial
+
+    lb, ckpts, _ = board
+    res = export_trial(lb, "niff", tmp_path, weights=ckpts["niff"] / "trial_state.pt")
+    layer = next(m for m in res.deployable.modules() if isinstance(m, FixedCircularConv2d))
+    with pytest.raises(RuntimeError, match="frozen frequency-domain kernel"):
+        layer(torch.randn(1, layer.in_channels, layer.height + 2, layer.width))
+
+
+def test_export_best_retrains_deterministically(board, tmp_path):
+    from nas_flex.export import export_best
+    from nas_flex.leaderboard import Leaderboard
+
+    lb, ckpts, _ = board
+    best = Leaderboard(lb).best("metrics_val_acc")
+    res = export_best(lb, tmp_path, metric="metrics_val_acc")
+    src = res.architecture["source"]
+    assert src["trial_id"] == best["trial_id"]
+    assert "retrained" in src["weights"]
+    assert src["retrained_metrics"]["val_acc"] == pytest.approx(best["metrics_val_acc"])
+    # same seed on the CPU: the retrained weights are the search trial's
+    original = torch.load(ckpts[best["trial_id"]] / "trial_state.pt", weights_only=True)["model"]
+    for key, value in res.model.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            torch.testing.assert_close(value, original[key], rtol=1e-5, atol=1e-6)
+
+
+def test_mismatch_fails_loudly():
+    from nas_flex.export import EquivalenceError, ExportError, check_outputs_match
+
+    assert issubclass(EquivalenceError, ExportError) and issubclass(ExportError, NasFlexError)
+    ref = torch.randn(4, 10)
+    check_outputs_match(ref, ref + 1e-7)
+    with pytest.raises(EquivalenceError, match="does not reproduce"):
+        check_outputs_match(ref, ref + 1e-2)
+
+
+def test_round_odd():
+    from nas_flex.export import round_odd
+
+    assert [round_odd(v) for v in (0.2, 1.0, 2.0, 3.4, 4.0, 5.9, 6.0, 7.2)] == [1, 1, 3, 3, 5, 5, 7, 7]
+
+
+def test_discretise_trains(board):
+    from nas_flex.export import discretise
+    from nas_flex.leaderboard import Leaderboard
+    from nas_flex.train import run_trial
+    from nas_flex.train.config import resolve_config
+
+    lb, _, _ = board
+    df = Leaderboard(lb).to_pandas().set_index("trial_id")
+    njet = discretise(df.loc["njet"])
+    assert njet["conv"] == "conv" and njet["conv_hparams"] == {} and njet["pooling"] == "avg"
+    flex = discretise(df.loc["flexconv"])
+    assert len(flex["kernel_size"]) == 2
+    for k in flex["kernel_size"]:
+        for side in (k if isinstance(k, list) else [k]):
+            assert side % 2 == 1
+    resolve_config(flex)
+    result = run_trial(flex)
+    assert result["status"] == "completed" and result["epochs_completed"] == 1
+    with pytest.raises(NasFlexError, match="already discrete"):
+        discretise(df.loc["conv"])
+
+
+def test_cli_export(board, tmp_path, capsys):
+    from nas_flex.cli import main
+
+    lb, ckpts, _ = board
+    assert main(["export", str(tmp_path / "missing"), "--best", "--out", str(tmp_path / "o")]) == 2
+    assert "no leaderboard" in capsys.readouterr().err
+    assert main(["export", str(lb), "--trial", "nope", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no trial 'nope'" in err and "flexconv" in err
+    rc = main(["export", str(lb), "--trial", "njet", "--out", str(tmp_path / "o"),
+               "--weights", str(ckpts["njet"] / "trial_state.pt")])
+    assert rc == 0
+    assert (tmp_path / "o" / "model.torchscript.pt").stat().st_size > 0
