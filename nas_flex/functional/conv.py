@@ -169,4 +169,6 @@ def conv2d_same(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, method
         return fft_conv2d(x, weight, bias)
     if method != "spatial":
         raise HyperparameterError(f"`method` must be 'auto', 'spatial' or 'fft', but got {method=!r}")
-    return F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2))
+    # a generated kernel is often a permuted view (kernel nets emit (positions, C_out * C_in)); oneDNN runs a
+    # strided weight through a much slower path, forward and backward, so hand it a contiguous one
+    return F.conv2d(x, weight.contiguous(), bias, padding=(kh // 2, kw // 2))
