@@ -120,6 +120,20 @@ class KernelLayer(nn.Module):
         return self.to_conv2d().weight.detach()
 
     # ---------------------------------------------------------------------------------------------------- helpers
+    def _as_conv2d(self, weight: Tensor) -> nn.Conv2d:
+        """An ``nn.Conv2d`` running ``weight`` (odd sides, 'same' padding) with this layer's bias, for to_conv2d."""
+        kh, kw = weight.shape[-2:]
+        bias = getattr(self, "bias", None)
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, (kh, kw), padding=(kh // 2, kw // 2), bias=bias is not None,
+            device=weight.device, dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            if bias is not None:
+                conv.bias.copy_(bias)
+        return conv
+
     def _size_repr(self) -> str:
         """``kernel_size=7x5 (learned, ...)`` for extra_repr; subclasses add their raw size parameters."""
         h, w = self.effective_kernel_size

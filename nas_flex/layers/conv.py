@@ -93,16 +93,7 @@ class Conv(KernelLayer):
         return conv2d_same(x, self.weight, self.bias)
 
     def to_conv2d(self) -> nn.Conv2d:
-        kh, kw = self.kernel_size
-        conv = nn.Conv2d(
-            self.in_channels, self.out_channels, (kh, kw), padding=(kh // 2, kw // 2), bias=self.bias is not None,
-            device=self.weight.device, dtype=self.weight.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(self.weight)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        return self._as_conv2d(self.weight.detach())
 
     def extra_repr(self) -> str:
         kh, kw = self.kernel_size

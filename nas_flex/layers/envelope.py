@@ -211,18 +211,8 @@ class EnvelopeConv(KernelLayer):
                 "EnvelopeConv(rescale_output=True) rescales each sample by a data-dependent factor, which no "
                 "nn.Conv2d can represent; build the layer with rescale_output=False to export it as a convolution"
             )
-        n = self.kernel_size
         with torch.no_grad():
-            weight = envelope_weight(self.weight, self.apertures())
-        conv = nn.Conv2d(
-            self.in_channels, self.out_channels, n, padding=n // 2, bias=self.bias is not None,
-            device=weight.device, dtype=weight.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+            return self._as_conv2d(envelope_weight(self.weight, self.apertures()))
 
     def extra_repr(self) -> str:
         try:

@@ -398,22 +398,7 @@ class FlexConv(_FlexBase):
     def to_conv2d(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the kernel for the last input size (padding (kh // 2, kw // 2)): same output."""
         with torch.no_grad():
-            weight = self.kernel()
-        kh, kw = weight.shape[-2:]
-        conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            (kh, kw),
-            padding=(kh // 2, kw // 2),
-            bias=self.bias is not None,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+            return self._as_conv2d(self.kernel())
 
     # ------------------------------------------------------------------------------------------------ records
     def size_record(self) -> dict[str, Any]:

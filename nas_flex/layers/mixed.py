@@ -148,16 +148,8 @@ class MixedConv(KernelLayer):
         return conv2d_same(x, self.mixed_weight(), self.bias)
 
     def to_conv2d(self) -> nn.Conv2d:
-        big = self.kernel_sizes[-1]
-        conv = nn.Conv2d(
-            self.in_channels, self.out_channels, big, padding=big // 2, bias=self.bias is not None,
-            device=self.weight.device, dtype=self.weight.dtype,
-        )
         with torch.no_grad():
-            conv.weight.copy_(self.mixed_weight())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+            return self._as_conv2d(self.mixed_weight())
 
     def extra_repr(self) -> str:
         rec = self.size_record()

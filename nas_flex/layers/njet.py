@@ -182,17 +182,7 @@ class NJetConv(KernelLayer):
     def to_conv2d(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` equal to this layer on inputs of the last grid seen (the kernel cap depends on it)."""
         with torch.no_grad():
-            weight = self.build_kernel()
-        kh, kw = weight.shape[-2:]
-        conv = nn.Conv2d(
-            self.in_channels, self.out_channels, (kh, kw), padding=(kh // 2, kw // 2), bias=self.bias is not None,
-            device=weight.device, dtype=weight.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+            return self._as_conv2d(self.build_kernel())
 
     def extra_repr(self) -> str:
         try:
