@@ -16,7 +16,7 @@ the class.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -34,9 +34,8 @@ from nas_flex.functional.cfconv import (
 )
 from nas_flex.functional.niff import circular_conv2d_rfft, compute_dtype
 from nas_flex.kernels.frequency import hermitian_project
-from nas_flex.kernels.mass import effective_size_from_mass, kernel_mass_ratio
-from nas_flex.layers.base import KernelLayer, check_finite, check_positive_int
-from nas_flex.layers.niff import DEFAULT_GRID, MASS_FRACTION, TwinMLP, _size_repr
+from nas_flex.layers.base import check_finite, check_positive_int
+from nas_flex.layers.niff import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, _size_repr
 from nas_flex.layers.registry import register
 
 __all__ = ["CFConv", "CFCONV_PARAMETERIZATIONS", "DEFAULT_HIDDEN"]
@@ -74,7 +73,7 @@ class _PairMLP(nn.Module):
 
 
 @register("cfconv")
-class CFConv(KernelLayer):
+class CFConv(FrequencyKernelLayer):
     """Continuous Fourier convolution (CF-Conv) with sparse EMA updates of a stored kernel state.
 
     **Kernel.** Complex, on the rfft2 layout of the input: entry (h, w, c_in, c_out) for the H x (W // 2 + 1)
@@ -295,34 +294,9 @@ class CFConv(KernelLayer):
             spec = self._spectrum(self._eval_kernel(h, w), w)  # (H, Wf, C_in, C_out)
             return spec.permute(3, 2, 0, 1) / math.sqrt(self.in_channels)  # -> (C_out, C_in, H, Wf)
 
-    def spatial_kernel(self) -> Tensor:
-        """The equivalent circular spatial kernel (C_out, C_in, H, W) for the last input size (detached).
-
-        The eval-mode output is the circular *convolution* of the input with it (tap (0, 0) at index (0, 0);
-        ``torch.fft.fftshift`` centres it). It is the stored state where the state has the last input's size, else
-        the MLP's kernel on that grid (``DEFAULT_GRID`` before the first forward).
-        """
-        h, w = self.last_input_size or DEFAULT_GRID
-        with torch.no_grad():
-            return torch.fft.irfft2(self.frequency_kernel((h, w)), s=(h, w))
-
-    # --------------------------------------------------------------------------------------------------- size
-    @property
-    def effective_kernel_size(self) -> tuple[float, float]:
-        """(height, width) in pixels of the last input's grid: per dimension, the side of the smallest centred
-        window holding 90 % of the spatial kernel's absolute mass (``DEFAULT_GRID`` before the first forward)."""
-        h, w = effective_size_from_mass(self.spatial_kernel(), MASS_FRACTION, circular=True)
-        return float(h), float(w)
-
-    def size_parameters(self) -> Iterator[nn.Parameter]:
-        """None: the kernel is as large as the input; its effective size is learned through all MLP weights."""
-        return iter(())
-
     def size_record(self) -> dict[str, Any]:
-        h, w = self.last_input_size or DEFAULT_GRID
-        ratio3 = kernel_mass_ratio(self.spatial_kernel(), [3], circular=True).mean()
         return {"parameterization": self.parameterization, "sampled_positions": self.sampled_positions,
-                "grid_height": h, "grid_width": w, "mass_in_3x3": float(ratio3)}
+                **self._mass_record()}
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:

@@ -102,8 +102,47 @@ class TwinMLP(nn.Module):
         return f"{' -> '.join(map(str, widths))}, activation={self.activation}, x2 (real, imaginary)"
 
 
+class FrequencyKernelLayer(KernelLayer):
+    """What NIFF and CF-Conv share: a circular, input-sized kernel given by ``frequency_kernel(size)``
+    (complex (C_out, C_in, H, W // 2 + 1)), its spatial form, and its size read off the kernel's mass."""
+
+    domain: ClassVar[str] = "frequency"
+
+    def frequency_kernel(self, size: tuple[int, int] | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def spatial_kernel(self) -> Tensor:
+        """The equivalent circular spatial kernel (C_out, C_in, H, W) for the last input size (detached).
+
+        ``forward(x)`` equals the circular *convolution* of x with it: y[o] = sum_i k[o, i] (*) x[i], tap (0, 0) at
+        index (0, 0) and negative offsets wrapped to the end (``torch.fft.fftshift`` centres it). Before the first
+        forward it is the kernel for ``DEFAULT_GRID``.
+        """
+        h, w = self.last_input_size or DEFAULT_GRID
+        with torch.no_grad():
+            return torch.fft.irfft2(self.frequency_kernel((h, w)), s=(h, w))
+
+    # --------------------------------------------------------------------------------------------------- size
+    @property
+    def effective_kernel_size(self) -> tuple[float, float]:
+        """(height, width) in pixels of the last input's grid: per dimension, the side of the smallest centred
+        window holding 90 % of the spatial kernel's absolute mass (``DEFAULT_GRID`` before the first forward)."""
+        h, w = effective_size_from_mass(self.spatial_kernel(), MASS_FRACTION, circular=True)
+        return float(h), float(w)
+
+    def size_parameters(self) -> Iterator[nn.Parameter]:
+        """None: the kernel is as large as the input; its effective size is learned through all MLP weights."""
+        return iter(())
+
+    def _mass_record(self) -> dict[str, Any]:
+        """The grid and the share of the kernel's absolute mass in the central 3x3, for size_record."""
+        h, w = self.last_input_size or DEFAULT_GRID
+        ratio3 = kernel_mass_ratio(self.spatial_kernel(), [3], circular=True).mean()
+        return {"grid_height": h, "grid_width": w, "mass_in_3x3": float(ratio3)}
+
+
 @register("niff")
-class NIFFConv(KernelLayer):
+class NIFFConv(FrequencyKernelLayer):
     """Circular convolution with filters learned in the frequency domain by an implicit MLP (NIFF).
 
     An MLP maps each normalised frequency (f_y, f_x) of the input's rfft2 grid to filter values, real and imaginary
@@ -224,33 +263,8 @@ class NIFFConv(KernelLayer):
             spec = self.pointwise.to(spec.real.dtype)[:, :, None, None] * spec[None]  # (C_out, C_in, H, Wf)
         return spec
 
-    def spatial_kernel(self) -> Tensor:
-        """The equivalent circular spatial kernel (C_out, C_in, H, W) for the last input size (detached).
-
-        ``forward(x)`` equals the circular *convolution* of x with it: y[o] = sum_i k[o, i] (*) x[i], tap (0, 0) at
-        index (0, 0) and negative offsets wrapped to the end (``torch.fft.fftshift`` centres it). Before the first
-        forward it is the kernel for ``DEFAULT_GRID``.
-        """
-        h, w = self.last_input_size or DEFAULT_GRID
-        with torch.no_grad():
-            return torch.fft.irfft2(self.frequency_kernel((h, w)), s=(h, w))
-
-    # --------------------------------------------------------------------------------------------------- size
-    @property
-    def effective_kernel_size(self) -> tuple[float, float]:
-        """(height, width) in pixels of the last input's grid: per dimension, the side of the smallest centred
-        window holding 90 % of the spatial kernel's absolute mass (``DEFAULT_GRID`` before the first forward)."""
-        h, w = effective_size_from_mass(self.spatial_kernel(), MASS_FRACTION, circular=True)
-        return float(h), float(w)
-
-    def size_parameters(self) -> Iterator[nn.Parameter]:
-        """None: the kernel is as large as the input; its effective size is learned through all MLP weights."""
-        return iter(())
-
     def size_record(self) -> dict[str, Any]:
-        h, w = self.last_input_size or DEFAULT_GRID
-        ratio3 = kernel_mass_ratio(self.spatial_kernel(), [3], circular=True).mean()
-        return {"mode": self.mode, "grid_height": h, "grid_width": w, "mass_in_3x3": float(ratio3)}
+        return {"mode": self.mode, **self._mass_record()}
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
