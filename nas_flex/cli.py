@@ -150,13 +150,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """Export a leaderboard trial: architecture JSON, weights, TorchScript / torch.export (/ ONNX) deployables."""
-    import os
-
     from nas_flex.export import export_best, export_trial
 
-    if args.weights is None and os.path.isdir(args.path):
-        print("nas-flex export: search trials keep no trained weights, so the trial is retrained from its stored "
-              "config (run_trial; deterministic on the CPU for its seed). Pass --weights FILE to use saved weights.")
     common = {"weights": args.weights, "check_examples": args.check_examples, "rtol": args.rtol, "log": print}
     if args.trial is not None:
         result = export_trial(args.path, args.trial, args.out, experiment=args.experiment, **common)
@@ -176,8 +171,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from nas_flex.report import make_report
 
     if args.trial is not None and args.export is None:
-        print(f"nas-flex report: trial {args.trial} is retrained from its config for the kernel figure "
-              "(search trials keep no weights); pass --export DIR to use an existing export instead.")
+        print(f"nas-flex report: trial {args.trial} is exported for the kernel figure (with the weights its search "
+              "kept, else retrained from its config); pass --export DIR to use an existing export instead.")
     path = make_report(args.path, args.out, metric=args.metric, top=args.top, export_dir=args.export,
                        trial_id=args.trial, layer=args.layer, log=print)
     print(f"open {path}")

@@ -58,8 +58,18 @@ def test_four_trial_search_end_to_end(tmp_path):
     hist = lb.history()
     assert len(hist) == 4 * 2 and set(hist["epoch"]) == {1, 2}
     import pandas as pd
+    import torch
 
     assert len(pd.read_parquet(tmp_path)) == 4  # plain pandas reads the folder as it stands
+    # every trial's trained weights are kept, weights_only-loadable, and export uses them instead of retraining
+    for trial_id in df["trial_id"]:
+        state = torch.load(tmp_path / "_weights" / f"e2e--{trial_id}.pt", weights_only=True)
+        assert any(k.endswith("weight") for k in state)
+    from nas_flex.export import export_best
+
+    exported = export_best(tmp_path, tmp_path / "exported", check_examples=8)
+    assert not (tmp_path / "exported" / "training").exists()
+    assert exported.architecture["source"]["trial_id"] == lb.best()["trial_id"]
 
 
 @pytest.mark.ray

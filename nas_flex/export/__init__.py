@@ -1,8 +1,9 @@
 """Export the best architectures: architecture JSON + trained weights + a deployable plain-PyTorch model.
 
-Search trials keep no trained weights, so ``export_trial`` / ``export_best`` retrain the chosen trial from its
-stored config with ``nas_flex.train.run_trial`` (deterministic on the CPU for the config's seed) unless a
-state_dict is given with ``weights=``. See ``nas_flex.export.core`` for the files written.
+``nas_flex.search`` keeps each trial's trained weights in ``<storage>/_weights/``; ``export_trial`` /
+``export_best`` use them (or a state_dict given with ``weights=``), and retrain the chosen trial from its stored
+config with ``nas_flex.train.run_trial`` (deterministic on the CPU for the config's seed) only when neither exists,
+e.g. for rows written by hand. See ``nas_flex.export.core`` for the files written.
 
 Example:
     >>> from nas_flex.export import export_best, load_model, discretise  # doctest: +SKIP

@@ -114,6 +114,7 @@ def export_best(leaderboard: Any, out: str | os.PathLike, *, metric: str = "metr
 
     lb = leaderboard if isinstance(leaderboard, Leaderboard) else Leaderboard(leaderboard)
     row = lb.best(metric)
+    _kept_weights(lb.path, row, kwargs)
     return export_row(row, out, source={"leaderboard": str(lb.path), "metric": metric}, **kwargs)
 
 
@@ -126,7 +127,21 @@ def export_trial(leaderboard: Any, trial_id: str, out: str | os.PathLike, *, exp
         ExportError: the trial id is unknown (the valid ones are listed) or ambiguous.
     """
     row = find_row(leaderboard, trial_id, experiment=experiment)
+    _kept_weights(getattr(leaderboard, "path", leaderboard), row, kwargs)
     return export_row(row, out, source={"leaderboard": str(getattr(leaderboard, "path", leaderboard))}, **kwargs)
+
+
+def kept_weights_path(leaderboard_path: str | os.PathLike, experiment: str, trial_id: str) -> Path:
+    """Where a search keeps a trial's trained weights (``nas_flex.search`` writes them when the trial ends)."""
+    return Path(leaderboard_path) / "_weights" / f"{experiment}--{trial_id}.pt"
+
+
+def _kept_weights(leaderboard_path: Any, row: Any, kwargs: dict[str, Any]) -> None:
+    """Use the weights the search kept for this trial, unless the caller passed ``weights``."""
+    if kwargs.get("weights") is None:
+        path = kept_weights_path(leaderboard_path, str(row["experiment"]), str(row["trial_id"]))
+        if path.is_file():
+            kwargs["weights"] = path
 
 
 # ------------------------------------------------------------------------------------------------------ weights
@@ -153,7 +168,7 @@ def _trained_state(cfg: dict[str, Any], out: Path, weights: Any, log: Log) -> tu
     from nas_flex.train import run_trial
 
     ckpt_dir = out / "training"
-    log(f"search trials keep no trained weights: retraining the trial from its config ({cfg['epochs']} epochs, "
+    log(f"no kept weights for this trial: retraining it from its config ({cfg['epochs']} epochs, "
         f"seed {cfg['seed']}) into {ckpt_dir} ...")
     result = run_trial(cfg, checkpoint_dir=ckpt_dir)
     if result["status"] != "completed":
@@ -249,7 +264,8 @@ def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_e
         out: the export directory (created).
         weights: a state_dict (mapping), a ``.safetensors`` / ``torch.save`` file (a run_trial ``trial_state.pt``
             works) or an export directory, holding the trained weights. None (default): **retrain** the trial
-            from its config with ``run_trial`` into ``out/training`` (search trials keep no weights).
+            from its config with ``run_trial`` into ``out/training`` (``export_best`` / ``export_trial`` first look
+            for the weights the search kept in ``<storage>/_weights/``).
         check_examples: validation examples of the trial's dataset the deployable models are checked on.
         rtol: tolerance of the check, relative to the largest |output|.
         source: provenance written into the JSON (leaderboard path, metric).

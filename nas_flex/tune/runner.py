@@ -11,6 +11,7 @@ Layout of ``storage`` (a shared path on a cluster)::
 
     <storage>/*.parquet          one row per trial          (pandas.read_parquet(storage) reads exactly these)
     <storage>/_history/          per-epoch tables
+    <storage>/_weights/          each trial's trained weights (state_dict, weights_only-loadable) for export
     <storage>/_experiments/      one JSON per experiment: its settings, for --resume
     <storage>/_claims/           one file per trained architecture (dedupe of identical configs)
     <storage>/_ray/<experiment>  Ray Tune's experiment state (Tuner.restore)
@@ -232,6 +233,7 @@ def _trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe:
 
     try:
         result = run_trial(config, report=report, checkpoint_dir=work)
+        _keep_weights(work, store, experiment, trial_id)
         write_trial(store, {**result, "search_params": optuna_params}, experiment=experiment, trial_id=trial_id,
                     config_key=key)
         if final:
@@ -245,6 +247,22 @@ def _trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe:
     if result["status"] != "completed":  # tell the searcher how it ended (Optuna records FAIL)
         tune.report({**result["metrics"], "flops": result["flops"], "params": result["params"],
                      "epoch": result["epochs_completed"], "epochs": config["epochs"], "status": result["status"]})
+
+
+def _keep_weights(work: Path, store: Path, experiment: str, trial_id: str) -> None:
+    """Keep the trained model's state_dict as ``<storage>/_weights/<experiment>--<trial_id>.pt`` (tensors and plain
+    values only: loads with ``torch.load(..., weights_only=True)``), so export needs no retraining."""
+    import torch
+
+    state_file = work / "trial_state.pt"
+    if not state_file.is_file():  # no epoch completed
+        return
+    model_state = torch.load(state_file, map_location="cpu", weights_only=True)["model"]
+    final = store / "_weights" / f"{experiment}--{trial_id}.pt"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    torch.save(model_state, tmp)
+    os.replace(tmp, final)
 
 
 # ---------------------------------------------------------------------------------------------- the searcher
