@@ -20,4 +20,8 @@ def space(trial):
         config["conv_hparams"] = {"kernel_sizes": [3, 5, 7]}
     elif method == "envelope":  # ACONV: the envelope shrinks inside a 7x7 base grid
         config["kernel_size"] = 7
+    elif method == "flexconv":
+        # every learned-size layer starts near 5 px, like N-Jet's sigma 1.0: the authors' mask sigma 0.075 was chosen
+        # for 33-px grids and is about 1 px on these 8-16 px feature maps, where it learns far more slowly
+        config["conv_hparams"] = {"mask_sigma_init": 0.125}
     return config
