@@ -23,34 +23,11 @@ import json
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from nas_flex.bench import compare, fwd_bwd
 from nas_flex.functional.niff import circular_conv2d_rfft
 from nas_flex.layers import build
-
-
-class AllocatedBytes(TorchDispatchMode):
-    """Total bytes of the new storages returned by aten ops while active (views and in-place results excluded)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.total += t.untyped_storage().nbytes()
-        return out
-
-
-def step_bytes(step) -> int:
-    with AllocatedBytes() as counter:
-        step()
-    return counter.total
+from nas_flex.train.metering import allocated_bytes
 
 
 def depthwise_separable(x: torch.Tensor, depthwise: torch.Tensor, pointwise: torch.Tensor) -> torch.Tensor:
@@ -120,13 +97,13 @@ def bench_cfconv(args: argparse.Namespace) -> list[dict]:
     overhead = {hw: t[f"sparse_{hw}"] - t[f"fixed_{hw}"] for hw in args.cf_sizes}  # the MLP and state work
     for hw in args.cf_sizes:
         sparse, dense, positions = layers[hw]
-        b_sparse = step_bytes(cands[f"sparse_{hw}"])
+        b_sparse = allocated_bytes(cands[f"sparse_{hw}"])
         row = {"hw": hw, "positions": positions, "sampled": p, "bytes_sparse": b_sparse,
                "seconds_sparse": t[f"sparse_{hw}"], "seconds_conv_fixed_kernel": t[f"fixed_{hw}"],
                "sparse_time_rel": t[f"sparse_{hw}"] / t[f"sparse_{first}"],
                "sparse_overhead_rel": overhead[hw] / overhead[first]}
         if dense is not None:
-            row["bytes_full"] = step_bytes(cands[f"full_{hw}"])
+            row["bytes_full"] = allocated_bytes(cands[f"full_{hw}"])
             row["seconds_full"] = t[f"full_{hw}"]
             per_position = row["bytes_full"] / positions
             full_mb, full_time = f"{row['bytes_full'] / 2**20:>9.1f}", f"{t[f'full_{hw}'] / t[f'sparse_{hw}']:>11.2f}"

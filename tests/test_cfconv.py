@@ -14,14 +14,13 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from nas_flex.errors import HyperparameterError, NonFiniteError, ShapeError
 from nas_flex.functional.cfconv import sample_positions
 from nas_flex.kernels.frequency import rfft_to_full
 from nas_flex.layers import build
 from nas_flex.layers.cfconv import CFConv
+from nas_flex.train.metering import AllocatedBytes
 
 
 def circular_conv_reference(x: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -239,26 +238,8 @@ def test_gradcheck_sampled_in_eval():
 
 
 # ----------------------------------------------------------------------------------------------- memory
-class _AllocatedBytes(TorchDispatchMode):
-    """Sums the bytes of every new storage an aten op returns (forward and backward): what a step allocates.
-
-    Views and in-place results share a storage with an input and are not counted."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.total += t.untyped_storage().nbytes()
-        return out
-
-
 def _step_bytes(layer: CFConv, x: torch.Tensor) -> int:
-    with _AllocatedBytes() as counter:
+    with AllocatedBytes() as counter:
         layer(x).sum().backward()
     return counter.total
 

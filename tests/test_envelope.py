@@ -17,16 +17,6 @@ from nas_flex.layers.envelope import EnvelopeConv
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny ops: one intra-op thread is faster for them, and immune to the OpenMP barrier
-    stalls that make multi-threaded tiny ops 10-50x slower when other processes share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _reference_envelope(sigma: float, n: int) -> torch.Tensor:
     """The paper's envelope written out: exp(-((k - c)^2 + (l - c)^2) / (2 (sigma n)^2)), sum of squares n^2."""
     c = (n - 1) / 2

@@ -32,16 +32,6 @@ from nas_flex.layers.njet import NJetConv, SafeSubsample2d
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny ops: one intra-op thread is faster for them, and immune to the OpenMP barrier
-    stalls that make multi-threaded tiny ops 10-50x slower when other processes share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------------- the basis
 def test_hermite_matches_closed_forms():
     x = torch.linspace(-3, 3, 13, dtype=D)

@@ -9,15 +9,17 @@ real-input or real-output transform), so every FFT anywhere in the model is coun
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["FlopCount", "count_flops", "count_parameters", "FFT_OPS"]
+__all__ = ["FlopCount", "count_flops", "count_parameters", "FFT_OPS", "AllocatedBytes", "allocated_bytes"]
 
 aten = torch.ops.aten
 
@@ -108,3 +110,27 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+class AllocatedBytes(TorchDispatchMode):
+    """Sums the bytes of every new storage an aten op returns while active, forward and backward: what a step
+    allocates, on any device. Views and in-place results share an input's storage and are not counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.total += t.untyped_storage().nbytes()
+        return out
+
+
+def allocated_bytes(step: Callable[[], Any]) -> int:
+    """Bytes of the new storages ``step()`` allocates (see ``AllocatedBytes``)."""
+    with AllocatedBytes() as counter:
+        step()
+    return counter.total
