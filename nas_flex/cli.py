@@ -31,6 +31,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import nas_flex
     from nas_flex.bench import compare, fwd_bwd
     from nas_flex.layers import available, build, get
+    from nas_flex.train.config import resolve_config
+    from nas_flex.train.optim import make_optimizers
 
     torch.manual_seed(0)
     n, c, hw, device = args.batch, args.channels, args.size, args.device
@@ -49,17 +51,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for name in available():
         hparams = dict(get(name).example_hparams) if args.small else {}
         layer = build(name, c, c, **hparams).to(device)
-        size_ids = {id(p) for p in layer.size_parameters()}
-        groups = [
-            {"params": [p for p in layer.parameters() if id(p) not in size_ids], "lr": 1e-2},
-            {"params": [p for p in layer.parameters() if id(p) in size_ids], "lr": 1e-3},  # size_lr_factor 0.1
-        ]
-        opt = torch.optim.Adam([g for g in groups if g["params"]])
+        # the size parameters train by the layer's own recipe (KernelLayer.size_recipe), as in a trial
+        opts = make_optimizers(layer, resolve_config({"lr": 1e-2}), schedule=lambda step: 1.0)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
         for _ in range(args.steps):
-            opt.zero_grad()
+            opts.zero_grad()
             loss = (layer(x) - target).pow(2).mean() + layer.regularization()
             loss.backward()
-            opt.step()
+            opts.step(scaler)
             layer.constrain_()
         kh, kw = layer.effective_kernel_size
         k_same = 2 * round((max(kh, kw) - 1) / 2) + 1  # nearest odd side

@@ -246,7 +246,7 @@ def test_every_kernel_net_trains_the_mask(name):
 # ------------------------------------------------------------------------------------------------ regularizer
 def test_regularization_matches_the_together_formula():
     """weight * sum_l relu(max_d(f_ld - nyq_d / F))^2, f_ld = max_i(|W| + 2 gamma) / 2 pi, nyq_d = (k_d - 1) / 4."""
-    layer = FlexConv(1, 1, hidden_channels=1, num_layers=1, dtype=F64)
+    layer = FlexConv(1, 1, hidden_channels=1, num_layers=1, regularize=True, dtype=F64)
     net = layer.kernel_net
     with torch.no_grad():
         net.filter_weight.copy_(torch.tensor([[[3.0, 0.0]], [[0.0, 4.0]]]))
@@ -260,7 +260,7 @@ def test_regularization_matches_the_together_formula():
 
 
 def test_regularization_trains_the_kernel_net_and_shrinks_on_larger_grids():
-    layer = FlexConv(3, 4, hidden_channels=8)
+    layer = FlexConv(3, 4, hidden_channels=8, regularize=True)
     layer(torch.randn(1, 3, 16, 16))
     small_grid = layer.regularization()
     assert small_grid > 0
@@ -278,21 +278,23 @@ def test_regularization_trains_the_kernel_net_and_shrinks_on_larger_grids():
 
 def test_regularization_variants():
     x = torch.randn(1, 3, 16, 16)
-    with_mask = FlexConv(3, 4, hidden_channels=8, regularize_mask=True)
+    with_mask = FlexConv(3, 4, hidden_channels=8, regularize=True, regularize_mask=True)
     with_mask(x)
     with_mask.regularization().backward()
     assert float(with_mask.mask_sigma.grad.max()) < 0  # a wider mask has a lower frequency: the penalty grows it
-    off = FlexConv(3, 4, hidden_channels=8, regularize=False)
+    off = FlexConv(3, 4, hidden_channels=8)  # the default, as the authors train CIFAR-10 / MNIST / STL-10
     off(x)
     assert off.regularization().item() == 0.0 and off.regularization().shape == ()
-    siren = FlexConv(3, 4, kernel_net="siren", hidden_channels=8)
+    on = FlexConv(3, 4, hidden_channels=8, regularize=True)
+    on(x)
+    assert on.regularization().item() > 0 and "regularize=True" in repr(on) and "regularize" not in repr(off)
+    siren = FlexConv(3, 4, kernel_net="siren", hidden_channels=8, regularize=True)
     siren(x)
     assert siren.regularization().item() == 0.0  # no analytic bound for SIREN
-    weighted = FlexConv(3, 4, hidden_channels=8, regularization_weight=0.2)
     torch.manual_seed(0)
-    base = FlexConv(3, 4, hidden_channels=8)
+    base = FlexConv(3, 4, hidden_channels=8, regularize=True)
     torch.manual_seed(0)
-    weighted = FlexConv(3, 4, hidden_channels=8, regularization_weight=0.2)
+    weighted = FlexConv(3, 4, hidden_channels=8, regularize=True, regularization_weight=0.2)
     base(x), weighted(x)
     torch.testing.assert_close(weighted.regularization(), 2 * base.regularization())
 
@@ -445,7 +447,7 @@ def test_flexconv1d_gradcheck_with_mask_parameters():
 
 
 def test_flexconv1d_grid_records_and_errors():
-    layer = FlexConv1d(3, 4, hidden_channels=8, mask_sigma_init=0.3)
+    layer = FlexConv1d(3, 4, hidden_channels=8, mask_sigma_init=0.3, regularize=True)
     assert layer.effective_kernel_size == (1.0, 11.0)  # DEFAULT_GRID before the first input
     layer(torch.randn(2, 3, 200))
     assert layer.grid_size() == 200 and layer.effective_kernel_size[1] > 60

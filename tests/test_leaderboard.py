@@ -77,6 +77,9 @@ def make_result(val_acc: float = 0.9, flops: float = 1.0e6, *, status: str = "co
         "peak_memory_kind": "process_max_rss",
         "device": "cpu (x86_64, 2 threads)",
         "learned_sizes": _sizes(epochs),
+        "initial_sizes": _sizes(1),
+        "size_recipes": [{"kind": "flexconv", "optimizer": "adam", "lr_factor": 0.1, "lr": 3e-4, "weight_decay": 0.0,
+                          "schedule": "warmup_cosine", "update": "joint", "source": "hand-built"}],
         "nas_flex_version": "0.1.0",
         "torch_version": "2.5.1",
     }

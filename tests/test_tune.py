@@ -56,7 +56,7 @@ def test_four_trial_search_end_to_end(tmp_path):
         stored = json.loads(row["config"])
         assert all(stored[k] == v for k, v in config.items())
     hist = lb.history()
-    assert len(hist) == 4 * 2 and set(hist["epoch"]) == {1, 2}
+    assert len(hist) == 4 * 3 and set(hist["epoch"]) == {0, 1, 2}  # epoch 0: the state at initialisation
     import pandas as pd
     import torch
 

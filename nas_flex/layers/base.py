@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError, NonFiniteError, ShapeError, check_shape
 
-__all__ = ["KernelLayer", "check_positive_int", "check_finite"]
+__all__ = ["KernelLayer", "SizeRecipe", "check_positive_int", "check_finite"]
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -42,6 +43,53 @@ def check_finite(name: str, tensor: Tensor, where: str) -> Tensor:
     return tensor
 
 
+@dataclass(frozen=True)
+class SizeRecipe:
+    """How a layer's size parameters are trained: the method's own recipe, from its paper or its authors' code.
+
+    ``nas_flex.train.make_optimizer`` reads it. With ``optimizer="shared"`` the size parameters are a group of the
+    weights' optimizer at ``lr x lr_factor``, on the weights' warm-up + cosine schedule; with ``optimizer="adam"``
+    they get their own Adam with a fixed ``lr`` (DARTS's architecture optimizer). A trial config's
+    ``size_lr_factor`` overrides every layer's recipe with ``shared`` at that factor.
+
+    Attributes:
+        source: where the recipe comes from (paper section or code), shown in the leaderboard's ``size_recipes``.
+        optimizer: "shared" or "adam".
+        lr_factor: shared: the size parameters' learning rate as a multiple of the weights'.
+        lr: adam: the learning rate (constant).
+        betas: adam: Adam's betas.
+        weight_decay: L2 on the size parameters (0 unless the method's recipe says otherwise).
+    """
+
+    source: str
+    optimizer: str = "shared"
+    lr_factor: float = 1.0
+    lr: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("shared", "adam"):
+            raise HyperparameterError(f"SizeRecipe `optimizer` must be 'shared' or 'adam', but got {self.optimizer!r}")
+        if self.optimizer == "adam" and not (self.lr is not None and self.lr > 0):
+            raise HyperparameterError(f"SizeRecipe with its own Adam needs `lr > 0`, but got lr={self.lr!r}")
+        if not (self.lr_factor >= 0 and self.weight_decay >= 0):
+            raise HyperparameterError(
+                f"SizeRecipe needs `lr_factor >= 0` and `weight_decay >= 0`, but got lr_factor={self.lr_factor}, "
+                f"weight_decay={self.weight_decay}"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """The recipe as a plain dict (what the leaderboard records)."""
+        out: dict[str, Any] = {"optimizer": self.optimizer, "source": self.source}
+        if self.optimizer == "shared":
+            out["lr_factor"] = self.lr_factor
+        else:
+            out.update(lr=self.lr, betas=list(self.betas))
+        out["weight_decay"] = self.weight_decay
+        return out
+
+
 class KernelLayer(nn.Module):
     """Base class of the registry layers.
 
@@ -55,12 +103,14 @@ class KernelLayer(nn.Module):
         learns_size: False only for fixed-size layers (the ``conv`` baseline): they get no learned-sizes row.
         domain: "spatial" (has ``to_conv2d``) or "frequency" (has ``spatial_kernel`` of the input's size).
         example_hparams: a small, fast instance's hyperparameters, used by the demo and the contract tests.
+        size_recipe: how ``size_parameters()`` are trained (``SizeRecipe``); each method sets its paper's.
     """
 
     kind: ClassVar[str] = ""
     learns_size: ClassVar[bool] = True
     domain: ClassVar[str] = "spatial"
     example_hparams: ClassVar[dict[str, Any]] = {}
+    size_recipe: ClassVar[SizeRecipe] = SizeRecipe(source="default: the weights' optimizer and learning rate")
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from nas_flex.errors import HyperparameterError, NasFlexError, NonFiniteError
 from nas_flex.functional.envelope import envelope_conv2d, envelope_weight
 from nas_flex.kernels.envelope import envelope_side
-from nas_flex.layers.base import KernelLayer, _fmt, check_finite
+from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite
 from nas_flex.layers.registry import register
 
 __all__ = ["EnvelopeConv", "clamp_straight_through"]
@@ -111,6 +111,11 @@ class EnvelopeConv(KernelLayer):
     """
 
     example_hparams: ClassVar[dict[str, Any]] = {"kernel_size": 3, "sigma_init": (0.4, 0.8)}
+    #: Tek et al. (ACONV, Sec. 3): the apertures are ordinary trainable weights of the network, updated by the same
+    #: optimizer at the same learning rate and clipped to [1/n, n] after every update (``constrain_``).
+    size_recipe: ClassVar[SizeRecipe] = SizeRecipe(
+        source="Tek et al. (ACONV): apertures trained with the network's optimizer and learning rate"
+    )
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError
 from nas_flex.functional.conv import conv2d_same
-from nas_flex.layers.base import KernelLayer, check_finite
+from nas_flex.layers.base import KernelLayer, SizeRecipe, check_finite
 from nas_flex.layers.registry import register
 
 __all__ = ["MixedConv", "mixed_kernel_mask"]
@@ -71,6 +71,13 @@ class MixedConv(KernelLayer):
     """
 
     example_hparams: ClassVar[dict[str, Any]] = {"kernel_sizes": (3, 5)}
+    #: DARTS (Liu et al. 2019, Sec. 3.1 and the authors' train_search.py): the architecture weights have their own Adam
+    #: at a constant learning rate 3e-4, betas (0.5, 0.999), weight decay 1e-3. DARTS steps them on held-out data
+    #: (bilevel); ``size_update="bilevel"`` in a trial config does that, the default steps them on the training batch.
+    size_recipe: ClassVar[SizeRecipe] = SizeRecipe(
+        source="DARTS (Liu et al. 2019): own Adam, lr 3e-4, betas (0.5, 0.999), weight decay 1e-3",
+        optimizer="adam", lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
+    )
 
     def __init__(
         self,

@@ -36,7 +36,7 @@ from nas_flex.functional.njet import (
     safe_subsample_size,
 )
 from nas_flex.kernels.gaussian import _check_order, _check_positive_real, num_basis
-from nas_flex.layers.base import KernelLayer, _fmt, check_finite
+from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite
 from nas_flex.layers.envelope import clamp_straight_through
 from nas_flex.layers.registry import register
 
@@ -84,6 +84,11 @@ class NJetConv(KernelLayer):
     """
 
     example_hparams: ClassVar[dict[str, Any]] = {"order": 2}
+    #: Pintea et al. 2021 (Sec. 3.2, 4): sigma is learned by backpropagation with the rest of the network, by the same
+    #: optimizer at the same learning rate and without weight decay (the authors' code applies none to the scale).
+    size_recipe: ClassVar[SizeRecipe] = SizeRecipe(
+        source="Pintea et al. 2021 (N-Jet): sigma trained with the network's optimizer and learning rate"
+    )
     #: (lowest, highest) sigma in pixels. Below 0.05 px the basis is a delta to machine precision; above the upper
     #: bound the kernel is flat over any realistic feature map. The bounds keep sigma finite, not a modelling prior.
     SIGMA_BOUNDS: ClassVar[tuple[float, float]] = (0.05, 256.0)

@@ -67,7 +67,8 @@ METRIC_DIRECTIONS: dict[str, str] = {
 
 #: ranking direction of the per-epoch metric columns of the history table
 HISTORY_METRIC_DIRECTIONS: dict[str, str] = {
-    "train_loss": "min", "train_acc": "max", "val_loss": "min", "val_acc": "max", "seconds": "min", "flops": "min",
+    "train_loss": "min", "train_acc": "max", "train_reg": "min", "val_loss": "min", "val_acc": "max",
+    "seconds": "min", "flops": "min",
 }
 
 _JSON = "json"  # marker: stored as JSON text (a string column)
@@ -100,6 +101,8 @@ CONFIG_COLUMNS: dict[str, Any] = {
     "optimizer": pa.string(),
     "lr": pa.float64(),
     "size_lr_factor": pa.float64(),
+    "size_update": pa.string(),
+    "bilevel_split": pa.float64(),
     "weight_decay": pa.float64(),
     "warmup_epochs": pa.float64(),
     "grad_clip": pa.float64(),
@@ -154,6 +157,10 @@ _TRIAL_FIELDS: list[tuple[str, Any, bool, str]] = [
     ("device", pa.string(), True, "the device the trial ran on, in words"),
     ("learned_sizes", _SIZES_LIST, True, "final learned size per layer (pixels)"),
     ("learned_sizes_json", pa.string(), True, "the full learned-size records (raw size parameters) as JSON"),
+    ("initial_sizes", _SIZES_LIST, True, "size per learned-size layer at initialisation (pixels), before training"),
+    ("initial_sizes_json", pa.string(), True, "the full size records at initialisation as JSON"),
+    ("size_recipes", pa.string(), True, "how each layer kind's size parameters were trained (optimizer, lr, "
+     "schedule, source) as JSON"),
     ("nas_flex_version", pa.string(), True, "nas_flex version that ran the trial"),
     ("torch_version", pa.string(), True, "torch version that ran the trial"),
 ]
@@ -163,8 +170,10 @@ _HISTORY_FIELDS: list[tuple[str, Any, bool, str]] = [
     ("experiment", pa.string(), False, "experiment name"),
     ("trial_id", pa.string(), False, "trial id, unique within the experiment"),
     ("written_at", _UTC, False, "written_at of the trial row this history belongs to"),
-    ("epoch", pa.int64(), False, "epoch, 1-based"),
-    ("train_loss", pa.float64(), True, "training loss of the epoch"),
+    ("epoch", pa.int64(), False, "epoch, 1-based; 0 is the state at initialisation (no training metrics)"),
+    ("train_loss", pa.float64(), True, "training task loss (cross-entropy) of the epoch, regularization excluded"),
+    ("train_reg", pa.float64(), True, "the layers' regularization term of the epoch (mean per step), added to "
+     "train_loss in the optimised loss"),
     ("train_acc", pa.float64(), True, "training accuracy of the epoch"),
     ("val_loss", pa.float64(), True, "validation loss after the epoch"),
     ("val_acc", pa.float64(), True, "validation accuracy after the epoch"),
@@ -197,11 +206,12 @@ HISTORY_SCHEMA = _schema(_HISTORY_FIELDS, "history", HISTORY_METRIC_DIRECTIONS)
 RESULT_FIELDS = (
     "status", "error", "config", "started", "finished", "epochs_completed", "metrics", "best", "history",
     "params", "flops", "flops_fft", "train_seconds", "examples_per_second", "peak_memory_bytes",
-    "peak_memory_kind", "device", "learned_sizes", "nas_flex_version", "torch_version", "search_params",
+    "peak_memory_kind", "device", "learned_sizes", "initial_sizes", "size_recipes", "nas_flex_version",
+    "torch_version", "search_params",
 )
 _METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 _BEST_KEYS = ("val_acc", "val_loss", "epoch")
-_HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "flops",
+_HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "train_reg", "val_loss", "val_acc", "lr", "seconds", "flops",
                  "learned_sizes")
 
 
@@ -373,6 +383,8 @@ def trial_table(result: Mapping[str, Any], *, experiment: str, trial_id: str, wr
     metrics = _sub(result, "metrics", _METRIC_KEYS)
     best = _sub(result, "best", _BEST_KEYS)
     sizes, sizes_json = _learned_sizes(result.get("learned_sizes"), "result['learned_sizes']")
+    init_sizes, init_json = _learned_sizes(result.get("initial_sizes"), "result['initial_sizes']")
+    recipes = result.get("size_recipes")
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "experiment": experiment,
@@ -405,6 +417,9 @@ def trial_table(result: Mapping[str, Any], *, experiment: str, trial_id: str, wr
         "device": _as_str("result['device']", result.get("device")),
         "learned_sizes": sizes,
         "learned_sizes_json": sizes_json,
+        "initial_sizes": init_sizes,
+        "initial_sizes_json": init_json,
+        "size_recipes": None if recipes is None else _json(recipes, "result['size_recipes']", sort_keys=False),
         "nas_flex_version": _as_str("result['nas_flex_version']", result.get("nas_flex_version")),
         "torch_version": _as_str("result['torch_version']", result.get("torch_version")),
     }
@@ -440,7 +455,7 @@ def history_table(result: Mapping[str, Any], *, experiment: str, trial_id: str, 
             "written_at": stamp,
             "epoch": epoch,
             **{k: _as_float(f"{what}[{k!r}]", h.get(k))
-               for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "flops")},
+               for k in ("train_loss", "train_acc", "train_reg", "val_loss", "val_acc", "lr", "seconds", "flops")},
             "learned_sizes": sizes,
             "learned_sizes_json": sizes_json,
         })

@@ -40,7 +40,11 @@ KEY_DOCS: dict[str, tuple[Any, str]] = {
     "batch_size": (64, "examples per step"),
     "optimizer": ("adam", "adam | sgd (momentum 0.9, Nesterov)"),
     "lr": (3e-3, "peak learning rate"),
-    "size_lr_factor": (0.1, "the size parameters' learning rate = lr x this (FlexConv: 0.1)"),
+    "size_lr_factor": (None, "override: every size parameter at lr x this in the weights' optimizer; None: each "
+                       "layer's own recipe (KernelLayer.size_recipe: N-Jet, envelope 1x, FlexConv 0.1x, DARTS Adam)"),
+    "size_update": ("joint", "joint: size parameters step on the training batch; bilevel: DARTS first-order, they "
+                    "step on a held-out part of the training split (bilevel_split) before each weight step"),
+    "bilevel_split": (0.5, "bilevel: the fraction of the training split held out for the size steps (DARTS: 0.5)"),
     "weight_decay": (0.0, "L2 on ordinary weights; never on size parameters"),
     "warmup_epochs": (1.0, "linear warm-up before the cosine decay (clipped below epochs)"),
     "grad_clip": (None, "clip the gradient norm to this"),
@@ -58,7 +62,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "backbone": (str,), "conv": (str,), "conv_hparams": (dict,), "data_options": (dict,), "dataset": (str,),
     "optimizer": (str,),
     "device": (str,), "epochs": (int,), "batch_size": (int,), "seed": (int,), "num_workers": (int,),
-    "lr": (int, float), "size_lr_factor": (int, float), "weight_decay": (int, float),
+    "lr": (int, float), "size_lr_factor": (int, float, type(None)), "weight_decay": (int, float),
+    "size_update": (str,), "bilevel_split": (int, float),
     "warmup_epochs": (int, float), "label_smoothing": (int, float), "amp": (bool,), "deterministic": (bool,),
     "download": (bool,),
 }
@@ -85,10 +90,18 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("epochs", "batch_size"):
         if out[key] < 1:
             raise HyperparameterError(f"config key {key!r} must be >= 1, but got {out[key]!r}")
-    if out["lr"] <= 0 or out["size_lr_factor"] < 0 or out["weight_decay"] < 0:
+    if out["lr"] <= 0 or (out["size_lr_factor"] or 0) < 0 or out["weight_decay"] < 0:
         raise HyperparameterError(
             f"need lr > 0, size_lr_factor >= 0, weight_decay >= 0, but got lr={out['lr']}, "
             f"size_lr_factor={out['size_lr_factor']}, weight_decay={out['weight_decay']}"
+        )
+    if out["size_update"] not in ("joint", "bilevel"):
+        raise HyperparameterError(
+            f"config key 'size_update' must be 'joint' or 'bilevel', but got {out['size_update']!r}"
+        )
+    if not 0 < out["bilevel_split"] < 1:
+        raise HyperparameterError(
+            f"config key 'bilevel_split' must be in (0, 1), but got {out['bilevel_split']!r}"
         )
     if out["optimizer"] not in ("adam", "sgd"):
         raise HyperparameterError(f"config key 'optimizer' must be 'adam' or 'sgd', but got {out['optimizer']!r}")

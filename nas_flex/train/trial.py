@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from nas_flex import __version__
 from nas_flex.errors import NonFiniteError
@@ -27,15 +27,17 @@ from nas_flex.layers.base import KernelLayer
 from nas_flex.sizes import learned_size_records
 from nas_flex.train.config import resolve_config
 from nas_flex.train.metering import FlopCount, count_flops, count_parameters
+from nas_flex.train.optim import TrialOptimizers, make_optimizers
 
-__all__ = ["run_trial", "make_optimizer", "warmup_cosine", "resolve_device", "RESULT_KEYS"]
+__all__ = ["run_trial", "train_one_epoch", "warmup_cosine", "resolve_device", "RESULT_KEYS"]
 
 Report = Callable[[dict[str, Any]], None]
 
 RESULT_KEYS = (
     "status", "error", "config", "started", "finished", "epochs_completed", "metrics", "best", "history",
     "params", "flops", "flops_fft", "train_seconds", "examples_per_second", "peak_memory_bytes",
-    "peak_memory_kind", "device", "learned_sizes", "nas_flex_version", "torch_version",
+    "peak_memory_kind", "device", "learned_sizes", "initial_sizes", "size_recipes", "nas_flex_version",
+    "torch_version",
 )
 
 
@@ -68,26 +70,34 @@ def _kernel_layers(model: nn.Module) -> Iterator[KernelLayer]:
     return (m for m in model.modules() if isinstance(m, KernelLayer))
 
 
-def make_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """Adam or SGD with the size parameters in their own group: lr x size_lr_factor and no weight decay."""
-    size_ids = {id(p) for layer in _kernel_layers(model) for p in layer.size_parameters()}
-    size = [p for p in model.parameters() if id(p) in size_ids and p.requires_grad]
-    other = [p for p in model.parameters() if id(p) not in size_ids and p.requires_grad]
-    groups = [{"params": other, "lr": cfg["lr"], "weight_decay": cfg["weight_decay"], "name": "weights"}]
-    if size:
-        groups.append({"params": size, "lr": cfg["lr"] * cfg["size_lr_factor"], "weight_decay": 0.0,
-                       "name": "size"})
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=0.9, nesterov=True)
-    return torch.optim.Adam(groups, lr=cfg["lr"])
-
-
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _split_for_bilevel(train, cfg: dict[str, Any]):
+    """(weights' part, size parameters' part) of the training split: DARTS holds out ``bilevel_split`` of it."""
+    n = len(train)
+    held = int(round(n * cfg["bilevel_split"]))
+    if held < 1 or held >= n:
+        raise ValueError(
+            f"bilevel_split={cfg['bilevel_split']} of {n} training examples leaves an empty part; use a value "
+            f"between 1/{n} and 1 - 1/{n}"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"] + 7919)).tolist()
+    return torch.utils.data.Subset(train, order[held:]), torch.utils.data.Subset(train, order[:held])
+
+
+def _cycle(dataset, cfg: dict[str, Any], loader_args: dict[str, Any], epoch: int):
+    """Endless shuffled batches of ``dataset``, the order a function of (seed, epoch, pass) only."""
+    pass_ = 0
+    while True:
+        g = torch.Generator().manual_seed(cfg["seed"] * 1000003 + epoch * 101 + pass_ + 17)
+        yield from torch.utils.data.DataLoader(dataset, shuffle=True, generator=g, **loader_args)
+        pass_ += 1
 
 
 def _loaders(cfg: dict[str, Any], device: torch.device):
@@ -138,15 +148,19 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
 
     Args:
         config: a trial config (``nas_flex.train.config.KEY_DOCS`` lists the keys and defaults).
-        report: called after every epoch with that epoch's metrics (epoch, train_loss, train_acc, val_loss,
-            val_acc, lr, seconds, learned_sizes) and the trial's params and flops; the search runner passes Ray
-            Tune's report here.
+        report: called after every epoch with that epoch's metrics (epoch, train_loss, train_acc, train_reg,
+            val_loss, val_acc, lr, seconds, learned_sizes) and the trial's params and flops; the search runner passes
+            Ray Tune's report here. ``train_loss`` is the task loss; ``train_reg`` the layers' regularization term
+            (mean per step) that the optimiser adds to it.
         checkpoint_dir: if given, the trial saves its state there after every epoch (``torch.save`` of tensors and
             plain values, loadable with ``weights_only=True``) and resumes from it when called again.
 
     Returns:
         A dict with the keys in ``RESULT_KEYS``. ``status`` is "completed", "diverged" (a NaN/inf loss or size
         parameter: the metrics so far are kept) or "oom". Other errors propagate (the runner records them).
+        ``history`` starts with an epoch-0 record (validation metrics and learned sizes at initialisation, not
+        reported to ``report``); ``initial_sizes`` repeats its sizes next to the final ``learned_sizes``, and
+        ``size_recipes`` says how each layer kind's size parameters were trained (``nas_flex.train.optim``).
 
     Example:
         >>> result = run_trial({"dataset": "digits", "epochs": 1})  # doctest: +SKIP
@@ -181,16 +195,17 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    bilevel = cfg["size_update"] == "bilevel" and any(True for m in _kernel_layers(model) for _ in m.size_parameters())
+    train_set, size_set = _split_for_bilevel(train_set, cfg) if bilevel else (train_set, None)
     steps_per_epoch = math.ceil(len(train_set) / cfg["batch_size"])
     total_steps = steps_per_epoch * cfg["epochs"]
     warmup_steps = int(min(cfg["warmup_epochs"], max(cfg["epochs"] - 1, 0)) * steps_per_epoch)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps))
+    opts = make_optimizers(model, {**cfg, "size_update": "bilevel" if bilevel else "joint"},
+                           lambda s: warmup_cosine(s, total_steps, warmup_steps))
     use_amp = cfg["amp"] and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     autocast = {"device_type": device.type, "dtype": amp_dtype, "enabled": use_amp}
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    layers = list(_kernel_layers(model))
 
     history: list[dict[str, Any]] = []
     start_epoch, train_seconds, examples = 0, 0.0, 0
@@ -198,98 +213,77 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        opts.load_state_dict(state["optimizers"])
         scaler.load_state_dict(state["scaler"])
         history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
         train_seconds, examples = float(state["train_seconds"]), int(state["examples"])
         torch.set_rng_state(state["rng"].cpu())  # dropout and sampling continue as if never interrupted
+    else:
+        # epoch 0: the sizes (and raw size parameters) at initialisation, so "moved from X to Y" can be read off
+        val_loss, val_acc = _evaluate(model, val_loader, device, autocast)
+        history.append({"epoch": 0, "train_loss": None, "train_acc": None, "train_reg": None, "val_loss": val_loss,
+                        "val_acc": val_acc, "lr": opts.weights.param_groups[0]["lr"], "seconds": 0.0,
+                        "flops": flops.per_sample, "learned_sizes": learned_size_records(model)})
 
     status, error = "completed", None
     for epoch in range(start_epoch, cfg["epochs"]):
         g = torch.Generator().manual_seed(cfg["seed"] * 1000003 + epoch)  # order depends on (seed, epoch) only
         loader = torch.utils.data.DataLoader(train_set, shuffle=True, generator=g, drop_last=False, **loader_args)
-        model.train()
+        size_batches = _cycle(size_set, cfg, loader_args, epoch) if size_set is not None else None
         t0 = time.perf_counter()
-        loss_sum, correct, count = 0.0, 0, 0
         try:
-            for x, y in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(**autocast):
-                    out = model(x)
-                    loss = nn.functional.cross_entropy(out.float(), y, label_smoothing=cfg["label_smoothing"])
-                reg = sum((layer.regularization() for layer in layers), torch.zeros((), device=device))
-                total = loss + reg
-                if not torch.isfinite(total):
-                    raise NonFiniteError(
-                        f"the loss became {float(total.detach())} at epoch {epoch} "
-                        f"(regularization {float(reg.detach())})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if cfg["grad_clip"]:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                for layer in layers:
-                    layer.constrain_()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((out.argmax(1) == y).sum())
-                count += len(y)
+            stats = train_one_epoch(model, loader, opts, scaler, cfg, epoch=epoch, device=device,
+                                    autocast=autocast, size_batches=size_batches)
         except NonFiniteError as err:
-            status, error = "diverged", str(err)
+            status, error, stats = "diverged", str(err), None
         except torch.cuda.OutOfMemoryError as err:
-            status, error = "oom", str(err).splitlines()[0]
+            status, error, stats = "oom", str(err).splitlines()[0], None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         train_seconds += seconds
-        examples += count
-        if status != "completed":
+        if stats is None:
             break
+        examples += stats["count"]
         val_loss, val_acc = _evaluate(model, val_loader, device, autocast)
         flops = meter()
         record = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / max(count, 1),
-            "train_acc": correct / max(count, 1),
+            "train_loss": stats["loss"],
+            "train_acc": stats["acc"],
+            "train_reg": stats["reg"],
             "val_loss": val_loss,
             "val_acc": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": opts.weights.param_groups[0]["lr"],
             "seconds": seconds,
             "flops": flops.per_sample,
             "learned_sizes": learned_size_records(model),
         }
         history.append(record)
         if ckpt_path is not None:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                        "history": history, "train_seconds": train_seconds, "examples": examples,
-                        "rng": torch.get_rng_state()}, tmp)
-            os.replace(tmp, ckpt_path)
+            _save_checkpoint(ckpt_path, model=model, opts=opts, scaler=scaler, epoch=epoch, history=history,
+                             train_seconds=train_seconds, examples=examples)
         if report is not None:
             report({**record, "params": params})
 
+    trained = [h for h in history if h["epoch"] >= 1]  # epoch 0 is the state at initialisation
     metric_keys = ("train_loss", "train_acc", "val_loss", "val_acc")
-    last = history[-1] if history else {}
+    last = trained[-1] if trained else {}
     metrics = {k: last.get(k, float("nan")) for k in metric_keys}
     best = {
-        "val_acc": max((h["val_acc"] for h in history), default=float("nan")),
-        "val_loss": min((h["val_loss"] for h in history), default=float("nan")),
-        "epoch": max(history, key=lambda h: h["val_acc"])["epoch"] if history else 0,
+        "val_acc": max((h["val_acc"] for h in trained), default=float("nan")),
+        "val_loss": min((h["val_loss"] for h in trained), default=float("nan")),
+        "epoch": max(trained, key=lambda h: h["val_acc"])["epoch"] if trained else 0,
     }
     peak, peak_kind = _peak_memory(device)
+    initial = history[0]["learned_sizes"] if history and history[0]["epoch"] == 0 else None
     return {
         "status": status,
         "error": error,
         "config": cfg,
         "started": started,
         "finished": _now(),
-        "epochs_completed": len(history),
+        "epochs_completed": len(trained),
         "metrics": metrics,
         "best": best,
         "history": history,
@@ -302,9 +296,82 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
         "peak_memory_kind": peak_kind,
         "device": _device_name(device),
         "learned_sizes": learned_size_records(model),
+        "initial_sizes": initial,
+        "size_recipes": opts.recipes,
         "nas_flex_version": __version__,
         "torch_version": torch.__version__,
     }
+
+
+def _save_checkpoint(path: Path, *, model: nn.Module, opts: TrialOptimizers, scaler, epoch: int,
+                     history: list[dict[str, Any]], train_seconds: float, examples: int) -> None:
+    """The trial's state after ``epoch``, written atomically; tensors and plain values (``weights_only`` loads it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizers": opts.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "history": history, "train_seconds": train_seconds, "examples": examples,
+                "rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def _training_step(model: nn.Module, layers: list[KernelLayer], x: Tensor, y: Tensor, opts: TrialOptimizers, scaler,
+                   cfg: dict[str, Any], *, which: str, epoch: int, autocast: dict[str, Any]
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward/backward/step on (x, y) of the optimizers ``which`` names; returns (logits, task loss, reg)."""
+    with torch.autocast(**autocast):
+        out = model(x)
+        loss = nn.functional.cross_entropy(out.float(), y, label_smoothing=cfg["label_smoothing"])
+    reg = sum((layer.regularization() for layer in layers), torch.zeros((), device=x.device))
+    total = loss + reg
+    if not torch.isfinite(total):
+        raise NonFiniteError(
+            f"the loss became {float(total.detach())} at epoch {epoch} (regularization {float(reg.detach())})"
+        )
+    opts.zero_grad()
+    scaler.scale(total).backward()
+    if cfg["grad_clip"]:
+        for opt in opts.all:
+            scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+    opts.step(scaler, which)
+    for layer in layers:
+        layer.constrain_()
+    return out, loss, reg
+
+
+def train_one_epoch(model: nn.Module, loader, opts: TrialOptimizers, scaler, cfg: dict[str, Any], *, epoch: int,
+                    device: torch.device, autocast: dict[str, Any], size_batches=None) -> dict[str, float]:
+    """Train ``model`` for one pass over ``loader``.
+
+    With ``size_batches`` (bilevel, DARTS first-order) each weight step is preceded by a step of the size
+    parameters on the next held-out batch; otherwise one step updates both.
+
+    Returns:
+        loss: mean task loss (cross-entropy) per example; reg: mean regularization term per step (the optimised
+        loss is loss + reg); acc: training accuracy; count: examples seen.
+
+    Raises:
+        NonFiniteError: the loss became NaN or inf.
+    """
+    model.train()
+    loss_sum, reg_sum, correct, count, steps = 0.0, 0.0, 0, 0, 0
+    layers = list(_kernel_layers(model))
+    common = {"epoch": epoch, "autocast": autocast}
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if size_batches is not None:
+            xs, ys = next(size_batches)
+            _training_step(model, layers, xs.to(device), ys.to(device), opts, scaler, cfg, which="size", **common)
+        out, loss, reg = _training_step(model, layers, x, y, opts, scaler, cfg,
+                                        which="weights" if size_batches is not None else "all", **common)
+        opts.schedule_step()
+        loss_sum += float(loss.detach()) * len(y)
+        reg_sum += float(reg.detach())
+        correct += int((out.argmax(1) == y).sum())
+        count += len(y)
+        steps += 1
+    return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "reg": reg_sum / max(steps, 1),
+            "count": count}
 
 
 def format_exception(err: BaseException) -> str:
