@@ -209,7 +209,7 @@ def make_report(leaderboard: str | os.PathLike, out: str | os.PathLike, *, metri
 
         export_dir = out / f"export_{trial_id}"
         log(f"exporting trial {trial_id} (retrained from its config) into {export_dir} for the kernel figure")
-        export_trial(lb, trial_id, export_dir, log=log)
+        export_trial(lb, trial_id, export_dir, log=log, onnx=False)  # the figure needs the weights only
     if export_dir is not None:
         note = _kernels(Path(export_dir), layer, out / "kernels.png")
         lines += ["![kernels](kernels.png)", "", f"Kernels of {note}, from the export in `{export_dir}`: top the "
