@@ -180,25 +180,30 @@ def test_report_answers_grid_or_learned(board, tmp_path, monkeypatch):
     assert re.search(r"\| 2 \| c5 \| 5 \| completed \|", section)
     for method, trial in (("njet", "nj"), ("niff", "ff"), ("mixed", "mx")):
         assert re.search(rf"\| {method} \| {trial} \| \d\.\d{{4}} \|", section)
-    # no epoch-0 record in this history: the sizes figure is learned sizes only, and says so
-    assert "no epoch-0 record" in text and "--" not in seen["sizes_vs_depth.png"]["styles"]
 
 
-def test_sizes_at_init_dashed_when_history_has_epoch_0(tmp_path, monkeypatch):
-    """A history with an epoch-0 record (learned sizes at initialisation) adds the init sizes as dashed lines."""
+def test_sizes_at_init_dashed_only_when_history_has_epoch_0(tmp_path, monkeypatch):
+    """A history with an epoch-0 record (learned sizes at initialisation) adds the init sizes as dashed lines; a
+    history without one gives the learned sizes alone, and the report says so."""
     from nas_flex.leaderboard import write_trial
     from nas_flex.report import make_report
     from nas_flex.train import run_trial
 
     result = run_trial({**BASE, **CONFIGS["nj"]})
-    first = result["history"][0]
-    init = [{**r, "height": 5.0, "width": 5.0} for r in first["learned_sizes"]]
-    result["history"] = [{**first, "epoch": 0, "learned_sizes": init}, *result["history"]]
-    write_trial(tmp_path / "lb", result, experiment="exp", trial_id="nj", sync=False)
+    trained = [h for h in result["history"] if h["epoch"] >= 1]
+    init = [{**r, "height": 5.0, "width": 5.0} for r in trained[0]["learned_sizes"]]
+    with_init = {**result, "history": [{**trained[0], "epoch": 0, "learned_sizes": init}, *trained]}
+    write_trial(tmp_path / "with", with_init, experiment="exp", trial_id="nj", sync=False)
+    write_trial(tmp_path / "without", {**result, "history": trained}, experiment="exp", trial_id="nj", sync=False)
     seen = _capture_figures(monkeypatch)
-    make_report(tmp_path / "lb", tmp_path / "rep")
-    text = (tmp_path / "rep" / "report.md").read_text()
-    assert "dashed for 1" in text
+
+    make_report(tmp_path / "with", tmp_path / "rep_with")
+    assert "dashed for 1" in (tmp_path / "rep_with" / "report.md").read_text()
     fig = seen["sizes_vs_depth.png"]
     assert fig["styles"].count("--") == 2  # the init line and its legend entry
     assert "initialisation" in " ".join(fig["texts"])
+
+    make_report(tmp_path / "without", tmp_path / "rep_without")
+    assert "no epoch-0 record" in (tmp_path / "rep_without" / "report.md").read_text()
+    fig = seen["sizes_vs_depth.png"]
+    assert "--" not in fig["styles"] and fig["texts"][0] == "Learned kernel size per layer"
