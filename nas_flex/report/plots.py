@@ -76,6 +76,9 @@ def _sizes_vs_depth(df, metric: str, way: str, path: Path, top: int, history=Non
             lines.append(f"{conv} {row['trial_id']}")
     if not lines:
         ax.text(0.5, 0.5, "no learned-size trials", ha="center", va="center", transform=ax.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_xlabel("layer (depth)")
     ax.set_ylabel("kernel size (px, mean of height and width)")
     if with_init:
