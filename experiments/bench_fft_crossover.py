@@ -10,6 +10,7 @@ work, and what ``choose_conv_method`` picks. A good calibration puts the switch 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,36 +18,51 @@ import torch.nn.functional as F
 from nas_flex.bench import compare, fwd_bwd
 from nas_flex.functional.conv import _fft_cost, _spatial_cost, choose_conv_method, fft_conv2d
 
+KERNELS = [3, 5, 7, 9, 11, 13, 15, 17, 21, 25, 33]
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
-    ap.add_argument("--kernels", type=int, nargs="+", default=[3, 5, 7, 9, 11, 13, 15, 17, 21, 25, 33])
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--channels", type=int, default=32)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
-    n, c = args.batch, args.channels
-    print(f"device={args.device} threads={torch.get_num_threads()} batch={n} channels={c}->{c} (forward+backward)")
-    print(f"{'H=W':>4} {'k':>3} {'fft/spatial':>11} {'model spatial/fft':>17} {'chosen':>8}")
-    for hw in args.sizes:
-        for k in args.kernels:
+
+def measure(device: str, *, sizes: list[int], kernels: list[int], batch: int = 16, channels: int = 32,
+            rounds: int = 5, log: Callable[[str], None] = print) -> list[dict]:
+    """Time F.conv2d and fft_conv2d side by side for each (square input side, odd kernel side); print the table
+    through ``log`` and return its rows (hw, k, spatial_s, fft_s, model_ratio: the flop model's spatial/fft work,
+    chosen: what choose_conv_method picks now)."""
+    n, c = batch, channels
+    log(f"device={device} threads={torch.get_num_threads()} batch={n} channels={c}->{c} (forward+backward)")
+    log(f"{'H=W':>4} {'k':>3} {'fft/spatial':>11} {'model spatial/fft':>17} {'chosen':>8}")
+    rows = []
+    for hw in sizes:
+        for k in kernels:
             if k > 2 * hw - 1:
                 continue
-            x = torch.randn(n, c, hw, hw, device=args.device, requires_grad=True)
-            w = torch.randn(c, c, k, k, device=args.device, requires_grad=True)
+            x = torch.randn(n, c, hw, hw, device=device, requires_grad=True)
+            w = torch.randn(c, c, k, k, device=device, requires_grad=True)
             t = compare(
                 {
                     "spatial": fwd_bwd(lambda x=x, w=w, k=k: F.conv2d(x, w, padding=k // 2)),
                     "fft": fwd_bwd(lambda x=x, w=w: fft_conv2d(x, w)),
                 },
-                rounds=args.rounds,
-                device=args.device,
+                rounds=rounds,
+                device=device,
             )
             model = _spatial_cost(n, c, c, hw, hw, k, k) / _fft_cost(n, c, c, hw, hw, k, k)  # flops, no penalty
             chosen = choose_conv_method(tuple(x.shape), tuple(w.shape), x.device.type)
-            print(f"{hw:>4} {k:>3} {t['fft'] / t['spatial']:>11.2f} {model:>17.2f} {chosen:>8}", flush=True)
+            log(f"{hw:>4} {k:>3} {t['fft'] / t['spatial']:>11.2f} {model:>17.2f} {chosen:>8}")
+            rows.append({"hw": hw, "k": k, "spatial_s": t["spatial"], "fft_s": t["fft"], "model_ratio": model,
+                         "chosen": chosen})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--kernels", type=int, nargs="+", default=KERNELS)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    measure(args.device, sizes=args.sizes, kernels=args.kernels, batch=args.batch, channels=args.channels,
+            rounds=args.rounds, log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

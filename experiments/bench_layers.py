@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,35 +43,28 @@ CASES = [
 ]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--channels", type=int, default=32)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--only", nargs="*", default=None, help="layer names to run")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    n, c, hw, dev = args.batch, args.channels, args.size, args.device
-    print(f"device={dev} threads={torch.get_num_threads()} clock={args.clock} batch={n} {c}->{c} {hw}x{hw}, "
-          "forward+backward, medians of interleaved rounds\n")
+def measure(device: str, *, batch: int = 16, channels: int = 32, size: int = 32, rounds: int = 7,
+            clock: str = "wall", only: list[str] | None = None, cases: list | None = None,
+            log: Callable[[str], None] = print) -> list[dict]:
+    """Time every case (``CASES``) side by side on ``device``; print the table through ``log`` and return its rows
+    (layer, size, kernel, effective, layer_ms, conv_over_layer, fft_over_layer, layer_over_min)."""
+    n, c, hw, dev = batch, channels, size, device
+    log(f"device={dev} threads={torch.get_num_threads()} clock={clock} batch={n} {c}->{c} {hw}x{hw}, "
+        "forward+backward, medians of interleaved rounds\n")
     head = (f"{'layer':<9} {'size':<6} {'kernel':>7} {'effective':>11} {'layer ms':>9} {'conv/layer':>11} "
             f"{'fft/layer':>10} {'layer/min':>10}")
-    print(head)
-    print("-" * len(head))
+    log(head)
+    log("-" * len(head))
     torch.manual_seed(0)
     x = torch.randn(n, c, hw, hw, device=dev, requires_grad=True)
     # a throwaway round first: the process's first convolutions pay for thread-pool start-up and allocator growth,
     # which would otherwise land on whichever case runs first
     w0 = torch.randn(c, c, 3, 3, device=dev, requires_grad=True)
     compare({"warm-up": fwd_bwd(lambda: F.conv2d(x, w0, padding=1))}, rounds=5, min_time=0.5, device=dev,
-            clock=args.clock)
-    for name, label, hp in CASES:
-        if args.only and name not in args.only:
+            clock=clock)
+    rows = []
+    for name, label, hp in cases or CASES:
+        if only and name not in only:
             continue
         layer = build(name, c, c, **hp).to(dev)
         layer(x.detach())  # materialise the grid / state at this input size
@@ -87,13 +81,34 @@ def main() -> None:
                 "conv": fwd_bwd(lambda w=w, b=b: F.conv2d(x, w, b, padding=(w.shape[2] // 2, w.shape[3] // 2))),
                 "fft": fwd_bwd(lambda w=w, b=b: fft_conv2d(x, w, b)),
             },
-            rounds=args.rounds, device=dev, clock=args.clock,
+            rounds=rounds, device=dev, clock=clock,
         )
         eff = "" if math.isclose(eh, kh) and math.isclose(ew, kw) else f"{eh:.1f}x{ew:.1f}"
         ratio = t["layer"] / min(t["conv"], t["fft"])
         flag = "" if ratio <= 1.1 else "  > 1.1"
-        print(f"{name:<9} {label:<6} {f'{kh}x{kw}':>7} {eff:>11} {t['layer'] * 1e3:>9.1f} "
-              f"{t['conv'] / t['layer']:>11.2f} {t['fft'] / t['layer']:>10.2f} {ratio:>10.2f}{flag}", flush=True)
+        log(f"{name:<9} {label:<6} {f'{kh}x{kw}':>7} {eff:>11} {t['layer'] * 1e3:>9.1f} "
+            f"{t['conv'] / t['layer']:>11.2f} {t['fft'] / t['layer']:>10.2f} {ratio:>10.2f}{flag}")
+        rows.append({"layer": name, "size": label, "kernel": [kh, kw], "effective": [eh, ew],
+                     "layer_ms": t["layer"] * 1e3, "conv_over_layer": t["conv"] / t["layer"],
+                     "fft_over_layer": t["fft"] / t["layer"], "layer_over_min": ratio})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--only", nargs="*", default=None, help="layer names to run")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    measure(args.device, batch=args.batch, channels=args.channels, size=args.size, rounds=args.rounds,
+            clock=args.clock, only=args.only, log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

@@ -148,10 +148,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    """Export a leaderboard trial: architecture JSON, weights, TorchScript / torch.export (/ ONNX) deployables."""
+    """Export a leaderboard trial: architecture JSON, weights, TorchScript / torch.export / ONNX deployables."""
     from nas_flex.export import export_best, export_trial
 
-    common = {"weights": args.weights, "check_examples": args.check_examples, "rtol": args.rtol, "log": print}
+    common = {"weights": args.weights, "check_examples": args.check_examples, "rtol": args.rtol, "log": print,
+              "onnx": not args.no_onnx}
     if args.trial is not None:
         result = export_trial(args.path, args.trial, args.out, experiment=args.experiment, **common)
     else:
@@ -230,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     p.set_defaults(func=_cmd_search)
 
-    p = sub.add_parser("export", help="export a trial: architecture JSON, weights, TorchScript / torch.export model")
+    p = sub.add_parser("export", help="export a trial: architecture JSON, weights, TorchScript / torch.export / "
+                                      "ONNX model")
     p.add_argument("path", help="the leaderboard directory")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--best", action="store_true", help="export the best completed trial by --metric")
@@ -244,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-examples", type=int, default=64, metavar="N",
                    help="validation examples the deployable model is checked on (default 64)")
     p.add_argument("--rtol", type=float, default=1e-4, help="tolerance of that check, relative to the output scale")
+    p.add_argument("--no-onnx", action="store_true",
+                   help="do not write model.onnx (ONNX needs onnx, onnxscript and onnxruntime: the export extra)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("report", help="figures (PNG) and a markdown summary of a leaderboard")

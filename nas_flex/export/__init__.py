@@ -10,10 +10,11 @@ Example:
     >>> result = export_best("runs/digits", "exports/best")  # doctest: +SKIP
     >>> model = load_model("exports/best")  # trainable, with the trained weights  # doctest: +SKIP
     >>> plain = torch.jit.load("exports/best/model.torchscript.pt")  # deployable  # doctest: +SKIP
+    >>> logits = run_onnx("exports/best/model.onnx", x)  # the ONNX file, run by onnxruntime  # doctest: +SKIP
 """
 
 from nas_flex.export.architecture import discretise, load_architecture, load_model, load_state_dict_file, round_odd
-from nas_flex.export.core import ExportResult, export_best, export_row, export_trial, find_row
+from nas_flex.export.core import ExportResult, export_best, export_row, export_trial, find_row, run_onnx
 from nas_flex.export.deploy import (
     EquivalenceError,
     ExportError,
@@ -28,6 +29,7 @@ __all__ = [
     "export_best",
     "export_row",
     "find_row",
+    "run_onnx",
     "ExportResult",
     "discretise",
     "load_model",

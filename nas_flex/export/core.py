@@ -14,7 +14,8 @@ weights.safetensors        the trained (trainable) model's state_dict (non-tenso
 state_dict.pt              the same, ``torch.save``; loads with ``torch.load(..., weights_only=True)``
 model.torchscript.pt       the deployable model, TorchScript (``torch.jit.load``)
 model.pt2                  the deployable model, ``torch.export.save`` (``torch.export.load(...).module()``)
-model.onnx                 the deployable model, ONNX, only where the ``onnx`` package is importable
+model.onnx                 the deployable model, ONNX (``onnx=True``, the default; needs onnx, onnxscript and
+                           onnxruntime: the ``export`` extra), checked with onnxruntime like the other formats
 =========================  ==================================================================================
 """
 
@@ -47,11 +48,14 @@ from nas_flex.export.architecture import (
 from nas_flex.export.deploy import ExportError, check_outputs_match, to_deployable
 
 __all__ = ["ExportResult", "export_trial", "export_best", "export_row", "find_row", "TORCHSCRIPT_FILE",
-           "EXPORTED_PROGRAM_FILE", "ONNX_FILE"]
+           "EXPORTED_PROGRAM_FILE", "ONNX_FILE", "ONNX_PACKAGES", "run_onnx"]
 
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 EXPORTED_PROGRAM_FILE = "model.pt2"
 ONNX_FILE = "model.onnx"
+#: what the ONNX export needs: the exporter (onnx, onnxscript: torch.onnx's dynamo exporter) and the runtime that
+#: checks the written file (onnxruntime); all three are in the ``export`` extra
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 Log = Callable[[str], None]
 
@@ -204,15 +208,53 @@ def _torch_export(plain: nn.Module, x: torch.Tensor, path: Path) -> str:
     return how
 
 
+def _require_onnx() -> None:
+    """Raise before any expensive work when a package the ONNX export needs is missing."""
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(
+            f"ONNX export needs the packages {', '.join(ONNX_PACKAGES)}, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'nas_flex[export]' (versions pinned "
+            "in requirements.lock), or pass onnx=False (nas-flex export --no-onnx) to write the other formats only"
+        )
+
+
 def _onnx(plain: nn.Module, x: torch.Tensor, path: Path) -> str:
-    if importlib.util.find_spec("onnx") is None:
-        return "skipped: the onnx package is not installed (pip install onnx)"
-    try:
-        torch.onnx.export(plain, (x,), str(path), input_names=["input"], output_names=["logits"])
-    except Exception as err:  # noqa: BLE001 - FFT layers have no ONNX form in every opset; the others are written
-        path.unlink(missing_ok=True)
-        return f"skipped: torch.onnx.export failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
-    return "written"
+    import onnx
+
+    kwargs = {"input_names": ["input"], "output_names": ["logits"], "dynamo": True, "external_data": False,
+              "verbose": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
+        try:
+            torch.onnx.export(plain, (x,), str(path), dynamic_shapes=({0: torch.export.Dim("batch")},), **kwargs)
+            how = "dynamic batch"
+        except Exception:  # noqa: BLE001 - fall back to the example's static shape, as torch.export does
+            try:
+                torch.onnx.export(plain, (x,), str(path), **kwargs)
+            except Exception as err:
+                path.unlink(missing_ok=True)
+                raise ExportError(
+                    f"torch.onnx.export failed on the deployable model: {type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:300]}. The weights, TorchScript and torch.export files are written; "
+                    "pass onnx=False (--no-onnx) to skip ONNX"
+                ) from err
+            how = f"static batch {x.shape[0]}"
+    onnx.checker.check_model(str(path))
+    return f"opset {onnx.load(str(path), load_external_data=False).opset_import[0].version}, {how}"
+
+
+def run_onnx(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
+    """The output of an exported ``model.onnx`` on ``x`` (N, C, H, W), run by onnxruntime on the CPU with torch's
+    thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # stay within the thread budget the caller set
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input": x.detach().cpu().float().numpy()})
+    return torch.from_numpy(out)
 
 
 # ----------------------------------------------------------------------------------------------------- exporting
@@ -256,7 +298,8 @@ def _json_safe(value: Any) -> Any:
 
 
 def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_examples: int = 64,
-               rtol: float = 1e-4, source: Mapping[str, Any] | None = None, log: Log | None = None) -> ExportResult:
+               rtol: float = 1e-4, source: Mapping[str, Any] | None = None, log: Log | None = None,
+               onnx: bool = True) -> ExportResult:
     """Export a leaderboard row (or a trial config) into ``out``.
 
     Args:
@@ -270,15 +313,19 @@ def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_e
         rtol: tolerance of the check, relative to the largest |output|.
         source: provenance written into the JSON (leaderboard path, metric).
         log: called with progress lines (the CLI passes print).
+        onnx: also write ``model.onnx`` and check it with onnxruntime (needs ``ONNX_PACKAGES``).
 
     Raises:
         EquivalenceError: a deployable model's outputs differ from the trained model's (an ``ExportError``).
+        ExportError: ``onnx`` is true but onnx, onnxscript or onnxruntime is missing (raised before any work).
     """
     from nas_flex.data import get_dataset
     from nas_flex.models import build
     from nas_flex.train.config import resolve_config
 
     log = log or _noop
+    if onnx:
+        _require_onnx()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config, _ = row_config(row)
@@ -317,12 +364,16 @@ def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_e
         diffs["torch_export"] = check_outputs_match(reference, torch.export.load(str(ep)).module()(x), rtol=rtol,
                                                     what="torch.export program")
     files["torch_export"] = ep
-    onnx_path = out / ONNX_FILE
-    notes["onnx"] = _onnx(plain, x, onnx_path)
-    if onnx_path.exists():
+    if onnx:
+        onnx_path = out / ONNX_FILE
+        notes["onnx"] = _onnx(plain, x, onnx_path)
+        diffs["onnx"] = check_outputs_match(reference, run_onnx(onnx_path, x), rtol=rtol,
+                                            what="ONNX model (onnxruntime)")
         files["onnx"] = onnx_path
-    log(f"deployable model checked on {n} validation examples: max relative difference "
-        f"{max(diffs.values()):.2g} (tolerance {rtol:g}); ONNX {notes['onnx']}")
+    else:
+        notes["onnx"] = "not written (onnx=False)"
+    log(f"deployable models ({', '.join(diffs)}) checked on {n} validation examples: max relative difference "
+        f"{max(diffs.values()):.2g} (tolerance {rtol:g})")
 
     layers = _layer_records(model, plain)
     try:

@@ -7,8 +7,9 @@
 * N-Jet safe-subsampling (``SafeSubsample2d``) becomes ``FixedSubsample2d`` with the final sigma frozen;
 * a ``Pool2d`` max / avg / none step becomes its plain torch op.
 
-Everything else (BatchNorm, ReLU, Linear, ...) is kept as it is. The result scripts with TorchScript and exports
-with ``torch.export``, and in eval mode gives the trained model's output on inputs of the size it was frozen for.
+Everything else (BatchNorm, ReLU, Linear, ...) is kept as it is. The result scripts with TorchScript, exports
+with ``torch.export`` and to ONNX (the frequency layers' FFTs become ONNX ``DFT`` ops), and in eval mode gives the
+trained model's output on inputs of the size it was frozen for.
 """
 
 from __future__ import annotations
@@ -98,10 +99,14 @@ class FixedCircularConv2d(nn.Module):
                 f"{self.height}x{self.width} (N, C, H, W); got another shape. Export again for that input size."
             )
         dtype = x.dtype
-        xf = torch.fft.rfft2(x.float())  # (N, C_in, H, W) -> (N, C_in, H, Wf)
-        k = torch.complex(self.spectrum_real, self.spectrum_imag)  # (C_out, C_in, H, Wf)
-        yf = torch.einsum("nihw,oihw->nohw", xf, k)  # (N, C_out, H, Wf)
-        y = torch.fft.irfft2(yf, s=[self.height, self.width])
+        # (N, C_in, H, W) -> real and imaginary parts (N, C_in, H, Wf). The channel mix is written in real arithmetic
+        # (four real einsums) because the ONNX exporter has no complex einsum; rfft2 / irfft2 map to ONNX DFT.
+        xf = torch.view_as_real(torch.fft.rfft2(x.float()))
+        xr, xi = xf[..., 0], xf[..., 1]
+        kr, ki = self.spectrum_real, self.spectrum_imag  # (C_out, C_in, H, Wf)
+        yr = torch.einsum("nihw,oihw->nohw", xr, kr) - torch.einsum("nihw,oihw->nohw", xi, ki)
+        yi = torch.einsum("nihw,oihw->nohw", xr, ki) + torch.einsum("nihw,oihw->nohw", xi, kr)
+        y = torch.fft.irfft2(torch.complex(yr, yi), s=[self.height, self.width])  # (N, C_out, H, W)
         bias = self.bias
         if bias is not None:
             y = y + bias.view(1, -1, 1, 1)

@@ -1,11 +1,15 @@
 """``make_report(leaderboard, out)``: matplotlib figures (Agg, no display) and a markdown summary of a leaderboard.
 
 Figures:
+    * ``grid_or_learned.png``: the question the tool exists for. The grid's best-so-far accuracy against its
+      cumulative training compute (seconds, and FLOPs x examples seen), trials in the order they ran, against each
+      learned-size run as a point at its own compute (``nas_flex.report.curves``); also as tables in report.md;
     * ``sizes_vs_depth.png``: learned kernel size per layer against depth for the best learned-size trial of each
-      method (FlexConv paper Fig. 6 style);
+      method (FlexConv paper Fig. 6 style); with the size at initialisation (dashed) where the history holds an
+      epoch-0 record;
     * ``acc_vs_flops.png``: accuracy against FLOPs per trial, coloured by method, with the Pareto front;
     * ``grid_vs_learned.png``: per method (``params_conv``): best accuracy, and the FLOPs and parameters of that
-      best trial, side by side; fixed-size (grid) methods and learned-size ones are told apart;
+      best trial, side by side; the grid (``conv``) and learned-size methods (``mixed`` included) told apart;
     * ``kernels.png``: the spatial kernels and their spectra of one layer of an exported model (needs weights:
       an export directory, or a trial id to export first; otherwise skipped with a note).
 """
@@ -17,9 +21,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nas_flex.report.curves import GRID_METHODS, grid_cost_to_reach, grid_curve, learned_points, metric_label
+
 __all__ = ["make_report", "FIXED_SIZE_METHODS"]
 
-FIXED_SIZE_METHODS = ("conv", "mixed")  # a discrete grid (conv) or a choice among grid sizes (DARTS-style mixed)
+# the grid: fixed kernel sizes searched by trials. mixed learns its choice among the grid's sizes (DARTS-style) in
+# one run, so it is a learned-size method
+FIXED_SIZE_METHODS = GRID_METHODS
 
 
 def _plt():
@@ -36,31 +44,58 @@ def _sizes(row: Any) -> list[dict[str, Any]]:
     return json.loads(text) if isinstance(text, str) and text else []
 
 
-def _sizes_vs_depth(df, metric: str, path: Path, top: int) -> str:
+def _init_sizes(history, row: Any) -> list[dict[str, Any]]:
+    """The learned sizes at initialisation: the trial's epoch-0 history record, where the history has one."""
+    if history is None or history.empty or "epoch" not in history.columns:
+        return []
+    rec = history[(history["experiment"] == row["experiment"]) & (history["trial_id"] == row["trial_id"])
+                  & (history["epoch"] == 0)]
+    if "written_at" in rec.columns and "written_at" in row and len(rec) > 1:
+        rec = rec[rec["written_at"] == row["written_at"]]  # the history of this row, not of an older rewrite
+    return _sizes(rec.iloc[-1]) if len(rec) else []
+
+
+def _sizes_vs_depth(df, metric: str, way: str, path: Path, top: int, history=None) -> str:
     plt = _plt()
-    learned = df[df["params_conv"].notna() & ~df["params_conv"].isin(["conv"]) & df[metric].notna()]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lines = []
+    learned = df[df["params_conv"].notna() & ~df["params_conv"].isin(GRID_METHODS) & df[metric].notna()]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lines, with_init = [], 0
     for conv, group in learned.groupby("params_conv"):
-        for _, row in group.sort_values(metric, ascending=False).head(top).iterrows():
+        for _, row in group.sort_values(metric, ascending=way == "min").head(top).iterrows():
             recs = _sizes(row)
             if not recs:
                 continue
             depth = list(range(1, len(recs) + 1))
             size = [(r["height"] + r["width"]) / 2 for r in recs]
-            ax.plot(depth, size, marker="o", label=f"{conv} {row['trial_id']} ({row[metric]:.3f})")
+            (line,) = ax.plot(depth, size, marker="o", label=f"{conv} {row['trial_id']} ({row[metric]:.3f})")
+            init = _init_sizes(history, row)
+            if len(init) == len(recs):
+                ax.plot(depth, [(r["height"] + r["width"]) / 2 for r in init], ls="--", marker=".",
+                        color=line.get_color(), alpha=0.7)
+                with_init += 1
             lines.append(f"{conv} {row['trial_id']}")
     if not lines:
         ax.text(0.5, 0.5, "no learned-size trials", ha="center", va="center", transform=ax.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_xlabel("layer (depth)")
-    ax.set_ylabel("learned kernel size (px, mean of h and w)")
-    ax.set_title("Learned kernel size per layer")
+    ax.set_ylabel("kernel size (px, mean of height and width)")
+    if with_init:
+        ax.plot([], [], ls="--", color="gray", label="dashed: at initialisation")
+        ax.set_title("Kernel size per layer: learned (solid) and at initialisation (dashed)", fontsize=10)
+    else:
+        ax.set_title("Learned kernel size per layer")
     if lines:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return f"{len(lines)} trial(s): " + ", ".join(lines) if lines else "no learned-size trials with recorded sizes"
+    if not lines:
+        return "no learned-size trials with recorded sizes"
+    init_note = (f"; the size at initialisation (the epoch-0 record) dashed for {with_init}" if with_init
+                 else "; no epoch-0 record in the history, so no sizes at initialisation")
+    return f"{len(lines)} trial(s): " + ", ".join(lines) + init_note
 
 
 def _acc_vs_flops(lb, df, metric: str, path: Path) -> str:
@@ -76,9 +111,9 @@ def _acc_vs_flops(lb, df, metric: str, path: Path) -> str:
         ax.step(front["flops"].astype(float), front[metric].astype(float), where="post", color="k", lw=1,
                 label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel("FLOPs per sample (FFTs counted)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} against compute")
+    ax.set_xlabel("FLOPs per example, trained model (FFTs counted)")
+    ax.set_ylabel(metric_label(metric))
+    ax.set_title(f"{metric_label(metric).capitalize()} against inference cost, per trial", fontsize=10)
     if len(ok):
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -100,16 +135,107 @@ def _grid_vs_learned(df, metric: str, way: str, path: Path) -> list[dict[str, An
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     names = [b["conv"] for b in best]
     colors = ["tab:gray" if b["kind"] == "grid" else "tab:blue" for b in best]
-    for ax, key, label in zip(axes, (metric, "flops", "params"), (f"best {metric}", "FLOPs (best trial)",
+    for ax, key, label in zip(axes, (metric, "flops", "params"), (f"best {metric_label(metric)}",
+                                                                   "FLOPs per example (best trial)",
                                                                    "parameters (best trial)")):
         ax.bar(names, [b[key] for b in best], color=colors)
         ax.set_title(label, fontsize=9)
         ax.tick_params(axis="x", rotation=45, labelsize=8)
-    fig.suptitle("grid (gray) against learned (blue) kernel sizes, by method", fontsize=10)
+    fig.suptitle("Best trial of each method: grid (gray) and learned kernel sizes (blue)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return best
+
+
+def _fmt_kernel(value: Any) -> str:
+    return str(int(value)) if value is not None and value == value else "-"
+
+
+def _grid_or_learned(df, metric: str, way: str, path: Path) -> list[str]:
+    """The grid's best-so-far ``metric`` against its cumulative training compute, the learned runs as points; the
+    figure and the markdown lines (summary and tables) of its section."""
+    plt = _plt()
+    curve = grid_curve(df, metric, way)
+    points = learned_points(df, metric)
+    label = metric_label(metric)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
+    for ax, cum, own, xlabel, what in (
+        (axes[0], "cum_seconds", "train_seconds", "training time (s, summed over a grid's trials)", "training time"),
+        (axes[1], "cum_flops", "train_flops", "forward FLOPs x training examples seen (summed over a grid's trials)",
+         "training compute"),
+    ):
+        for experiment, g in curve.groupby("experiment", sort=True):
+            name = "grid" if curve["experiment"].nunique() == 1 else f"grid {experiment}"
+            ok = g[g["best_so_far"].notna()]
+            ax.step(ok[cum], ok["best_so_far"], where="post", color="k", lw=1.6,
+                    label=f"{name} (conv, {len(g)} trials): best so far")
+            done = g[g[metric].notna()]
+            ax.scatter(done[cum], done[metric], facecolors="none", edgecolors="k", s=28, zorder=3,
+                       label=f"{name}: each trial at its cumulative cost" if ax is axes[0] else None)
+            for _, t in done.iterrows():
+                ax.annotate(f"k={_fmt_kernel(t['kernel_size'])}", (t[cum], t[metric]), fontsize=6, xytext=(3, -8),
+                            textcoords="offset points")
+        markers = "osD^v<>Ph*X"
+        for i, (method, p) in enumerate(points.groupby("method", sort=True)):
+            ax.scatter(p[own], p[metric], marker=markers[i % len(markers)], s=46, zorder=4, alpha=0.85,
+                       label=f"{method} (learned): one run each")
+        if len(curve) or len(points):
+            positive = [v for v in (*curve[cum].tolist(), *points[own].tolist()) if v and v > 0]
+            if positive and max(positive) / min(positive) > 20:
+                ax.set_xscale("log")
+        else:
+            ax.text(0.5, 0.5, "no completed trials", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(f"{label} (grid: best so far)", fontsize=8)
+        ax.set_title(f"Grid or learned: {label} against {what}", fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))  # room for the legend below the panels
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+    lines = ["## Grid or learned?", "", "![grid or learned](grid_or_learned.png)", "",
+             "The grid (`conv`: one trial per kernel size and other choice) is charged for every trial in the order "
+             "they ran (`started`); each learned-size run (`mixed` included: it learns its choice among the grid's "
+             "sizes in one run) is one point at its own cost. Training compute: training seconds, and forward FLOPs "
+             "per example of the trained model x training examples seen (the backward pass is not counted). Labels "
+             "next to the grid's trials: their kernel size (k).", ""]
+    if curve.empty:
+        lines += ["No grid (`conv`) trials in this leaderboard: nothing to compare the learned runs with.", ""]
+    curves = {e: g for e, g in curve.groupby("experiment", sort=True)}
+    for experiment, g in curves.items():
+        best = g["best_so_far"].iloc[-1]
+        best_text = f"{best:.4f}" if best == best else "-"
+        lines += [f"Grid of experiment `{experiment}`: {len(g)} trials, {g['cum_seconds'].iloc[-1]:.1f} s and "
+                  f"{g['cum_flops'].iloc[-1]:.3g} FLOPs x examples of training in all; best {label} {best_text}.", "",
+                  f"| # | trial | kernel size | status | {label} | training s | cumulative s | "
+                  f"cumulative FLOPs x examples | best so far |", "|---|---|---|---|---|---|---|---|---|"]
+        for _, t in g.iterrows():
+            value = f"{t[metric]:.4f}" if t[metric] == t[metric] else "-"
+            so_far = f"{t['best_so_far']:.4f}" if t["best_so_far"] == t["best_so_far"] else "-"
+            lines.append(f"| {t['order']} | {t['trial_id']} | {_fmt_kernel(t['kernel_size'])} | {t['status']} | "
+                         f"{value} | {t['train_seconds']:.1f} | {t['cum_seconds']:.1f} | {t['cum_flops']:.3g} | "
+                         f"{so_far} |")
+        lines.append("")
+    if len(points):
+        lines += [f"| learned method | trial | {label} | training s | FLOPs x examples | grid trials to reach it | "
+                  "grid s to reach it | grid FLOPs x examples to reach it |", "|---|---|---|---|---|---|---|---|"]
+        for _, p in points.iterrows():
+            g = curves.get(p["experiment"], next(iter(curves.values())) if len(curves) == 1 else None)
+            reach = grid_cost_to_reach(g, float(p[metric]), way) if g is not None else None
+            if g is None:
+                cost = "no grid | - | -"
+            elif reach is None:
+                cost = f"not reached in {len(g)} | - | -"
+            else:
+                cost = f"{reach['trials']} | {reach['seconds']:.1f} | {reach['flops']:.3g}"
+            lines.append(f"| {p['method']} | {p['trial_id']} | {p[metric]:.4f} | {p['train_seconds']:.1f} | "
+                         f"{p['train_flops']:.3g} | {cost} |")
+        lines.append("")
+    return lines
 
 
 def _kernels(export_dir: Path, layer: str | None, path: Path) -> str:
@@ -188,17 +314,20 @@ def make_report(leaderboard: str | os.PathLike, out: str | os.PathLike, *, metri
     out.mkdir(parents=True, exist_ok=True)
     done = df[df["status"] == "completed"]
     lines = [f"# nas_flex report: {lb.path}", "",
-             f"{len(df)} trials ({len(done)} completed), ranked by `{metric}` ({way}).", ""]
+             f"{len(df)} trials ({len(done)} completed), ranked by {metric_label(metric)} (`{metric}`, {way}).", ""]
 
-    sizes_note = _sizes_vs_depth(done, metric, out / "sizes_vs_depth.png", top)
-    lines += ["## Learned kernel size per layer", "", "![learned sizes](sizes_vs_depth.png)", "",
+    lines += _grid_or_learned(df, metric, way, out / "grid_or_learned.png")
+    history = lb.history()
+    sizes_note = _sizes_vs_depth(done, metric, way, out / "sizes_vs_depth.png", top, history)
+    lines += ["## Kernel size per layer", "", "![learned sizes](sizes_vs_depth.png)", "",
               f"Best learned-size trials: {sizes_note}.", ""]
     front_note = _acc_vs_flops(lb, done, metric, out / "acc_vs_flops.png")
-    lines += ["## Accuracy against compute", "", "![accuracy against FLOPs](acc_vs_flops.png)", "",
-              f"Pareto front ({metric} {way}, flops min): {front_note}.", ""]
+    lines += ["## Accuracy against inference cost", "", "![accuracy against FLOPs](acc_vs_flops.png)", "",
+              f"Pareto front ({metric_label(metric)} {way}, FLOPs per example min): {front_note}.", ""]
     best = _grid_vs_learned(done, metric, way, out / "grid_vs_learned.png")
-    lines += ["## Grid against learned", "", "![grid against learned](grid_vs_learned.png)", "",
-              f"| method | kind | trials | best trial | {metric} | MFLOPs | params |", "|---|---|---|---|---|---|---|"]
+    lines += ["## Best trial of each method", "", "![best trial of each method](grid_vs_learned.png)", "",
+              f"| method | kind | trials | best trial | {metric_label(metric)} | MFLOPs per example | params |",
+              "|---|---|---|---|---|---|---|"]
     lines += [f"| {b['conv']} | {b['kind']} | {b['trials']} | {b['trial_id']} | {b[metric]:.4f} | "
               f"{b['flops'] / 1e6:.3f} | {b['params']} |" for b in best]
     lines.append("")
@@ -209,7 +338,7 @@ def make_report(leaderboard: str | os.PathLike, out: str | os.PathLike, *, metri
 
         export_dir = out / f"export_{trial_id}"
         log(f"exporting trial {trial_id} (retrained from its config) into {export_dir} for the kernel figure")
-        export_trial(lb, trial_id, export_dir, log=log)
+        export_trial(lb, trial_id, export_dir, log=log, onnx=False)  # the figure needs the weights only
     if export_dir is not None:
         note = _kernels(Path(export_dir), layer, out / "kernels.png")
         lines += ["![kernels](kernels.png)", "", f"Kernels of {note}, from the export in `{export_dir}`: top the "

@@ -1,0 +1,134 @@
+"""Grid or learned? What a kernel-size grid costs to reach an accuracy, against single learned-size runs.
+
+A grid trains one model per kernel size (and per other choice); a learned-size method trains one model that finds
+its size. Comparing the best of a grid with one learned run as equals hides the grid's cost. Here every grid trial
+is charged in the order it ran (by ``started``): the grid's curve is its *best-so-far* accuracy against its
+*cumulative* training compute, and each learned run is one point at its own compute.
+
+Training compute of a trial, two ways (both from the leaderboard row, no torch):
+
+* ``train_seconds``: wall time spent training (its epochs, without evaluation), summed over the grid's trials, so
+  the curve does not depend on how many trials ran at once;
+* ``train_flops``: ``flops`` (forward FLOPs per example of the trained model, FFTs counted) x training examples
+  seen (``examples_per_second x train_seconds``, the count the trial measured). It leaves out the backward pass
+  (about twice the forward) and, for learned-size layers, the cost changing while the sizes were learned.
+
+The grid is the fixed-size method (``GRID_METHODS``: ``conv``); every other method, ``mixed`` (a learned,
+DARTS-style choice among the grid's sizes) included, is a learned-size method.
+
+Example:
+    >>> from nas_flex.leaderboard import Leaderboard  # doctest: +SKIP
+    >>> df = Leaderboard("runs/grid_vs_learned").to_pandas()  # doctest: +SKIP
+    >>> grid_curve(df, "metrics_val_acc")[["trial_id", "cum_seconds", "best_so_far"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+__all__ = ["GRID_METHODS", "training_compute", "grid_curve", "learned_points", "grid_cost_to_reach", "metric_label"]
+
+#: methods whose kernel size is a fixed hyperparameter, searched by a grid of trials
+GRID_METHODS = ("conv",)
+
+# readable names of leaderboard columns for axis labels and titles
+_LABELS = {
+    "metrics_val_acc": "validation accuracy",
+    "metrics_val_loss": "validation loss",
+    "metrics_train_acc": "training accuracy",
+    "metrics_train_loss": "training loss",
+    "best_val_acc": "best-epoch validation accuracy",
+    "best_val_loss": "best-epoch validation loss",
+    "flops": "FLOPs per example (FFTs counted)",
+    "flops_fft": "FFT FLOPs per example",
+    "params": "parameters",
+    "train_seconds": "training time (s)",
+    "examples_per_second": "training examples per second",
+    "peak_memory_bytes": "peak memory (bytes)",
+}
+
+
+def metric_label(column: str) -> str:
+    """A readable name of a leaderboard column ("metrics_val_acc" -> "validation accuracy")."""
+    if column in _LABELS:
+        return _LABELS[column]
+    return column.removeprefix("metrics_").replace("_", " ")
+
+
+def training_compute(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with three columns added: ``examples_seen``, ``train_seconds`` (0 where missing) and ``train_flops``.
+
+    A trial that did not train (a duplicate of another, an error before the first step) costs 0.
+    """
+    out = df.copy()
+    seconds = pd.to_numeric(out["train_seconds"], errors="coerce").fillna(0.0).clip(lower=0.0)
+    rate = pd.to_numeric(out["examples_per_second"], errors="coerce").fillna(0.0)
+    out["train_seconds"] = seconds
+    out["examples_seen"] = (rate * seconds).round()
+    out["train_flops"] = pd.to_numeric(out["flops"], errors="coerce").fillna(0.0) * out["examples_seen"]
+    return out
+
+
+def _run_order(df: pd.DataFrame) -> pd.DataFrame:
+    # `started` has one-second resolution; written_at (microseconds, when the trial ended) breaks ties
+    keys = [k for k in ("started", "written_at", "trial_id") if k in df.columns]
+    return df.sort_values(keys, kind="stable", na_position="last")
+
+
+def grid_curve(df: pd.DataFrame, metric: str = "metrics_val_acc", way: str = "max") -> pd.DataFrame:
+    """The grid's trials in the order they ran, with cumulative compute and the best-so-far ``metric``.
+
+    Args:
+        df: the leaderboard (``Leaderboard.to_pandas()``), every status: a grid trial that diverged still cost
+            its training time, and only completed trials count towards the best.
+        metric: the accuracy column.
+        way: "max" or "min", the metric's direction.
+
+    Returns:
+        One row per grid trial that trained, per experiment in run order: experiment, trial_id, status,
+        kernel_size, the metric, train_seconds, train_flops, cum_seconds, cum_flops, best_so_far (NaN until a
+        completed trial) and order (1-based within the experiment).
+    """
+    if way not in ("max", "min"):
+        raise ValueError(f"`way` must be 'max' or 'min', but got {way!r}")
+    grid = training_compute(df[df["params_conv"].isin(GRID_METHODS)])
+    grid = grid[(grid["train_seconds"] > 0) | (grid["status"] == "completed")]
+    parts = []
+    for _, group in grid.groupby("experiment", sort=True):
+        g = _run_order(group).copy()
+        value = pd.to_numeric(g[metric], errors="coerce").where(g["status"] == "completed")
+        g["value"] = value
+        # cummax / cummin leave NaN where a trial did not complete: the best so far carries over it
+        g["best_so_far"] = (value.cummax() if way == "max" else value.cummin()).ffill()
+        g["cum_seconds"] = g["train_seconds"].cumsum()
+        g["cum_flops"] = g["train_flops"].cumsum()
+        g["order"] = range(1, len(g) + 1)
+        parts.append(g)
+    columns = ["experiment", "order", "trial_id", "status", "params_kernel_size", "value", "train_seconds",
+               "train_flops", "cum_seconds", "cum_flops", "best_so_far"]
+    if not parts:
+        return pd.DataFrame(columns=[c if c != "params_kernel_size" else "kernel_size" for c in columns])
+    out = pd.concat(parts)[columns].rename(columns={"params_kernel_size": "kernel_size", "value": metric})
+    return out.reset_index(drop=True)
+
+
+def learned_points(df: pd.DataFrame, metric: str = "metrics_val_acc") -> pd.DataFrame:
+    """Each completed run of a learned-size method (every method not in ``GRID_METHODS``), one row each: method,
+    experiment, trial_id, the metric, train_seconds, train_flops; sorted by method and run order."""
+    runs = df[df["params_conv"].notna() & ~df["params_conv"].isin(GRID_METHODS) & (df["status"] == "completed")]
+    runs = _run_order(training_compute(runs))
+    runs = runs[pd.to_numeric(runs[metric], errors="coerce").notna()]
+    out = runs.rename(columns={"params_conv": "method"})[
+        ["method", "experiment", "trial_id", metric, "train_seconds", "train_flops"]]
+    return out.sort_values("method", kind="stable").reset_index(drop=True)
+
+
+def grid_cost_to_reach(curve: pd.DataFrame, value: float, way: str = "max") -> dict[str, float] | None:
+    """The grid's compute when its best-so-far first reached ``value`` (>= for "max", <= for "min"):
+    {"trials", "seconds", "flops"}, or None when it never did. ``curve``: one experiment's ``grid_curve``."""
+    best = curve["best_so_far"]
+    hit = curve[(best >= value) if way == "max" else (best <= value)]
+    if hit.empty:
+        return None
+    first = hit.iloc[0]
+    return {"trials": int(first["order"]), "seconds": float(first["cum_seconds"]), "flops": float(first["cum_flops"])}
