@@ -82,8 +82,8 @@ class CFConv(FrequencyKernelLayer):
     the kernel is the same whichever half-plane is stored. The MLP starts variance-preserving (``he_init_``: He
     fan-in weights, zero biases): with nn.Linear's default the paper's ten ReLU layers shrink the input-dependent
     part of the output to 5e-5 of its mean, every channel pair gets the same constant kernel and the first layer's
-    gradient is 2000x smaller than the last's (measured; ``tests/test_cfconv.py`` checks the init). The convolution uses the kernel times 1 / sqrt(C_in) (fan-in scaling, our addition:
-    with U[-1, 1] entries the output variance is then about 2/3 of a white input's, independent of C_in).
+    gradient is 2000x smaller than the last's (measured; ``tests/test_cfconv.py`` checks the init). The convolution
+    uses the kernel times 1 / sqrt(C_in) (fan-in scaling, our addition: with U[-1, 1] entries the output variance is then about 2/3 of a white input's, independent of C_in).
 
     **State.** A buffer ``kernel_state`` of shape (H, W // 2 + 1, C_in, C_out, 2) (the paper's H x W x C_in x C_out x 2
     on the rfft layout; last axis real, imaginary), saved in ``state_dict``. It is created at the first forward with
@@ -160,7 +160,9 @@ class CFConv(FrequencyKernelLayer):
         if sampled_positions is not None:
             check_positive_int("sampled_positions", sampled_positions)
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
-            raise HyperparameterError(f"`0 <= decay < 1` must hold (the share of the old state kept), but got {decay=!r}")
+            raise HyperparameterError(
+                f"`0 <= decay < 1` must hold (the share of the old state kept), but got {decay=!r}"
+            )
         if parameterization not in CFCONV_PARAMETERIZATIONS:
             raise HyperparameterError(
                 f"`parameterization` must be one of {list(CFCONV_PARAMETERIZATIONS)}, but got {parameterization=!r}"
