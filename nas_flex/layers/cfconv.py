@@ -83,7 +83,8 @@ class CFConv(FrequencyKernelLayer):
     fan-in weights, zero biases): with nn.Linear's default the paper's ten ReLU layers shrink the input-dependent
     part of the output to 5e-5 of its mean, every channel pair gets the same constant kernel and the first layer's
     gradient is 2000x smaller than the last's (measured; ``tests/test_cfconv.py`` checks the init). The convolution
-    uses the kernel times 1 / sqrt(C_in) (fan-in scaling, our addition: with U[-1, 1] entries the output variance is then about 2/3 of a white input's, independent of C_in).
+    uses the kernel times 1 / sqrt(C_in) (fan-in scaling, our addition: with U[-1, 1] entries the output variance is
+    then about 2/3 of a white input's, independent of C_in).
 
     **State.** A buffer ``kernel_state`` of shape (H, W // 2 + 1, C_in, C_out, 2) (the paper's H x W x C_in x C_out x 2
     on the rfft layout; last axis real, imaginary), saved in ``state_dict``. It is created at the first forward with
