@@ -148,17 +148,46 @@ def test_gradcheck_float64_including_the_apertures():
     assert torch.autograd.gradcheck(envelope_conv2d, (x, weight, sigma, bias), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-def test_effective_kernel_size_is_the_mean_side_above_a_tenth_of_the_peak():
+def _mass_side_reference(sigma: float, n: int, fraction: float = 0.9) -> float:
+    """Bisection on the mass of the envelope's 1-D profile exp(-g^2 / 2 sigma^2) inside a centred window of
+    continuous side s, each tap covering one pixel: what the window covers of tap k is clip(s/2 - |k| + 1/2, 0, 1)
+    (the centre tap: clip(s, 0, 1))."""
+    k = [i - (n - 1) // 2 for i in range(n)]
+    m = [math.exp(-((i / n) ** 2) / (2 * sigma**2)) for i in k]
+
+    def inside(side: float) -> float:
+        return sum(mi * (min(max(side, 0), 1) if i == 0 else min(max(side / 2 - abs(i) + 0.5, 0), 1))
+                   for i, mi in zip(k, m))
+
+    lo, hi = 0.0, float(n)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if inside(mid) < fraction * sum(m) else (lo, mid)
+    return max(hi, 1.0)
+
+
+def test_effective_kernel_size_is_the_mean_90_percent_mass_side_of_the_envelope():
     layer = EnvelopeConv(2, 3, 9, sigma_init=0.2)
+    apertures = (1 / 9, 0.2, 5.0)
     with torch.no_grad():
-        layer.sigma.copy_(torch.tensor([1 / 9, 0.2, 5.0]))
-    sides = [min(9.0, 2 * s * 9 * math.sqrt(2 * math.log(10)) + 1) for s in (1 / 9, 0.2, 5.0)]
+        layer.sigma.copy_(torch.tensor(apertures))
     h, w = layer.effective_kernel_size
-    assert h == w == pytest.approx(sum(sides) / 3, rel=1e-6)
-    assert sides[-1] == 9.0  # a wide aperture is capped at the base grid
-    with torch.no_grad():
-        layer.sigma.fill_(100.0)
-    assert layer.effective_kernel_size == (9.0, 9.0)
+    assert h == w == pytest.approx(sum(_mass_side_reference(a, 9) for a in apertures) / 3, rel=1e-6)
+    # the 0.1-of-peak side stays in the record; it saturates at n
+    tenth = [min(9.0, 2 * a * 9 * math.sqrt(2 * math.log(10)) + 1) for a in apertures]
+    assert layer.size_record()["side_at_0.1"] == pytest.approx(sum(tenth) / 3, rel=1e-6)
+
+
+def test_envelope_size_keeps_moving_where_the_tenth_of_peak_side_is_saturated():
+    layer = EnvelopeConv(1, 1, 7, sigma_init=0.2)
+    sizes, tenth = [], []
+    for a in torch.linspace(0.25, 2.0, 8):
+        with torch.no_grad():
+            layer.sigma.fill_(float(a))
+        sizes.append(layer.effective_kernel_size[0])
+        tenth.append(layer.size_record()["side_at_0.1"])
+    assert all(t == 7.0 for t in tenth)  # the old measure: n for every one of these apertures
+    assert all(b > a for a, b in zip(sizes, sizes[1:])) and sizes[-1] <= 0.9 * 7 + 1e-9
 
 
 def test_size_record_and_repr():

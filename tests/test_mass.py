@@ -121,3 +121,27 @@ def test_bad_arguments():
         effective_size_from_mass(torch.zeros(5, 5), 1.5)
     with pytest.raises(ValueError, match="real spatial kernel"):
         kernel_mass_ratio(torch.zeros(5, 5, dtype=torch.complex64), [1])
+
+
+def test_continuous_size_moves_in_small_steps_where_the_window_jumps():
+    """A heavy-tailed kernel whose centre tap's share falls from 1.0 to 0.55: the integer 90 % window jumps by
+    whole rings (1 -> 3 -> ... -> 7), the continuous side by little per step, and they agree where a ring ends."""
+    from nas_flex.kernels.mass import continuous_size_from_mass
+
+    r = torch.arange(33) - 16
+    tail = 1 / (1 + (r[:, None] ** 2 + r[None, :] ** 2).double().sqrt()) ** 3
+    tail[16, 16] = 0
+    tail = tail / tail.sum()
+    sizes, windows = [], []
+    for share in torch.linspace(1.0, 0.55, 451):
+        k = (1 - share) * tail
+        k[16, 16] = share
+        sizes.append(continuous_size_from_mass(k)[0])
+        windows.append(effective_size_from_mass(k)[0])
+    assert max(abs(b - a) for a, b in zip(sizes, sizes[1:])) < 0.1
+    assert max(b - a for a, b in zip(windows, windows[1:])) >= 2  # what the integer window does
+    assert all(w - 2 <= s <= w for s, w in zip(sizes, windows))
+    k = torch.zeros(9, 9)
+    k[4, 4], k[4, 3], k[4, 5] = 0.8, 0.05, 0.05
+    k[4, 2] = k[4, 6] = 0.05
+    assert continuous_size_from_mass(k) == (1.0, 3.0)  # 90 % exactly at the end of the first ring

@@ -6,6 +6,8 @@ Hermitian property, resampling across input sizes, gradcheck, the paper's MLP si
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from nas_flex.errors import HyperparameterError, NonFiniteError
 from nas_flex.functional.niff import circular_conv2d_rfft
 from nas_flex.kernels.frequency import rfft_grid, rfft_to_full
-from nas_flex.kernels.mass import effective_size_from_mass
+from nas_flex.kernels.mass import continuous_size_from_mass, effective_size_from_mass
 from nas_flex.layers import build
 from nas_flex.layers.niff import DEFAULT_GRID, NIFFConv
 
@@ -89,9 +91,10 @@ def test_non_square_inputs_keep_their_orientation():
     with torch.no_grad():
         for p in layer.filter_mlp.parameters():
             p.zero_()
-        layer.filter_mlp.weights[0][0, 0, 1] = -1.0  # hidden unit 0 of the real MLP: relu(-f_x)
-        layer.filter_mlp.biases[0][0, 0] = 1.0  # relu(1 - f_x) >= 0 on [0, 1]
-        layer.filter_mlp.weights[1][0, 0, 0] = 1.0  # real part = 1 - |f_x|: a low-pass along W only
+        layer.filter_mlp.weights[0][0, 0, 1] = 1.0  # hidden unit 0 of the real MLP: relu(f_x)
+        layer.filter_mlp.weights[0][0, 1, 1] = -1.0  # hidden unit 1: relu(-f_x)
+        layer.filter_mlp.weights[1][0, 0, :2] = -1.0
+        layer.filter_mlp.biases[1][0, 0] = 1.0  # real part = 1 - |f_x|: a low-pass along W only
     x = torch.zeros(1, 1, 5, 9, dtype=torch.float64)
     x[0, 0, 2, 4] = 1.0
     y = layer(x)[0, 0]
@@ -112,18 +115,42 @@ def test_a_flat_spectrum_is_a_1x1_convolution():
     assert layer.effective_kernel_size == (1.0, 1.0)
 
 
-def test_effective_kernel_size_is_the_90_percent_mass_window():
+def test_effective_kernel_size_is_the_continuous_90_percent_mass_window():
     layer = make("full")
     assert layer.spatial_kernel().shape == (4, 3, *DEFAULT_GRID)  # before the first forward: the default grid
     before = layer.effective_kernel_size
     assert all(1 <= s <= 32 for s in before)
     layer(torch.randn(1, 3, 12, 9, dtype=torch.float64))
     got = layer.effective_kernel_size
-    assert got == tuple(float(s) for s in effective_size_from_mass(layer.spatial_kernel(), 0.9, circular=True))
+    assert got == continuous_size_from_mass(layer.spatial_kernel(), 0.9, circular=True)
     assert got[0] <= 12 and got[1] <= 9
     rec = layer.size_record()
     assert rec["mode"] == "full" and (rec["grid_height"], rec["grid_width"]) == (12, 9)
+    window = effective_size_from_mass(layer.spatial_kernel(), 0.9, circular=True)
+    assert (rec["window_height"], rec["window_width"]) == window  # the integer window stays as a record field
+    assert all(w - 2 <= g <= w for g, w in zip(got, window))  # the continuous side lies in the last ring of taps
     assert 0 <= rec["mass_in_3x3"] <= 1
+
+
+def test_size_moves_continuously_with_the_kernel():
+    """Sliding the MLP's parameters from a 1x1 kernel towards a wide one moves the size in small steps; the integer
+    90 % window jumps by whole rings of taps (1 -> 3 -> ...)."""
+    layer = make("full", c_in=1, c_out=1, bias=False)
+    with torch.no_grad():
+        start = [p.clone() for p in layer.filter_mlp.parameters()]
+        for p in layer.filter_mlp.parameters():
+            p.zero_()
+        layer.filter_mlp.biases[-1][0].fill_(1.0)  # a flat spectrum: the delta kernel
+        delta = [p.clone() for p in layer.filter_mlp.parameters()]
+    sizes = []
+    for t in torch.linspace(0, 1, 201):
+        with torch.no_grad():
+            for p, a, b in zip(layer.filter_mlp.parameters(), delta, start):
+                p.copy_((1 - t) * a + t * b)
+        sizes.append(layer.effective_kernel_size)
+    steps = torch.tensor(sizes).diff(dim=0).abs()
+    assert sizes[0] == (1.0, 1.0) and max(sizes[-1]) > 5  # it does travel
+    assert steps.max() < 0.5, f"the size jumped by {float(steps.max()):.2f} px between neighbouring kernels"
 
 
 @pytest.mark.parametrize("mode", ["separable", "full"])
@@ -195,3 +222,75 @@ def test_a_nan_in_the_mlp_is_caught_where_it_arises():
         layer.filter_mlp.weights[0][1, 0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="NIFFConv"):
         layer(torch.randn(1, 3, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------- the authors' build
+def full_plane_reference_kernels(layer: NIFFConv, h: int, w: int) -> torch.Tensor:
+    """The authors' construction in float64, written independently: the MLP (F.linear) at every frequency of the
+    full fft2 plane (integer index i -> (i or i - n) * 2 / n, so an even axis has -1 at n / 2), complex filters,
+    and the real part of their ifft2 (= the filter of their Hermitian part). Separable: composed with the 1x1 mix.
+    Returns (C_out, C_in, H, W)."""
+
+    def freqs(n: int) -> torch.Tensor:
+        return torch.tensor([(i if i < (n + 1) // 2 else i - n) * 2.0 / n for i in range(n)], dtype=torch.float64)
+
+    coords = torch.stack(torch.meshgrid(freqs(h), freqs(w), indexing="ij"), dim=-1)  # (H, W, 2)
+    act = torch.relu if layer.filter_mlp.activation == "relu" else F.silu
+    parts = []
+    for part in range(2):
+        z = coords
+        for index, (wt, b) in enumerate(zip(layer.filter_mlp.weights, layer.filter_mlp.biases)):
+            if index:
+                z = act(z)
+            z = F.linear(z, wt[part].double(), b[part].double())
+        parts.append(z)
+    spectrum = torch.complex(parts[0], parts[1]).permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
+    kernels = torch.fft.ifft2(spectrum).real
+    if layer.mode == "separable":
+        return layer.pointwise.double()[:, :, None, None] * kernels[None]
+    return kernels.reshape(layer.out_channels, layer.in_channels, h, w) / math.sqrt(layer.in_channels)
+
+
+@pytest.mark.parametrize("mode", ["separable", "full"])
+@pytest.mark.parametrize("hw", [(7, 10), (8, 6), (9, 9)])
+def test_kernel_is_the_hermitian_part_of_a_full_plane_evaluation(mode, hw):
+    layer = make(mode)
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    y = layer(x)
+    want = full_plane_reference_kernels(layer, *hw)
+    torch.testing.assert_close(layer.spatial_kernel(), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(y, circular_conv_reference(x, want, layer.bias), rtol=1e-10, atol=1e-10)
+
+
+def test_a_constant_complex_filter_is_a_1x1_kernel():
+    """M = 1 + 0.3j everywhere: its Hermitian part is 1, a delta (mirroring the half-plane instead makes the
+    imaginary part a Hilbert transform along the width, 1 x 11 on this grid)."""
+    layer = make("full", c_in=1, c_out=1, bias=False)
+    with torch.no_grad():
+        for p in layer.filter_mlp.parameters():
+            p.zero_()
+        layer.filter_mlp.biases[-1][0].fill_(1.0)
+        layer.filter_mlp.biases[-1][1].fill_(0.3)
+    layer(torch.randn(1, 1, 16, 16, dtype=torch.float64))
+    assert layer.effective_kernel_size == (1.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------------- stem
+def test_separable_on_one_input_channel_is_refused_naming_the_fix():
+    with pytest.raises(HyperparameterError, match="mode='full'.*spatial stem"):
+        NIFFConv(1, 8)
+    assert NIFFConv(1, 8, mode="full").mode == "full"  # the fix the message names works
+    assert NIFFConv(2, 8).mode == "separable"
+
+
+def test_backbones_keep_a_spatial_stem():
+    from nas_flex.layers.conv import Conv
+    from nas_flex.models import build as build_model
+
+    model = build_model({"backbone": "simple", "depth": 4, "width": 8, "conv": "niff"}, in_channels=1, num_classes=3)
+    convs = [m for m in model.modules() if isinstance(m, (Conv, NIFFConv))]
+    assert isinstance(convs[0], Conv) and convs[0].kernel_size == (NIFFConv.spatial_stem,) * 2
+    assert len(convs) == 4 and all(isinstance(m, NIFFConv) and m.mode == "separable" for m in convs[1:])
+    resnet = build_model({"backbone": "resnet", "depth": 20, "width": 8, "conv": "niff"}, in_channels=3, num_classes=3)
+    assert isinstance(resnet.stem[0], Conv)
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 3)

@@ -5,8 +5,10 @@ EMA step that merges sampled MLP values into a stored kernel state.
 A *position* is one complex kernel entry (h, w, c_in, c_out) on the rfft2 layout of an H x W input; the state is a
 real tensor (H, W // 2 + 1, C_in, C_out, 2) (last axis: real, imaginary), and position p is its flat index
 ``p = ((h * Wf + w) * C_in + c_in) * C_out + c_out`` with Wf = W // 2 + 1. Coordinates are normalised to [-1, 1]:
-the frequencies as in ``nas_flex.kernels.frequency`` (1 = Nyquist), the channel indices linearly (0 when a
-dimension has one channel).
+the frequencies those of the full fft2 plane at that index (``nas_flex.kernels.frequency.full_grid``: an even axis
+has its Nyquist frequency at -1), the channel indices linearly (0 when a dimension has one channel). The kernel value
+at a position is the Hermitian part (M(f) + conj(M(-f))) / 2 of the MLP, so ``position_coords(..., mirror=True)``
+gives the coordinates of -f for the same channel pair.
 
 The convolution itself is ``nas_flex.functional.niff.circular_conv2d_rfft``.
 """
@@ -18,7 +20,7 @@ from torch import Tensor
 
 from nas_flex.errors import ShapeError
 from nas_flex.functional.niff import ACTIVATIONS
-from nas_flex.kernels.frequency import frequencies, rfft_frequencies
+from nas_flex.kernels.frequency import frequencies
 
 __all__ = [
     "state_shape",
@@ -61,7 +63,7 @@ def _channel_coord(index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
 
 
 def position_coords(positions: Tensor, h: int, w: int, c_in: int, c_out: int, *, dtype: torch.dtype,
-                    channels: bool = True) -> Tensor:
+                    channels: bool = True, mirror: bool = False) -> Tensor:
     """Normalised coordinates of flat state positions.
 
     Args:
@@ -69,6 +71,7 @@ def position_coords(positions: Tensor, h: int, w: int, c_in: int, c_out: int, *,
         h, w: the input size; c_in, c_out: the channel counts.
         dtype: the coordinates' dtype.
         channels: True: (f_y, f_x, c_in, c_out) for the joint MLP; False: (f_y, f_x) for the per-pair MLPs.
+        mirror: the coordinates of the mirrored frequency -f (indices (-row mod H, -col mod W)), same channels.
 
     Returns:
         (P, 4) or (P, 2).
@@ -80,8 +83,10 @@ def position_coords(positions: Tensor, h: int, w: int, c_in: int, c_out: int, *,
     rest = rest // c_in
     col = rest % wf
     row = rest // wf
+    if mirror:
+        row, col = (-row) % h, (-col) % w
     fy = frequencies(h, device=positions.device, dtype=dtype)[row]
-    fx = rfft_frequencies(w, device=positions.device, dtype=dtype)[col]
+    fx = frequencies(w, device=positions.device, dtype=dtype)[col]
     if not channels:
         return torch.stack([fy, fx], dim=-1)
     return torch.stack([fy, fx, _channel_coord(i, c_in, dtype), _channel_coord(o, c_out, dtype)], dim=-1)
@@ -118,14 +123,15 @@ def pairwise_mlp(coords: Tensor, pairs: Tensor, weights: list[Tensor], biases: l
 def ema_merge(state: Tensor, positions: Tensor, values: Tensor, decay: float) -> tuple[Tensor, Tensor]:
     """The sparse EMA step: merge MLP values into the state at sampled positions.
 
-    ``new = (1 - decay) * state[positions] + decay * values`` at the sampled positions; every other position keeps
-    its state. Gradients flow from the returned kernel into ``values`` (scaled by ``decay``), never into the state.
+    ``new = decay * state[positions] + (1 - decay) * values`` at the sampled positions (``decay`` is the share of
+    the old value kept, TensorFlow's ``ExponentialMovingAverage`` convention); every other position keeps its
+    state. Gradients flow from the returned kernel into ``values`` (scaled by ``1 - decay``), never into the state.
 
     Args:
         state: (H, Wf, C_in, C_out, 2) the stored state (not modified).
         positions: (P,) distinct flat positions.
         values: (P, 2) the MLP's (real, imaginary) values there.
-        decay: the EMA's step, in (0, 1].
+        decay: the share of the old value kept, in [0, 1).
 
     Returns:
         (kernel, new): the full kernel (H, Wf, C_in, C_out, 2) to convolve with, and the (P, 2) new values to write
@@ -134,7 +140,7 @@ def ema_merge(state: Tensor, positions: Tensor, values: Tensor, decay: float) ->
     if values.shape != (positions.numel(), 2):
         raise ShapeError(f"ema_merge: `values` must have shape ({positions.numel()}, 2), but got {tuple(values.shape)}")
     flat = state.detach().reshape(-1, 2)  # (H*Wf*C_in*C_out, 2)
-    new = (1.0 - decay) * flat[positions] + decay * values.to(flat.dtype)
+    new = decay * flat[positions] + (1.0 - decay) * values.to(flat.dtype)
     kernel = flat.index_put((positions,), new)  # out of place: a full copy with the sampled rows replaced
     return kernel.reshape(state.shape), new.detach()
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from nas_flex.errors import HyperparameterError
 
-__all__ = ["envelope_grid", "gaussian_envelope", "envelope_side", "ENVELOPE_THRESHOLD"]
+__all__ = ["envelope_grid", "gaussian_envelope", "envelope_side", "envelope_mass_side", "ENVELOPE_THRESHOLD"]
 
 #: Envelope level (relative to its peak) that ``envelope_side`` measures the extent at: the FlexConv mask-crop
 #: threshold, so the envelope and FlexConv layers report sizes by the same rule.
@@ -90,3 +90,24 @@ def envelope_side(sigma: Tensor, n: int, threshold: float = ENVELOPE_THRESHOLD) 
         raise HyperparameterError(f"`0 < threshold < 1` must hold, but got {threshold=!r}")
     half = sigma * n * math.sqrt(2 * math.log(1 / threshold))
     return (2 * half + 1).clamp(max=n)
+
+
+def envelope_mass_side(sigma: Tensor, n: int, fraction: float = 0.9) -> Tensor:
+    """Per aperture, the continuous side in pixels of the centred window holding ``fraction`` of the envelope's
+    mass on the n x n grid (``nas_flex.kernels.mass.continuous_size_from_mass``, the frequency layers' rule).
+
+    Unlike ``envelope_side`` it does not saturate at n while the envelope flattens: a flat envelope gives
+    ``fraction * n``, and the side keeps moving with sigma up to there.
+
+    Args:
+        sigma: apertures in grid units, shape (F,) (or any, flattened).
+        n: odd base grid side.
+        fraction: share of the mass, in (0, 1].
+
+    Returns:
+        float64 (F,), in [1, n].
+    """
+    from nas_flex.kernels.mass import continuous_size_from_mass
+
+    u = gaussian_envelope(sigma.detach().double().reshape(-1), n)  # (F, n, n)
+    return torch.tensor([continuous_size_from_mass(e, fraction)[0] for e in u], dtype=torch.float64)

@@ -13,6 +13,13 @@ A real spatial kernel has a Hermitian spectrum, K(-f) = conj(K(f)). On the rfft 
 what remains to enforce is the columns that are their own mirror image (column 0, and column W // 2 when W is even),
 which must be Hermitian along the rows: K[-r, c] = conj(K[r, c]). ``hermitian_project`` does that, so the full
 spectrum ``rfft_to_full`` rebuilds is exactly Hermitian and its inverse FFT is real.
+
+Filters that come from a function of frequency (an MLP) are built as the authors of NIFF build them: the function is
+evaluated over the *full* frequency plane (``full_grid``: both axes in ``fftfreq`` order, so an even axis samples
+its Nyquist frequency once, at -1, as their ``arange(-N/2, N/2)`` grid does), and the Hermitian part
+(M(f) + conj(M(-f))) / 2 of that evaluation is the filter (``hermitian_part_rfft`` returns it on the rfft layout).
+It is what ``ifft2(...).real`` applies; mirroring the rfft half-plane instead would turn any odd imaginary part of
+M into a Hilbert transform along the width (a constant 1 + 0.3j would not be a 1x1 kernel).
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ __all__ = [
     "frequencies",
     "rfft_frequencies",
     "rfft_grid",
+    "full_grid",
+    "mirror_index",
+    "hermitian_part_rfft",
     "self_conjugate_columns",
     "hermitian_project",
     "rfft_to_full",
@@ -75,6 +85,60 @@ def rfft_grid(
     fx = rfft_frequencies(w, device=device, dtype=dtype)
     gy, gx = torch.meshgrid(fy, fx, indexing="ij")  # (H, W//2+1) each
     return torch.stack([gy, gx])
+
+
+def full_grid(
+    h: int, w: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    """The (f_y, f_x) coordinate map of the full fft2 plane of an H x W input, normalised to [-1, 1).
+
+    Both axes in ``fftfreq`` order; an even axis has its Nyquist frequency once, at -1 (index n // 2). Column c of
+    the rfft layout (c <= W // 2) is column c here, so its coordinates are ``full_grid(h, w)[:, :, :W // 2 + 1]``.
+
+    Returns:
+        (2, H, W).
+
+    Example:
+        >>> full_grid(2, 4)[1, 0].tolist()
+        [0.0, 0.5, -1.0, -0.5]
+    """
+    fy = frequencies(h, device=device, dtype=dtype)
+    fx = frequencies(w, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(fy, fx, indexing="ij")
+    return torch.stack([gy, gx])
+
+
+def mirror_index(n: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Index of frequency -f for each index of a length-n ``fftfreq`` axis: i -> (-i) mod n.
+
+    Example:
+        >>> mirror_index(4).tolist()
+        [0, 3, 2, 1]
+    """
+    return (-torch.arange(n, device=device)) % n
+
+
+def hermitian_part_rfft(values: Tensor, w: int, *, dims: tuple[int, int] = (0, 1)) -> Tensor:
+    """The Hermitian part (M(f) + conj(M(-f))) / 2 of a full-plane evaluation, on the rfft layout.
+
+    Args:
+        values: complex, the function evaluated on ``full_grid(H, W)``, with the rows (H) and columns (W) at ``dims``.
+        w: the spatial width W.
+        dims: the (row, column) axes.
+
+    Returns:
+        Complex, the same shape except W // 2 + 1 columns: the half-spectrum of the real kernel
+        ``ifft2(values).real`` (exactly Hermitian on the self-conjugate columns).
+    """
+    hdim, wdim = (d % values.dim() for d in dims)
+    if values.shape[wdim] != w:
+        raise ValueError(f"`values` must have W = {w} columns (the full plane), but got {values.shape[wdim]}")
+    wf = w // 2 + 1
+    h = values.shape[hdim]
+    half = values.narrow(wdim, 0, wf)
+    cols = mirror_index(w, device=values.device)[:wf]  # column of -f_x for the rfft columns
+    mirrored = values.index_select(wdim, cols).index_select(hdim, mirror_index(h, device=values.device))
+    return 0.5 * (half + mirrored.conj())
 
 
 def self_conjugate_columns(w: int) -> list[int]:

@@ -15,6 +15,12 @@ Centre convention (the same for every kernel, so ratios are comparable across la
       side (which is how fftshift places the unpaired offset -n / 2 of an even axis). Sides larger than the
       kernel are clipped to it, so s >= max(H, W) gives ratio 1.
 
+Two sizes are read off it. ``effective_size_from_mass``: the smallest odd centred window holding the fraction, an
+integer that jumps by whole taps (for heavy-tailed kernels by several: 1 -> 3 -> 7 -> 11 px as the centre tap's share
+goes 1.0 -> 0.81 -> 0.69 -> 0.59). ``continuous_size_from_mass``: the same rule with the window's side continuous
+(the mass inside grows linearly across each ring of taps), so a small change of the kernel gives a small change of
+the size: what the frequency layers report.
+
 The authors' notebook slices ``[c - i : c + i]``, i.e. even windows of side 2i labelled 2i + 1 (and a first window
 that is empty); the windows here are the s x s ones their figure's axis names.
 """
@@ -28,7 +34,7 @@ from torch import Tensor
 
 from nas_flex.errors import ShapeError
 
-__all__ = ["kernel_mass_ratio", "effective_size_from_mass", "centred_window"]
+__all__ = ["kernel_mass_ratio", "effective_size_from_mass", "continuous_size_from_mass", "centred_window"]
 
 
 def centred_window(n: int, side: int) -> tuple[int, int]:
@@ -126,3 +132,59 @@ def effective_size_from_mass(kernel: Tensor, fraction: float = 0.9, *, circular:
     k = _prepare(kernel, circular)
     k = k.reshape(-1, *k.shape[-2:]).sum(0).cpu()  # (..., H, W) -> (H, W): pooled over channels
     return _smallest_side(k.sum(1), fraction), _smallest_side(k.sum(0), fraction)
+
+
+def _continuous_side(marginal: Tensor, fraction: float) -> float:
+    """The centred window side (continuous, in pixels) holding ``fraction`` of a 1-D mass profile.
+
+    The mass inside a window of odd side 2j + 1 is the mass within j taps of the centre; between two odd sides it
+    grows linearly (the next ring of taps enters the window gradually). The side where it reaches the fraction is
+    read off that piecewise-linear curve, floored at 1 (a single tap) and capped at the axis length.
+    """
+    n = marginal.numel()
+    total = float(marginal.sum())
+    if total <= 0:
+        return 1.0
+    centre = n // 2
+    dist = (torch.arange(n) - centre).abs()
+    rings = torch.zeros(int(dist.max()) + 1, dtype=marginal.dtype).index_add_(0, dist, marginal)
+    inside = torch.cat([rings.new_zeros(1), rings.cumsum(0)])  # mass within j taps, for sides 0, 1, 3, 5, ...
+    sides = torch.cat([rings.new_zeros(1), torch.arange(1, 2 * rings.numel(), 2, dtype=marginal.dtype)])
+    target = fraction * total
+    # relative slack: a window holding exactly the fraction counts despite rounding in the sums
+    i = int((inside >= target * (1 - 1e-12)).nonzero()[0])
+    if i == 0:
+        return 1.0
+    lo, hi = float(inside[i - 1]), float(inside[i])
+    t = min(max((target - lo) / (hi - lo), 0.0), 1.0)
+    side = float(sides[i - 1]) + t * float(sides[i] - sides[i - 1])
+    return min(max(side, 1.0), float(n))
+
+
+def continuous_size_from_mass(kernel: Tensor, fraction: float = 0.9, *,
+                              circular: bool = False) -> tuple[float, float]:
+    """Per dimension, the continuous side of the centred window holding ``fraction`` of the absolute mass.
+
+    As ``effective_size_from_mass`` (mass pooled over leading indices, each dimension on its marginal), but the
+    window grows continuously: its side interpolates linearly between the odd sides 2j + 1 whose windows bracket
+    the fraction (the mass inside grows linearly across each ring of taps). It equals the integer size where a
+    window holds exactly the fraction, is continuous in the kernel, floored at 1 and capped at the axis length.
+
+    Args:
+        kernel: real (..., H, W).
+        fraction: share of the mass the window must hold, in (0, 1].
+        circular: as in ``kernel_mass_ratio``.
+
+    Returns:
+        (height, width) in pixels, floats in [1, H] and [1, W].
+
+    Example:
+        >>> k = torch.zeros(9, 9); k[4, 4] = 0.8; k[4, 3] = k[4, 5] = 0.1
+        >>> continuous_size_from_mass(k)  # 80 % in the centre tap, 90 % half-way through the next ring
+        (1.0, 2.0)
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"`0 < fraction <= 1` must hold, but got {fraction=}")
+    k = _prepare(kernel, circular)
+    k = k.reshape(-1, *k.shape[-2:]).sum(0).cpu()
+    return _continuous_side(k.sum(1), fraction), _continuous_side(k.sum(0), fraction)

@@ -35,7 +35,7 @@ from nas_flex.functional.cfconv import (
 from nas_flex.functional.niff import circular_conv2d_rfft, compute_dtype
 from nas_flex.kernels.frequency import hermitian_project
 from nas_flex.layers.base import check_finite, check_positive_int
-from nas_flex.layers.niff import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, _size_repr
+from nas_flex.layers.niff import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, _size_repr, he_init_
 from nas_flex.layers.registry import register
 
 __all__ = ["CFConv", "CFCONV_PARAMETERIZATIONS", "DEFAULT_HIDDEN"]
@@ -61,10 +61,7 @@ class _PairMLP(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for w, b in zip(self.weights, self.biases):
-            bound = 1 / math.sqrt(w.shape[-1])  # nn.Linear's default, per pair
-            nn.init.uniform_(w, -bound, bound)
-            nn.init.uniform_(b, -bound, bound)
+        he_init_(list(self.weights), list(self.biases))  # fan-in is the last axis: per pair
 
     def forward(self, coords: Tensor, pairs: Tensor, dtype: torch.dtype) -> Tensor:
         return pairwise_mlp(
@@ -79,9 +76,15 @@ class CFConv(FrequencyKernelLayer):
     **Kernel.** Complex, on the rfft2 layout of the input: entry (h, w, c_in, c_out) for the H x (W // 2 + 1)
     non-negative-column frequencies (the other half follows from Hermitian symmetry, which is enforced, so the
     layer is exactly a circular convolution with the real kernel ``spatial_kernel()``). The MLP (ReLU, one per
-    real / imaginary part) sees normalised coordinates: frequencies in [-1, 1] (1 = Nyquist) and channel indices
-    mapped linearly to [-1, 1]. The convolution uses the kernel times 1 / sqrt(C_in) (fan-in scaling, our addition:
-    with U[-1, 1] entries the output variance is then about 2/3 of a white input's, independent of C_in).
+    real / imaginary part) sees normalised coordinates: frequencies in [-1, 1) of the full fft2 plane (1 = Nyquist)
+    and channel indices mapped linearly to [-1, 1]. The kernel value at frequency f is the Hermitian part
+    (M(f) + conj(M(-f))) / 2 of the MLP M, as NIFF's authors build theirs (what an ``ifft2(...).real`` applies), so
+    the kernel is the same whichever half-plane is stored. The MLP starts variance-preserving (``he_init_``: He
+    fan-in weights, zero biases): with nn.Linear's default the paper's ten ReLU layers shrink the input-dependent
+    part of the output to 5e-5 of its mean, every channel pair gets the same constant kernel and the first layer's
+    gradient is 2000x smaller than the last's (measured; ``tests/test_cfconv.py`` checks the init). The convolution
+    uses the kernel times 1 / sqrt(C_in) (fan-in scaling, our addition: with U[-1, 1] entries the output variance is
+    then about 2/3 of a white input's, independent of C_in).
 
     **State.** A buffer ``kernel_state`` of shape (H, W // 2 + 1, C_in, C_out, 2) (the paper's H x W x C_in x C_out x 2
     on the rfft layout; last axis real, imaginary), saved in ``state_dict``. It is created at the first forward with
@@ -90,12 +93,14 @@ class CFConv(FrequencyKernelLayer):
 
     **Training step** (``sampled_positions=P``): P positions are drawn uniformly (distinct; see
     ``nas_flex.functional.cfconv.sample_positions``), the MLP is evaluated there with gradients, and
-    ``new = (1 - decay) * state + decay * mlp`` at those positions: the kernel of this forward is the state with the
-    sampled positions replaced by ``new`` (gradients reach the MLP through ``new``, scaled by ``decay``), and ``new`` is
-    written into the state. Unselected positions keep their state. ``decay`` is the share of the old value that decays
-    per update (PyTorch BatchNorm's momentum convention, to which the paper compares its state); the paper's
-    "decay rate of 0.1" does not say which side it weights, and TensorFlow's ExponentialMovingAverage would read it
-    the other way round: ``decay=0.9`` gives that reading. **Eval** uses the stored state.
+    ``new = decay * state + (1 - decay) * mlp`` at those positions: the kernel of this forward is the state with the
+    sampled positions replaced by ``new`` (gradients reach the MLP through ``new``, scaled by ``1 - decay``), and
+    ``new`` is written into the state. Unselected positions keep their state. ``decay`` is the share of the old value
+    kept per update, the convention of the paper's framework (Keras / TensorFlow ``ExponentialMovingAverage(decay)``;
+    the authors use KerasCV): the paper's "decay rate of 0.1" gives the MLP a 0.9 share per update, so a sampled
+    position holds the current MLP up to 10 % of its previous value. (The other reading, the MLP's share 0.1, makes
+    the state lag about ten updates of each position behind the MLP and gives the MLP a tenth of the gradient.)
+    **Eval** uses the stored state.
 
     ``sampled_positions=None`` evaluates the MLP at every position, with gradients, in training and in eval (the
     paper's "naive" evaluation): the kernel *is* the MLP, there is no state and the forward is deterministic.
@@ -107,16 +112,17 @@ class CFConv(FrequencyKernelLayer):
     continue at the new size.
 
     The kernel is as large as the input; there is no explicit size parameter (``size_parameters()`` yields nothing).
-    ``effective_kernel_size`` is, per dimension, the side of the smallest centred window holding 90 % of the spatial
-    kernel's absolute mass, on the last input's grid (before the first forward: the MLP's kernel on the 32 x 32
-    ``DEFAULT_GRID``).
+    ``effective_kernel_size`` is, per dimension, the side of the centred window holding 90 % of the spatial
+    kernel's absolute mass, continuous in the kernel (as NIFF's), on the last input's grid (before the first forward:
+    the MLP's kernel on the 32 x 32 ``DEFAULT_GRID``).
 
     Args:
         in_channels: C_in.
         out_channels: C_out.
         sampled_positions: positions P evaluated per training step (the paper: 2**12, 2**15, 2**18); None evaluates
             every position. Default 2**15.
-        decay: the EMA step in (0, 1] (see above). Default 0.1 (the paper's).
+        decay: the share of the old state kept per update, in [0, 1) (see above). Default 0.1 (the paper's "decay
+            rate"; the MLP's share is 0.9).
         parameterization: "joint" (one MLP over (h, w, c_in, c_out), recommended) or "per_pair" (one MLP per
             (c_in, c_out) pair over (h, w)).
         hidden_features: the MLP's hidden widths; default the paper's (32, 32, 32, 16, 16, 16, 8, 8, 8) for
@@ -154,8 +160,10 @@ class CFConv(FrequencyKernelLayer):
         super().__init__(in_channels, out_channels)
         if sampled_positions is not None:
             check_positive_int("sampled_positions", sampled_positions)
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
-            raise HyperparameterError(f"`0 < decay <= 1` must hold, but got {decay=!r}")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise HyperparameterError(
+                f"`0 <= decay < 1` must hold (the share of the old state kept), but got {decay=!r}"
+            )
         if parameterization not in CFCONV_PARAMETERIZATIONS:
             raise HyperparameterError(
                 f"`parameterization` must be one of {list(CFCONV_PARAMETERIZATIONS)}, but got {parameterization=!r}"
@@ -175,7 +183,7 @@ class CFConv(FrequencyKernelLayer):
         self.hidden_features = tuple(hidden)
         factory = {"device": device, "dtype": dtype}
         if parameterization == "joint":
-            self.kernel_mlp: nn.Module = TwinMLP(4, self.hidden_features, 1, "relu", **factory)
+            self.kernel_mlp: nn.Module = TwinMLP(4, self.hidden_features, 1, "relu", init="he", **factory)
         else:
             self.kernel_mlp = _PairMLP(in_channels * out_channels, self.hidden_features, **factory)
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
@@ -248,15 +256,26 @@ class CFConv(FrequencyKernelLayer):
 
     # ------------------------------------------------------------------------------------------------ kernels
     def _mlp_at(self, positions: Tensor, h: int, w: int, dtype: torch.dtype) -> Tensor:
-        """The MLP's (real, imaginary) values at flat positions: (P,) -> (P, 2), checked for NaN / inf (the kernel's
-        only source of new values: the state was finite before)."""
-        if self.parameterization == "joint":
-            coords = position_coords(positions, h, w, self.in_channels, self.out_channels, dtype=dtype)
-            out = self.kernel_mlp(coords, dtype)  # (P, 4) -> (2, P, 1)
+        """The Hermitian part of the MLP, (M(f) + conj(M(-f))) / 2, at flat positions: (P,) -> (P, 2) (real,
+        imaginary), checked for NaN / inf (the kernel's only source of new values: the state was finite before).
+
+        The MLP is evaluated at each position's frequency f and at -f (same channel pair), one batch of 2P."""
+        joint = self.parameterization == "joint"
+        both = torch.cat([positions, positions])
+        coords = torch.cat([
+            position_coords(positions, h, w, self.in_channels, self.out_channels, dtype=dtype, channels=joint),
+            position_coords(positions, h, w, self.in_channels, self.out_channels, dtype=dtype, channels=joint,
+                            mirror=True),
+        ])
+        if joint:
+            out = self.kernel_mlp(coords, dtype)  # (2P, 4) -> (2, 2P, 1)
         else:
-            coords = position_coords(positions, h, w, self.in_channels, self.out_channels, dtype=dtype, channels=False)
-            out = self.kernel_mlp(coords, pair_index(positions, self.in_channels, self.out_channels), dtype)
-        return check_finite("kernel", out[..., 0].T, type(self).__name__)  # (2, P, 1) -> (P, 2)
+            out = self.kernel_mlp(coords, pair_index(both, self.in_channels, self.out_channels), dtype)
+        out = out[..., 0]  # (2, 2P): real, imaginary part at f (first P) and at -f (last P)
+        p = positions.numel()
+        at, mirrored = out[:, :p], out[:, p:]
+        values = 0.5 * torch.stack([at[0] + mirrored[0], at[1] - mirrored[1]], dim=-1)  # (P, 2)
+        return check_finite("kernel", values, type(self).__name__)
 
     def _mlp_everywhere(self, h: int, w: int, chunk: int | None = None) -> Tensor:
         """The MLP evaluated at every position: (H, Wf, C_in, C_out, 2); ``chunk`` bounds the memory (no grad)."""

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError, NasFlexError, NonFiniteError
 from nas_flex.functional.envelope import envelope_conv2d, envelope_weight
-from nas_flex.kernels.envelope import envelope_side
+from nas_flex.kernels.envelope import envelope_mass_side, envelope_side
 from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite
 from nas_flex.layers.registry import register
 
@@ -94,9 +94,10 @@ class EnvelopeConv(KernelLayer):
         sigma: (C_out,) apertures; the ``size_parameters()``. The paper trains them with the weights' optimizer
             and no weight decay; clip them with ``constrain_()`` after every step.
 
-    ``effective_kernel_size`` is the mean over the filters of the side of the region where the envelope exceeds
-    0.1 of its peak (``nas_flex.kernels.envelope.envelope_side``: 2 * 2.146 * sigma_u * n + 1 px, at most n), the
-    same 0.1 rule FlexConv crops its mask by. The weights outside it still count, just attenuated.
+    ``effective_kernel_size`` is the mean over the filters of the side of the centred window holding 90 % of the
+    envelope's mass (``nas_flex.kernels.envelope.envelope_mass_side``, continuous; the frequency layers' rule): it
+    keeps moving with sigma, where the side above 0.1 of the peak (``envelope_side``, FlexConv's crop rule, kept
+    in ``size_record`` as ``side_at_0.1``) sits at n for most apertures.
 
     Shape:
         (N, C_in, H, W) -> (N, C_out, H, W); the base grid must fit in the input (n <= H, W).
@@ -175,8 +176,11 @@ class EnvelopeConv(KernelLayer):
 
     @property
     def effective_kernel_size(self) -> tuple[float, float]:
-        """(height, width) in pixels: the mean over filters of the envelope's side above 0.1 of its peak (<= n)."""
-        side = float(envelope_side(self._aperture_values(), self.kernel_size).mean())
+        """(height, width) in pixels: the mean over filters of the side of the centred window holding 90 % of the
+        envelope's mass (``envelope_mass_side``, continuous, the frequency layers' rule). The side above 0.1 of
+        the peak reaches n once sigma_px > (n - 1) / 4.3 (most of the paper's init range), and then stops moving;
+        ``size_record`` keeps it as ``side_at_0.1``."""
+        side = float(envelope_mass_side(self._aperture_values(), self.kernel_size).mean())
         return side, side
 
     def size_parameters(self) -> Iterator[nn.Parameter]:
@@ -196,6 +200,7 @@ class EnvelopeConv(KernelLayer):
             "sigma_max": float(s.max()),
             "sigma_px": float(s.mean()) * self.kernel_size,  # the mean aperture in pixels
             "n": self.kernel_size,
+            "side_at_0.1": float(envelope_side(s, self.kernel_size).mean()),  # saturates at n
         }
 
     # ----------------------------------------------------------------------------------------------- forward

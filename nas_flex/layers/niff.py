@@ -29,12 +29,12 @@ from nas_flex.functional.niff import (
     separable_circular_conv2d_rfft,
     twin_mlp,
 )
-from nas_flex.kernels.frequency import hermitian_project, rfft_grid
-from nas_flex.kernels.mass import effective_size_from_mass, kernel_mass_ratio
+from nas_flex.kernels.frequency import full_grid, hermitian_part_rfft
+from nas_flex.kernels.mass import continuous_size_from_mass, effective_size_from_mass, kernel_mass_ratio
 from nas_flex.layers.base import KernelLayer, check_finite
 from nas_flex.layers.registry import register
 
-__all__ = ["NIFFConv", "TwinMLP", "NIFF_MLPS", "NIFF_MODES", "DEFAULT_GRID", "MASS_FRACTION"]
+__all__ = ["NIFFConv", "TwinMLP", "he_init_", "NIFF_MLPS", "NIFF_MODES", "DEFAULT_GRID", "MASS_FRACTION"]
 
 # preset -> (hidden widths, activation); the output width is the number of filters
 NIFF_MLPS: dict[str, tuple[tuple[int, ...], str]] = {
@@ -45,8 +45,26 @@ NIFF_MLPS: dict[str, tuple[tuple[int, ...], str]] = {
 NIFF_MODES = ("separable", "full")
 # The grid sizes refer to before the first forward (spatial_kernel, effective_kernel_size): a CIFAR feature map.
 DEFAULT_GRID = (32, 32)
-# effective_kernel_size: the smallest centred window holding this share of the kernel's absolute mass
+# effective_kernel_size: the side of the centred window holding this share of the kernel's absolute mass
 MASS_FRACTION = 0.9
+
+
+def he_init_(weights: Sequence[Tensor], biases: Sequence[Tensor]) -> None:
+    """Variance-preserving initialisation of a ReLU MLP (He et al. 2015, fan-in), in place.
+
+    Layers followed by a ReLU get U(+-sqrt(6 / fan_in)) (variance 2 / fan_in: the ReLU halves the second moment,
+    this doubles it back), the last (linear) layer U(+-sqrt(3 / fan_in)) (variance 1 / fan_in), biases 0. Then
+    every layer passes on the input-dependent spread instead of shrinking it: with nn.Linear's default
+    (variance 1 / (3 fan_in)) each ReLU layer keeps about 1/6 of the second moment and the biases take over, so a
+    10-layer MLP is constant up to 1e-4 of its mean. With coordinates in [-1, 1] the output's variance is then
+    about that of U[-1, 1]. The fan-in is the last axis of each weight (out, in).
+    """
+    with torch.no_grad():
+        for index, (w, b) in enumerate(zip(weights, biases)):
+            gain = 1.0 if index == len(weights) - 1 else 2.0
+            bound = math.sqrt(3.0 * gain / w.shape[-1])
+            w.uniform_(-bound, bound)
+            b.zero_()
 
 
 class TwinMLP(nn.Module):
@@ -57,6 +75,8 @@ class TwinMLP(nn.Module):
         hidden: hidden widths.
         out_features: outputs per position (per part).
         activation: "relu" or "silu".
+        init: "torch": nn.Linear's default (a 1x1 nn.Conv2d's, the NIFF authors'); "he": variance-preserving
+            (``he_init_``), for deep ReLU MLPs (CF-Conv's ten layers).
 
     Shape:
         (P, in_features) -> (2, P, out_features): index 0 real, 1 imaginary.
@@ -69,13 +89,17 @@ class TwinMLP(nn.Module):
         out_features: int,
         activation: str,
         *,
+        init: str = "torch",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise unknown_name("activation", activation, ACTIVATIONS)
+        if init not in ("torch", "he"):
+            raise HyperparameterError(f"`init` must be 'torch' or 'he', but got {init=!r}")
         self.activation = activation
+        self.init = init
         widths = [in_features, *hidden, out_features]
         factory = {"device": device, "dtype": dtype}
         self.weights = nn.ParameterList(
@@ -85,6 +109,9 @@ class TwinMLP(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.init == "he":
+            he_init_(list(self.weights), list(self.biases))
+            return
         # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases
         for w, b in zip(self.weights, self.biases):
             bound = 1 / math.sqrt(w.shape[-1])
@@ -125,20 +152,25 @@ class FrequencyKernelLayer(KernelLayer):
     # --------------------------------------------------------------------------------------------------- size
     @property
     def effective_kernel_size(self) -> tuple[float, float]:
-        """(height, width) in pixels of the last input's grid: per dimension, the side of the smallest centred
-        window holding 90 % of the spatial kernel's absolute mass (``DEFAULT_GRID`` before the first forward)."""
-        h, w = effective_size_from_mass(self.spatial_kernel(), MASS_FRACTION, circular=True)
-        return float(h), float(w)
+        """(height, width) in pixels of the last input's grid (``DEFAULT_GRID`` before the first forward): per
+        dimension, the side of the centred window holding 90 % of the spatial kernel's absolute mass, with the side
+        continuous (``nas_flex.kernels.mass.continuous_size_from_mass``), so it moves smoothly with the kernel;
+        ``size_record`` adds the integer window (the smallest odd one holding 90 %)."""
+        return continuous_size_from_mass(self.spatial_kernel(), MASS_FRACTION, circular=True)
 
     def size_parameters(self) -> Iterator[nn.Parameter]:
         """None: the kernel is as large as the input; its effective size is learned through all MLP weights."""
         return iter(())
 
     def _mass_record(self) -> dict[str, Any]:
-        """The grid and the share of the kernel's absolute mass in the central 3x3, for size_record."""
+        """The grid, the integer 90 %-mass window and the share of the kernel's absolute mass in the central 3x3, for
+        size_record."""
         h, w = self.last_input_size or DEFAULT_GRID
-        ratio3 = kernel_mass_ratio(self.spatial_kernel(), [3], circular=True).mean()
-        return {"grid_height": h, "grid_width": w, "mass_in_3x3": float(ratio3)}
+        kernel = self.spatial_kernel()
+        ratio3 = kernel_mass_ratio(kernel, [3], circular=True).mean()
+        wh, ww = effective_size_from_mass(kernel, MASS_FRACTION, circular=True)
+        return {"grid_height": h, "grid_width": w, "window_height": wh, "window_width": ww,
+                "mass_in_3x3": float(ratio3)}
 
 
 @register("niff")
@@ -152,14 +184,24 @@ class NIFFConv(FrequencyKernelLayer):
     gives C_out x C_in filters and the channels are summed per frequency (scaled by 1 / sqrt(C_in), the fan-in, so
     the output variance does not grow with C_in).
 
-    The spectrum is made Hermitian (``nas_flex.kernels.frequency.hermitian_project``), so the layer is exactly a
-    circular convolution with the real kernel ``spatial_kernel()``. A new input size resamples the continuous
-    filter: frequencies are normalised (1 = Nyquist), so a filter keeps its extent in pixels.
+    The filter is built as the authors build it: the MLP is evaluated over the full frequency plane
+    (``nas_flex.kernels.frequency.full_grid``) and its Hermitian part (M(f) + conj(M(-f))) / 2 is the spectrum
+    (``hermitian_part_rfft``; what their ``ifft2(...).real`` applies), kept on the rfft layout, so the layer is
+    exactly a circular convolution with the real kernel ``spatial_kernel()``. A new input size resamples the
+    continuous filter: frequencies are normalised (1 = Nyquist), so a filter keeps its extent in pixels.
+
+    **Stem.** The paper's networks keep their first convolution spatial (the authors' ResNet: a 7x7 ``nn.Conv2d``;
+    NIFF replaces the stride-1 convolutions after it). On a 1-channel input the separable form is degenerate: its
+    C_out kernels are one depthwise filter times a scalar each (measured: mean |cos| 1.00 between them). So
+    ``mode="separable"`` with ``in_channels=1`` raises; use ``mode="full"`` there, or a spatial stem before the
+    layer, which the backbones build (``spatial_stem``: the kernel size of the plain convolution they put first).
 
     The kernel is as large as the input; there is no explicit size parameter (``size_parameters()`` yields nothing).
-    ``effective_kernel_size`` is, per dimension, the side of the smallest centred window that holds 90 % of the
-    spatial kernel's absolute mass (the paper's kernel mass ratio), on the last input's grid, or on the 32 x 32
-    ``DEFAULT_GRID`` before the first forward.
+    ``effective_kernel_size`` is, per dimension, the side of the centred window holding 90 % of the spatial
+    kernel's absolute mass (the paper's kernel mass ratio), continuous in the kernel
+    (``nas_flex.kernels.mass.continuous_size_from_mass``), on the last input's grid, or on the 32 x 32
+    ``DEFAULT_GRID`` before the first forward; ``size_record`` adds the integer window (``window_height``,
+    ``window_width``).
 
     Args:
         in_channels: C_in.
@@ -183,6 +225,8 @@ class NIFFConv(FrequencyKernelLayer):
 
     domain: ClassVar[str] = "frequency"
     example_hparams: ClassVar[dict[str, Any]] = {"mode": "separable", "mlp": "small"}
+    #: the kernel size of the plain convolution a backbone puts first (the authors' ResNet stem: 7x7)
+    spatial_stem: ClassVar[int | None] = 7
 
     def __init__(
         self,
@@ -202,6 +246,12 @@ class NIFFConv(FrequencyKernelLayer):
             raise HyperparameterError(f"`mlp` must be one of {list(NIFF_MLPS)}, but got {mlp=!r}")
         if not isinstance(bias, bool):
             raise HyperparameterError(f"`bias` must be a bool, but got {bias=!r}")
+        if mode == "separable" and in_channels == 1:
+            raise HyperparameterError(
+                "NIFF mode='separable' on in_channels=1 learns one filter (every output kernel is a multiple of it); "
+                "use mode='full' for this layer, or put a spatial stem before it (the backbones do: "
+                "NIFFConv.spatial_stem)"
+            )
         self.mode = mode
         self.mlp = mlp
         hidden, activation = NIFF_MLPS[mlp]
@@ -239,11 +289,13 @@ class NIFFConv(FrequencyKernelLayer):
         dtype = self._param_dtype()
         device = self.filter_mlp.weights[0].device
         with torch.autocast(device_type=device.type, enabled=False):
-            grid = rfft_grid(h, w, device=device, dtype=dtype)  # (2, H, Wf)
-            wf = grid.shape[-1]
-            out = self.filter_mlp(grid.reshape(2, h * wf).T, dtype)  # (H*Wf, 2) -> (2, H*Wf, C)
-            spec = torch.complex(out[0], out[1]).reshape(h, wf, -1)  # (H*Wf, C) -> (H, Wf, C)
-            spec = hermitian_project(spec, w, dims=(0, 1))
+            # the authors' construction: the MLP over the full frequency plane, then its Hermitian part (what their
+            # ifft2(...).real applies), kept on the rfft layout
+            grid = full_grid(h, w, device=device, dtype=dtype)  # (2, H, W)
+            out = self.filter_mlp(grid.reshape(2, h * w).T, dtype)  # (H*W, 2) -> (2, H*W, C)
+            spec = torch.complex(out[0], out[1]).reshape(h, w, -1)  # (H*W, C) -> (H, W, C)
+            spec = hermitian_part_rfft(spec, w, dims=(0, 1))  # -> (H, Wf, C)
+            wf = spec.shape[1]
             if self.mode == "full":
                 # (H, Wf, C_out*C_in) -> (H, Wf, C_out, C_in) -> (C_out, C_in, H, Wf), a view: the conv's batched
                 # matmul reads the (H, Wf, C_in, C_out) order from it without a copy
@@ -290,4 +342,4 @@ def _size_repr(layer: KernelLayer) -> str:
     if any(p.device.type == "meta" for p in layer.parameters()):
         return f"kernel_size=? (learned, 90% mass; meta device) {where}"
     h, w = layer.effective_kernel_size
-    return f"kernel_size={int(h)}x{int(w)} (learned, 90% mass {where})"
+    return f"kernel_size={h:.1f}x{w:.1f} (learned, 90% mass {where})"

@@ -23,7 +23,8 @@ def _head(channels: int, num_classes: int) -> nn.Sequential:
 class SimpleCNN(nn.Module):
     """The 2- and 4-layer CNNs of the N-Jet (Pintea et al., Exp. 4A) and ACONV (Tek et al., Table 1) papers.
 
-    ``depth`` convolutions of ``width`` channels, each conv - BN - ReLU, with the pooling step after every second
+    ``depth`` convolutions of ``width`` channels (the first from ``ConvFactory.stem``: a plain convolution for
+    layers whose papers keep a spatial stem, NIFF), each conv - BN - ReLU, with the pooling step after every second
     one, then either global average pooling and a linear classifier (``head="gap"``, resolution-independent, as the
     N-Jet scale experiments need) or ACONV's dense head (``head="dense"``: flatten, dropout, 256 units, BN, ReLU,
     dropout, linear; needs ``input_size``).
@@ -37,8 +38,9 @@ class SimpleCNN(nn.Module):
             raise HyperparameterError(f"backbone 'simple' has depth 2 or 4 (the papers' nets), but got {depth=}")
         layers: list[nn.Module] = []
         c, downsamples = in_channels, 0
+        stem = getattr(conv, "stem", conv)
         for i in range(depth):
-            layer = conv(c, width)
+            layer = (stem if i == 0 else conv)(c, width)
             layers += [layer, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             c = width
             if i % 2 == 1:
@@ -100,7 +102,8 @@ class CIFARResNet(nn.Module):
         if depth not in (20, 32, 44, 56, 110) or (depth - 2) % 6:
             raise HyperparameterError(f"backbone 'resnet' has depth 6n + 2 (20, 32, 44, ...), but got {depth=}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(conv(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        stem = getattr(conv, "stem", conv)  # ConvFactory.stem: spatial for layers whose papers keep it so (NIFF)
+        self.stem = nn.Sequential(stem(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
         c = width
         for s, mult in enumerate((1, 2, 4)):
@@ -134,7 +137,8 @@ class FlexNet(nn.Module):
         if depth < 1:
             raise HyperparameterError(f"backbone 'flexnet' needs depth >= 1 blocks, but got {depth=}")
         widths = [round(width * FLEXNET_WIDTHS[min(i, len(FLEXNET_WIDTHS) - 1)]) for i in range(depth)]
-        self.stem = nn.Sequential(conv(in_channels, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stem = getattr(conv, "stem", conv)  # ConvFactory.stem: spatial for layers whose papers keep it so (NIFF)
+        self.stem = nn.Sequential(stem(in_channels, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
         c = widths[0]
         for i, w in enumerate(widths):

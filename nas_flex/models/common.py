@@ -9,6 +9,7 @@ from torch import nn
 
 from nas_flex.errors import HyperparameterError, unknown_name
 from nas_flex.layers import build as build_layer
+from nas_flex.layers import get as get_layer
 from nas_flex.layers import hparam_names
 from nas_flex.layers.conv import POOLING_MODES, Pool2d
 
@@ -53,6 +54,18 @@ class ConvFactory:
         layer = build_layer(self.conv, in_channels, out_channels, **hp)
         self.built.append(layer)
         return layer
+
+    def stem(self, in_channels: int, out_channels: int) -> nn.Module:
+        """The backbone's first convolution (the one reading the input).
+
+        The layer's own, unless its class names a ``spatial_stem`` kernel size (NIFF: the papers' networks keep
+        their first convolution spatial); then a plain ``conv`` of that size, which learns no size and takes no
+        ``kernel_size`` entry.
+        """
+        side = getattr(get_layer(self.conv), "spatial_stem", None)
+        if side is None:
+            return self(in_channels, out_channels)
+        return build_layer("conv", in_channels, out_channels, kernel_size=side)
 
     def finish(self) -> None:
         if isinstance(self.kernel_size, (list, tuple)) and self.takes_kernel_size:
