@@ -297,14 +297,17 @@ def _levels(directory: Path) -> dict[int, list[Path]]:
 def _merge_levels(root: Path, sub: str, schema: pa.Schema, select: Select, journal: str, *, merge_at: int,
                   sync: bool) -> list[Path]:
     made = []
-    small = _levels(root / sub).get(0, [])
-    if len(small) >= merge_at:
-        batch = small[: merge_at * MERGE_FANOUT ** (MAX_LEVEL - 1)]  # a backlog (an old storage) in a few steps
+    # row files written while another process merged (or by an older nas_flex) wait as a backlog: merge it all, in
+    # batches of at most a top-level file's rows
+    while len(small := _levels(root / sub).get(0, [])) >= merge_at:
+        batch = small[: merge_at * MERGE_FANOUT ** (MAX_LEVEL - 1)]
         level = 1
         while level < MAX_LEVEL and len(batch) >= merge_at * MERGE_FANOUT**level:
             level += 1
-        if (out := merge_files(root, sub, schema, batch, level, select, journal=journal, sync=sync)) is not None:
-            made.append(out)
+        out = merge_files(root, sub, schema, batch, level, select, journal=journal, sync=sync)
+        if out is None:
+            break  # a file changed under the merge, or too few were readable: another time
+        made.append(out)
     for level in range(1, MAX_LEVEL):
         files = _levels(root / sub).get(level, [])
         while len(files) >= MERGE_FANOUT:
