@@ -250,6 +250,8 @@ def test_concurrent_writers_merging_with_a_reader_and_compaction(tmp_path, small
                 df = lb.to_pandas()  # read while files are merged away under it: never a row lost or doubled
                 assert len(df) >= seen[-1] and not df.duplicated(["experiment", "trial_id"]).any()
                 seen.append(len(df))
+                top = lb.top(3)  # fetches whole rows from files that merges may retire meanwhile
+                assert min(3, len(df)) <= len(top) <= 3 and top["metrics_val_acc"].is_monotonic_decreasing
                 reads += 1
                 if reads % 10 == 5:
                     compact(board)
@@ -366,6 +368,8 @@ def test_a_corrupt_file_no_longer_hides_the_other_rows(tmp_path, small_levels, c
     with pytest.raises(CorruptLeaderboardError, match=rf"empty--x\.parquet.*{merged.name}"):
         Leaderboard(tmp_path, on_corrupt="raise").top(3)
     assert issubclass(CorruptLeaderboardError, NasFlexError)
+    with pytest.raises(LeaderboardSchemaError, match="`on_corrupt` must be 'warn' or 'raise', but got 'skip'"):
+        Leaderboard(tmp_path, on_corrupt="skip")
 
     # the CLI: the table of the readable rows, and one warning line naming both files
     assert main(["leaderboard", str(tmp_path), "--top", "3"]) == 0

@@ -4,14 +4,16 @@ A search writes one small file per trial (atomic, so writers never coordinate). 
 10^5 files of ~25 KB, each with its own ~20 KB footer, and every query would open them all. So, levelled like a
 log-structured merge tree:
 
-* once ``merge_at`` (64) row files are in the directory, the writer that notices merges them into one
+* once ``merge_at`` (16) row files are in the directory, the writer that notices merges them into one
   ``merged-1-<uuid>.parquet``;
 * once ``MERGE_FANOUT`` (8) merged files of level L are there, they become one of level L+1, up to ``MAX_LEVEL``
-  (4: 64 * 8**3 = 32,768 rows a file).
+  (5: 16 * 8**4 = 65,536 rows a file).
 
-At 10^5 trials that is about 3 + 7 + 7 + 7 merged files and up to 63 row files; each row is rewritten at most
-``MAX_LEVEL`` times. Merged files have row groups of ``ROW_GROUP_ROWS`` rows, so a reader fetches a chosen row by
-reading one row group, and min/max statistics only on short columns, so footers stay small.
+At 10^5 trials that is at most 1 + 4 + 7 + 7 + 7 merged files and 15 row files (reading a file costs about the
+same whatever its level, so the count is what a query pays for); each row is rewritten at most ``MAX_LEVEL`` times,
+and the largest merge (65,536 rows) takes a few seconds, once per 65,536 trials. Merged files have row groups of
+``ROW_GROUP_ROWS`` rows, so a reader fetches a chosen row by reading one row group, and min/max statistics only on
+short columns, so footers stay small.
 
 Safety, the same as ``compact()`` always had: a merge writes its output under a hidden temporary name, renames it
 into place and only then removes its inputs, each only if it is still the very file that was read (a trial
@@ -68,7 +70,7 @@ __all__ = ["MERGE_FANOUT", "MAX_LEVEL", "ROW_GROUP_ROWS", "maybe_merge", "compac
 #: merged files of one level that make one of the next level
 MERGE_FANOUT = 8
 #: the highest level automatic merges make (compact() folds everything into one file)
-MAX_LEVEL = 4
+MAX_LEVEL = 5
 #: rows per row group of a merged file: fetching one chosen row reads one row group
 ROW_GROUP_ROWS = 1024
 _LEFTOVER_SECONDS = 3600.0

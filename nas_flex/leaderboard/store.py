@@ -63,7 +63,7 @@ __all__ = [
 HISTORY_DIR = "_history"
 MERGE_DIR = "_merge"
 #: row files that make a writer merge them into one file (0: never merge; see nas_flex.leaderboard.merge)
-MERGE_AT = 64
+MERGE_AT = 16
 _SUFFIX = ".parquet"
 _CLEAN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 # merged files: never a "--" in the name, which every trial's row file has
