@@ -72,8 +72,8 @@ COMPACTED_LEVEL = 99  # compact()'s output: never merged again automatically
 _READ_RETRIES = 20
 _KEYS = ("experiment", "trial_id", "finished", "written_at")  # what one-row-per-trial needs
 # long free-text columns: min/max statistics of them fill the footer and no query filters on them
-_NO_STATISTICS = {"config", "search_params", "error", "learned_sizes", "learned_sizes_json", "params_conv_hparams",
-                  "params_data_options"}
+_NO_STATISTICS = {"config", "search_params", "error", "learned_sizes", "learned_sizes_json", "initial_sizes",
+                  "initial_sizes_json", "size_recipes", "params_conv_hparams", "params_data_options"}
 _ON_CORRUPT = ("warn", "raise", "ignore")
 _T = TypeVar("_T")
 
