@@ -96,9 +96,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     """A leaderboard directory as a table: filter, sort, top N, chosen columns."""
-    from nas_flex.leaderboard import format_leaderboard
+    import warnings
 
-    print(format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where, columns=args.columns))
+    from nas_flex.leaderboard import CorruptFileWarning, format_leaderboard
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CorruptFileWarning)
+        text = format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where, columns=args.columns)
+    for w in caught:  # a skipped unreadable file: one line, not a warning with its source location
+        if issubclass(w.category, CorruptFileWarning):
+            print(f"nas-flex: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print(text)
     return 0
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "SearchSpaceError",
     "UnknownNameError",
     "LeaderboardSchemaError",
+    "CorruptLeaderboardError",
     "HyperparameterError",
     "NonFiniteError",
     "check_shape",
@@ -43,6 +44,10 @@ class UnknownNameError(NasFlexError, ValueError):
 
 class LeaderboardSchemaError(NasFlexError, ValueError):
     """A leaderboard file does not have the columns or schema version expected."""
+
+
+class CorruptLeaderboardError(LeaderboardSchemaError):
+    """Files of a leaderboard are not readable Parquet (truncated, empty, overwritten); the message names them all."""
 
 
 class NonFiniteError(NasFlexError, FloatingPointError):

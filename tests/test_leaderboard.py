@@ -297,11 +297,11 @@ def test_compact_keeps_every_row_and_runs_twice(tmp_path):
 
 
 def test_a_rewrite_during_compaction_is_kept(tmp_path, monkeypatch):
-    import nas_flex.leaderboard.store as store
+    import nas_flex.leaderboard.merge as merge
 
     for tid in ("a", "b"):
         write_trial(tmp_path, make_result(0.5), experiment="e", trial_id=tid)
-    retire = store._retire
+    retire = merge._retire
 
     def rewrite_then_retire(file, stat):  # a trial rewrites its row after compact() read it, before its removal
         if file.name == "e--a.parquet":
@@ -310,7 +310,7 @@ def test_a_rewrite_during_compaction_is_kept(tmp_path, monkeypatch):
             write_trial(tmp_path, late, experiment="e", trial_id="a")
         retire(file, stat)
 
-    monkeypatch.setattr(store, "_retire", rewrite_then_retire)
+    monkeypatch.setattr(merge, "_retire", rewrite_then_retire)
     compact(tmp_path, history=False)
     assert (tmp_path / "e--a.parquet").exists() and not (tmp_path / "e--b.parquet").exists()
     assert Leaderboard(tmp_path).to_pandas()["metrics_val_acc"].tolist() == [0.9, 0.5]

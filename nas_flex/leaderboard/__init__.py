@@ -1,4 +1,5 @@
-"""Parquet leaderboards: one atomic, schema-versioned file per finished trial, and ``Leaderboard`` to query them.
+"""Parquet leaderboards: one atomic, schema-versioned file per finished trial, merged into larger files as they pile
+up, and ``Leaderboard`` to query them.
 
 Stands alone: pyarrow, pandas (for reading, imported on first use) and ``nas_flex.errors`` only, never torch, Ray or
 Optuna, so a notebook or a CI job reads a leaderboard without the training stack.
@@ -19,13 +20,25 @@ from nas_flex.leaderboard.schema import (
     SCHEMA_VERSION,
     TRIAL_SCHEMA,
 )
-from nas_flex.leaderboard.store import compact, trial_file_name, write_trial
+from nas_flex.leaderboard.store import (
+    MERGE_AT,
+    CorruptFileWarning,
+    MergeWarning,
+    check_storage,
+    compact,
+    trial_file_name,
+    write_trial,
+)
 from nas_flex.leaderboard.table import format_leaderboard
 
 __all__ = [
     "Leaderboard",
     "write_trial",
     "compact",
+    "check_storage",
+    "CorruptFileWarning",
+    "MergeWarning",
+    "MERGE_AT",
     "trial_file_name",
     "format_leaderboard",
     "SCHEMA_VERSION",

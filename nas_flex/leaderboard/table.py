@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nas_flex.errors import LeaderboardSchemaError
 from nas_flex.leaderboard.board import Leaderboard, _unknown_column
+from nas_flex.leaderboard.schema import METRIC_DIRECTIONS, TRIAL_SCHEMA
+from nas_flex.leaderboard.store import retry_reads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,26 +73,22 @@ def format_table(df: pd.DataFrame) -> str:
     return shown.to_string(index=False)
 
 
-def select_rows(df: pd.DataFrame, directions: dict[str, str], *, top: int | None = None,
-                sort: str | None = "metrics_val_acc", where: str | None = None,
-                columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Filter (``where``: a ``DataFrame.query`` expression), sort (best first for a metric with a recorded direction,
-    else ascending; missing values last), keep ``top`` rows and ``columns``.
-
-    Raises:
-        LeaderboardSchemaError: an unknown column (the valid ones listed), a bad expression, or ``top < 1``.
-    """
-    valid = list(df.columns)
+def _shown(df: pd.DataFrame, columns: Sequence[str] | None, valid: Sequence[str]) -> list[str]:
     if columns:
         names = [c.strip() for part in columns for c in part.split(",") if c.strip()]
         for c in names:
-            if c not in df.columns:
+            if c not in valid:
                 raise _unknown_column("column", c, valid)
-    else:
-        names = list(DEFAULT_COLUMNS)
-        if df["experiment"].nunique() > 1:
-            names.insert(0, "experiment")
-    if sort is not None and sort not in df.columns:
+        return names
+    names = list(DEFAULT_COLUMNS)
+    if df["experiment"].nunique() > 1:
+        names.insert(0, "experiment")
+    return names
+
+
+def _pick(df: pd.DataFrame, directions: dict[str, str], *, top: int | None, sort: str | None, where: str | None,
+          valid: Sequence[str]) -> pd.DataFrame:
+    if sort is not None and sort not in valid:
         raise _unknown_column("sort column", sort, valid)
     if top is not None and top < 1:
         raise LeaderboardSchemaError(f"--top must be >= 1, but got {top}")
@@ -106,15 +105,54 @@ def select_rows(df: pd.DataFrame, directions: dict[str, str], *, top: int | None
         df = df.sort_values(sort, ascending=directions.get(sort, "min") == "min", na_position="last", kind="stable")
     if top is not None:
         df = df.head(top)
-    return df[names]
+    return df
+
+
+def select_rows(df: pd.DataFrame, directions: dict[str, str], *, top: int | None = None,
+                sort: str | None = "metrics_val_acc", where: str | None = None,
+                columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Filter (``where``: a ``DataFrame.query`` expression), sort (best first for a metric with a recorded direction,
+    else ascending; missing values last), keep ``top`` rows and ``columns``.
+
+    Raises:
+        LeaderboardSchemaError: an unknown column (the valid ones listed), a bad expression, or ``top < 1``.
+    """
+    valid = list(df.columns)
+    names = _shown(df, columns, valid)
+    return _pick(df, directions, top=top, sort=sort, where=where, valid=valid)[names]
+
+
+def _named_in(expression: str | None, valid: Sequence[str]) -> set[str]:
+    """The columns an expression may use: every identifier in it that is a column name (a superset is harmless)."""
+    if not expression:
+        return set()
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)) & set(valid)
 
 
 def format_leaderboard(path: str | os.PathLike, *, top: int | None = None, sort: str | None = "metrics_val_acc",
-                       where: str | None = None, columns: Sequence[str] | None = None) -> str:
-    """The leaderboard at ``path`` as a text table (see ``select_rows``), or a line saying that no row is left."""
-    lb = Leaderboard(path)
-    df, directions = lb._read()
-    out = select_rows(df, directions, top=top, sort=sort, where=where, columns=columns)
+                       where: str | None = None, columns: Sequence[str] | None = None,
+                       on_corrupt: str = "warn") -> str:
+    """The leaderboard at ``path`` as a text table (see ``select_rows``), or a line saying that no row is left.
+
+    Reads the columns that filter and sort need for every trial, then the shown columns of the rows shown only.
+    """
+    from nas_flex.leaderboard.board import to_pandas
+    from nas_flex.leaderboard.store import without_location
+
+    valid = TRIAL_SCHEMA.names
+    lb = Leaderboard(path, on_corrupt=on_corrupt)
+
+    def read(skip: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+        needed = {"experiment", "trial_id", *([sort] if sort in valid else []), *_named_in(where, valid)}
+        snap = lb.snapshot(sorted(needed), skip=skip)
+        directions = {**METRIC_DIRECTIONS, **snap.directions}
+        df = to_pandas(without_location(snap.table))
+        names = _shown(df, columns, valid)
+        picked = _pick(df, directions, top=top, sort=sort, where=where, valid=valid)
+        shown = to_pandas(snap.rows(picked.index.to_numpy(), names))
+        return df, shown
+
+    df, out = retry_reads(read, on_corrupt=on_corrupt)
     if out.empty:
         return f"no trials in {str(path)!r}" + (f" match {where!r}" if where and len(df) else "")
     summary = f"{len(out)} of {len(df)} trials" + (f", sorted by {sort}" if sort else "")
