@@ -9,7 +9,9 @@ parameter leaves its initial value (e.g. the DARTS alphas' normalized entropy). 
     python experiments/main_job_sizes.py --methods flexconv --set 'conv_hparams={}'   # the authors' mask init
 
 Prints one line per trial (val_acc, seconds) and one per learned-size layer (size and raw size parameter, init ->
-learned); ``--out FILE.jsonl`` appends every result's summary.
+learned); for the mixed kernel also its lowest normalized entropy by epoch (the alphas' own Adam has a constant
+learning rate, so one long run shows the budget at which they leave uniform). ``--out FILE.jsonl`` appends every
+result's summary, with each layer's raw size parameter after every epoch.
 """
 
 from __future__ import annotations
@@ -69,8 +71,11 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             row["probabilities"] = [round(p, 3) for p in last["probabilities"]]
         layers.append(row)
     cfg = result["config"]
+    # each layer's raw size parameter after every epoch (epoch 0: init), to read the budget at which it moves
+    trace = [[(_size_parameter(r) or ("", float("nan")))[1] for r in h["learned_sizes"]] for h in result["history"]]
     return {"conv": cfg["conv"], "pooling": cfg["pooling"], "kernel_size": cfg.get("kernel_size"),
-            "epochs": cfg["epochs"], "size_update": cfg["size_update"], "conv_hparams": cfg["conv_hparams"],
+            "param_history": trace, "epochs": cfg["epochs"], "size_update": cfg["size_update"],
+            "conv_hparams": cfg["conv_hparams"],
             "status": result["status"], "val_acc": result["metrics"]["val_acc"],
             "best_val_acc": result["best"]["val_acc"], "train_seconds": result["train_seconds"], "layers": layers}
 
@@ -88,6 +93,12 @@ def _print(summary: dict[str, Any]) -> None:
         if "probabilities" in layer:
             text += f"  p={layer['probabilities']}"
         print(text, flush=True)
+    if summary["layers"] and summary["layers"][0].get("param") == "normalized_entropy":
+        lowest = [min(epoch) for epoch in summary["param_history"]]
+        below = next((e for e, v in enumerate(lowest) if v < 0.9), None)
+        marks = sorted({e for e in (1, 2, 3, 6, 12, 24, 48, 96) if e < len(lowest)} | {len(lowest) - 1})
+        print("    lowest normalized entropy by epoch: " + ", ".join(f"{e}: {lowest[e]:.4f}" for e in marks)
+              + f"; first below 0.9: {'epoch ' + str(below) if below is not None else 'not reached'}", flush=True)
 
 
 def main() -> None:
