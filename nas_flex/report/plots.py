@@ -2,7 +2,7 @@
 
 Figures:
     * ``sizes_vs_depth.png``: learned kernel size per layer against depth for the best learned-size trial of each
-      method (FlexConv paper Fig. 6 style);
+      method (FlexConv paper Fig. 6 style), and dashed where each started (``initial_sizes_json``, epoch 0);
     * ``acc_vs_flops.png``: accuracy against FLOPs per trial, coloured by method, with the Pareto front;
     * ``grid_vs_learned.png``: per method (``params_conv``): best accuracy, and the FLOPs and parameters of that
       best trial, side by side; fixed-size (grid) methods and learned-size ones are told apart;
@@ -31,8 +31,8 @@ def _plt():
     return plt
 
 
-def _sizes(row: Any) -> list[dict[str, Any]]:
-    text = row.get("learned_sizes_json")
+def _sizes(row: Any, column: str = "learned_sizes_json") -> list[dict[str, Any]]:
+    text = row.get(column)
     return json.loads(text) if isinstance(text, str) and text else []
 
 
@@ -48,13 +48,17 @@ def _sizes_vs_depth(df, metric: str, path: Path, top: int) -> str:
                 continue
             depth = list(range(1, len(recs) + 1))
             size = [(r["height"] + r["width"]) / 2 for r in recs]
-            ax.plot(depth, size, marker="o", label=f"{conv} {row['trial_id']} ({row[metric]:.3f})")
+            line = ax.plot(depth, size, marker="o", label=f"{conv} {row['trial_id']} ({row[metric]:.3f})")[0]
+            init = _sizes(row, "initial_sizes_json")
+            if len(init) == len(recs):  # where the sizes started (epoch 0), dashed in the same colour
+                ax.plot(depth, [(r["height"] + r["width"]) / 2 for r in init], ls="--", marker=".", lw=0.8,
+                        color=line.get_color())
             lines.append(f"{conv} {row['trial_id']}")
     if not lines:
         ax.text(0.5, 0.5, "no learned-size trials", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("layer (depth)")
     ax.set_ylabel("learned kernel size (px, mean of h and w)")
-    ax.set_title("Learned kernel size per layer")
+    ax.set_title("Learned kernel size per layer (dashed: at initialisation)")
     if lines:
         ax.legend(fontsize=7)
     fig.tight_layout()
