@@ -6,7 +6,7 @@ of varied sizes (its Fig. 4c, 5f). Here: the main job's envelope network (simple
 n = 7 base grid, max pooling) on ``digits-multiscale``, apertures at the weights' learning rate (the paper's
 recipe). Where does each filter's aperture go, and does the initial linear order survive?
 
-    python experiments/envelope_apertures.py                # CPU budget: 12 epochs, 1 seed, a few minutes
+    python experiments/envelope_apertures.py                # CPU budget: 8 epochs, 1 seed, a few minutes
     python experiments/envelope_apertures.py --full --device cuda   # 60 epochs, 3 seeds
 
 Prints, per layer, the aperture range at init and after training, the mean relative change, and the rank
@@ -35,7 +35,7 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
     args = parser(__doc__.split("\n\n")[0]).parse_args()
-    epochs, seeds, out = setup(args, epochs=(12, 60), seeds=([0], [0, 1, 2]))
+    epochs, seeds, out = setup(args, epochs=(8, 60), seeds=([0], [0, 1, 2]))
     n = CONFIG["kernel_size"]
     runs = []
     for seed in seeds:
