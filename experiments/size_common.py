@@ -53,8 +53,14 @@ def train(config: dict[str, Any], *, keep_weights: bool = False) -> tuple[dict[s
     return result, state
 
 
-def evaluate(config: dict[str, Any], state: dict[str, torch.Tensor], *, image_size: int) -> float:
-    """Validation accuracy of trained weights on the trial's dataset at another ``image_size``."""
+def evaluate(config: dict[str, Any], state: dict[str, torch.Tensor], *, image_size: int,
+             kernel_scale: dict[str, float] | None = None) -> float:
+    """Validation accuracy of trained weights on the trial's dataset at another ``image_size``.
+
+    ``kernel_scale``: layer kind -> factor on that kind's convolution (its output less its bias), e.g. FlexConv's
+    change of sampling rate, (r_train / r_test)^2 in 2-D (Romero et al. 2022, Eq. 9): a kernel sampled twice as
+    densely sums four times as many taps.
+    """
     from nas_flex.data import get_dataset
     from nas_flex.models import build
     from nas_flex.train.config import resolve_config
@@ -65,6 +71,10 @@ def evaluate(config: dict[str, Any], state: dict[str, torch.Tensor], *, image_si
                   input_size=tuple(splits.input_shape[1:]))
     model.load_state_dict(state)
     model.eval()
+    for module in model.modules():
+        factor = (kernel_scale or {}).get(getattr(module, "kind", None))
+        if factor is not None:
+            module.register_forward_hook(_rescale_hook(factor))
     loader = torch.utils.data.DataLoader(splits.val, batch_size=256, shuffle=False)
     correct = count = 0
     with torch.no_grad():
@@ -72,6 +82,17 @@ def evaluate(config: dict[str, Any], state: dict[str, torch.Tensor], *, image_si
             correct += int((model(x).argmax(1) == y).sum())
             count += len(y)
     return correct / count
+
+
+def _rescale_hook(factor: float):
+    def hook(module, inputs, output):
+        bias = getattr(module, "bias", None)
+        if bias is None:
+            return output * factor
+        b = bias.view(1, -1, *([1] * (output.dim() - 2)))
+        return (output - b) * factor + b
+
+    return hook
 
 
 def layer_records(result: dict[str, Any], epoch: int | None = None) -> list[dict[str, Any]]:
