@@ -8,7 +8,7 @@ channels and max pooling after the second (FlexNet has none; pooling halves the 
 relative positions in [-1, 1] across the layer's input, so its sigma compares across depth as a fraction of the
 feature map (layers 3-4 see 16x16, so their pixels are twice as large in the image).
 
-    python experiments/flexconv_sizes.py                 # CPU budget: 6 epochs, 1 seed, a few minutes at 1 thread
+    python experiments/flexconv_sizes.py                 # CPU budget: 12 epochs, 1 seed, a few minutes at 1 thread
     python experiments/flexconv_sizes.py --full --device cuda   # 40 epochs, 3 seeds
 
 Prints each layer's kernel size (px, the mask's crop) and mask sigma at init and after training, per scale, and
@@ -36,7 +36,7 @@ def _sigma(r: dict) -> float:
 
 def main() -> None:
     args = parser(__doc__.split("\n\n")[0]).parse_args()
-    epochs, seeds, out = setup(args, epochs=(6, 40), seeds=([0], [0, 1, 2]))
+    epochs, seeds, out = setup(args, epochs=(12, 40), seeds=([0], [0, 1, 2]))
     runs: dict[str, list[dict]] = {k: [] for k in SCALES}
     for seed in seeds:
         for name, scales in SCALES.items():
