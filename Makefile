@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 # The main job: the grid-vs-learned search on the built-in digits-multiscale data, on the embedded local Ray
-# (18 trials, a few minutes on 2 CPU cores); prints the leaderboard and the best learned-size trial's sizes.
+# (18 trials, a few minutes on 2 CPU cores); prints the leaderboard and each learned method's sizes, init -> learned.
 SEARCH_STORAGE ?= runs/grid_vs_learned
 search: setup
 	$(BIN)/nas-flex search search_spaces/grid_vs_learned.py --storage $(SEARCH_STORAGE)

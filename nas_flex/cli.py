@@ -126,8 +126,6 @@ def _parse_objectives(items: list[str] | None) -> dict[str, str] | None:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     """Run a search space file with Ray Tune + Optuna; print the leaderboard and the best learned sizes."""
-    import json
-
     from nas_flex.leaderboard import format_leaderboard
     from nas_flex.tune import search
 
@@ -145,14 +143,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(format_leaderboard(args.storage, sort="metrics_val_acc", where=f"experiment == {experiment!r}"))
     learned = df[(df["experiment"] == experiment) & (df["status"] == "completed") & (df["params_conv"] != "conv")]
     if len(learned):
-        best = learned.sort_values("metrics_val_acc", ascending=False).iloc[0]
+        from nas_flex.leaderboard.sizes import format_size_changes, size_changes
+
+        ranked = learned.sort_values("metrics_val_acc", ascending=False, kind="stable")
+        best = ranked.iloc[0]
         print(f"\nBest learned-size trial: {best['trial_id']} ({best['params_conv']}), val_acc "
-              f"{best['metrics_val_acc']:.4f}, {best['flops'] / 1e6:.2f} MFLOPs. Learned kernel sizes (px):")
-        for row in json.loads(best["learned_sizes_json"] or "[]"):
-            extra = {k: v for k, v in row.items() if k not in ("name", "kind", "height", "width")}
-            shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()
-                              if not isinstance(v, list))
-            print(f"  {row['name']:<24} {row['kind']:<9} {row['height']:6.2f} x {row['width']:6.2f}  {shown}")
+              f"{best['metrics_val_acc']:.4f}, {best['flops'] / 1e6:.2f} MFLOPs.")
+        print("Each learned-size method's best trial: kernel size per layer and its raw size parameter, at "
+              "initialisation -> after training:")
+        for _, trial in ranked.drop_duplicates("params_conv").iterrows():
+            print(f"{trial['params_conv']} ({trial['trial_id']}, val_acc {trial['metrics_val_acc']:.4f}):")
+            print(format_size_changes(size_changes(trial.to_frame().T)) or "  (no size records)")
     print(f"\nQuery it with pandas: pd.read_parquet({str(args.storage)!r}); or: nas-flex leaderboard {args.storage}")
     return 0
 

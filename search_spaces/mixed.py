@@ -1,4 +1,4 @@
-"""The DARTS-style mixed kernel alone: the candidate set and the architecture learning rate."""
+"""The DARTS-style mixed kernel alone: the candidate set, how the alphas train, and DARTS's bilevel update."""
 
 SAMPLER = "grid"
 
@@ -11,6 +11,9 @@ def space(trial):
         **BASE,
         "conv": "mixed",
         "conv_hparams": {"kernel_sizes": [int(k) for k in candidates.split(",")]},
-        "size_lr_factor": trial.suggest_categorical("size_lr_factor", [0.1, 1.0]),
+        # None: DARTS's recipe (the alphas' own Adam, lr 3e-4); 1.0: the alphas in the weights' optimizer at its lr
+        "size_lr_factor": trial.suggest_categorical("size_lr_factor", [None, 1.0]),
+        # joint: alphas step on the training batch; bilevel: DARTS first-order, on a held-out half of it
+        "size_update": trial.suggest_categorical("size_update", ["joint", "bilevel"]),
         "pooling": "max",
     }

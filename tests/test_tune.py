@@ -94,6 +94,9 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
 
     out = subprocess.run(cmd[:-3] + ["--resume", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # the summary shows each learned-size method's best trial with its sizes at init -> after training
+    after_summary = out.stdout.split("Each learned-size method's best trial")[-1]
+    assert "mixed (" in after_summary and "normalized_entropy 1 -> " in after_summary, out.stdout[-2000:]
     df = Leaderboard(storage).to_pandas()
     assert len(df) == 6 and df["trial_id"].is_unique, df[["trial_id", "status"]]
     assert (df["status"] == "completed").all()
