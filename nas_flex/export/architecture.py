@@ -124,7 +124,10 @@ def discretise(config_or_row: Any, learned_sizes: Sequence[Mapping[str, Any]] | 
         raise ExportError("discretise supports the 2-D backbones (simple, resnet, flexnet), not 'tcn'")
     new = {k: v for k, v in config.items()}
     new.update(conv="conv", conv_hparams={})
-    if new.get("pooling") == "safe":
+    pooling = new.get("pooling")
+    if isinstance(pooling, list):
+        new["pooling"] = ["avg" if m == "safe" else m for m in pooling]
+    elif pooling == "safe":
         new["pooling"] = "avg"
     new.pop("kernel_size", None)
     resolve_config(new)

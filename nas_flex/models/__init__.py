@@ -7,7 +7,8 @@ backbone        "simple" (2/4-layer CNN), "resnet" (CIFAR ResNet 20/32/44), "fle
 conv            a registry layer name (``nas_flex.layers.available()``); default "conv"
 conv_hparams    dict of that layer's hyperparameters (papers' names); default {}
 kernel_size     int, or one int per convolution in build order; for layers that take one (conv, envelope)
-pooling         "max", "avg", "conv" (strided), "none", "safe" (N-Jet safe-subsampling); backbone default
+pooling         "max", "avg", "conv" (strided), "none", "safe" (N-Jet safe-subsampling); backbone default;
+                or a list with one mode per pooling step (per stage)
 width, depth    channels and depth (see each backbone for its meaning and default)
 dropout, head   optional; see the backbone
 in_channels, num_classes, input_size   from the dataset (run_trial fills them in)
@@ -55,8 +56,9 @@ def build(config: Mapping[str, Any], *, in_channels: int | None = None, num_clas
     conv_hparams = dict(config.get("conv_hparams") or {})
     kwargs = {k: config[k] for k in ("width", "depth", "dropout", "pooling", "head") if config.get(k) is not None}
     pooling = kwargs.get("pooling")
-    if pooling is not None and pooling not in POOLINGS:
-        raise unknown_name("pooling", pooling, POOLINGS)
+    for mode in [pooling] if isinstance(pooling, str) else (pooling or []):
+        if mode not in POOLINGS:
+            raise unknown_name("pooling", mode, POOLINGS)
     if backbone == "tcn":
         kwargs.pop("pooling", None)
         kwargs.pop("head", None)

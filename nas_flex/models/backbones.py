@@ -9,7 +9,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError
-from nas_flex.models.common import ConvFactory, make_pool
+from nas_flex.models.common import ConvFactory, make_pool, pooling_plan
 
 __all__ = ["SimpleCNN", "CIFARResNet", "FlexNet", "TCN"]
 
@@ -25,17 +25,18 @@ class SimpleCNN(nn.Module):
 
     ``depth`` convolutions of ``width`` channels (the first from ``ConvFactory.stem``: a plain convolution for
     layers whose papers keep a spatial stem, NIFF), each conv - BN - ReLU, with the pooling step after every second
-    one, then either global average pooling and a linear classifier (``head="gap"``, resolution-independent, as the
-    N-Jet scale experiments need) or ACONV's dense head (``head="dense"``: flatten, dropout, 256 units, BN, ReLU,
-    dropout, linear; needs ``input_size``).
+    one (``pooling``: one mode for every step, or a list with one per step), then either global average pooling
+    and a linear classifier (``head="gap"``, resolution-independent, as the N-Jet scale experiments need) or ACONV's
+    dense head (``head="dense"``: flatten, dropout, 256 units, BN, ReLU, dropout, linear; needs ``input_size``).
     """
 
     def __init__(self, conv: ConvFactory, in_channels: int, num_classes: int, *, width: int = 32, depth: int = 2,
-                 pooling: str = "max", head: str = "gap", dropout: float = 0.25,
+                 pooling: str | list[str] = "max", head: str = "gap", dropout: float = 0.25,
                  input_size: tuple[int, int] | None = None) -> None:
         super().__init__()
         if depth not in (2, 4):
             raise HyperparameterError(f"backbone 'simple' has depth 2 or 4 (the papers' nets), but got {depth=}")
+        plan = pooling_plan(pooling, depth // 2, "simple")
         layers: list[nn.Module] = []
         c, downsamples = in_channels, 0
         stem = getattr(conv, "stem", conv)
@@ -44,15 +45,16 @@ class SimpleCNN(nn.Module):
             layers += [layer, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             c = width
             if i % 2 == 1:
-                layers.append(make_pool(pooling, c, layer))
-                downsamples += pooling != "none"
+                mode = plan[i // 2]
+                layers.append(make_pool(mode, c, layer))
+                downsamples += mode != "none"
         self.features = nn.Sequential(*layers)
         if head == "gap":
             self.head: nn.Module = _head(c, num_classes)
         elif head == "dense":
             if input_size is None:
                 raise HyperparameterError("head='dense' needs the input size (H, W) to size its first dense layer")
-            if pooling == "safe":
+            if "safe" in plan:
                 raise HyperparameterError("head='dense' needs a fixed feature size; safe-subsampling's varies")
             h, w = input_size
             for _ in range(downsamples):
@@ -97,11 +99,12 @@ class CIFARResNet(nn.Module):
     """
 
     def __init__(self, conv: ConvFactory, in_channels: int, num_classes: int, *, width: int = 16, depth: int = 20,
-                 pooling: str = "conv", dropout: float = 0.0) -> None:
+                 pooling: str | list[str] = "conv", dropout: float = 0.0) -> None:
         super().__init__()
         if depth not in (20, 32, 44, 56, 110) or (depth - 2) % 6:
             raise HyperparameterError(f"backbone 'resnet' has depth 6n + 2 (20, 32, 44, ...), but got {depth=}")
         n = (depth - 2) // 6
+        plan = pooling_plan(pooling, 2, "resnet")
         stem = getattr(conv, "stem", conv)  # ConvFactory.stem: spatial for layers whose papers keep it so (NIFF)
         self.stem = nn.Sequential(stem(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
@@ -109,7 +112,7 @@ class CIFARResNet(nn.Module):
         for s, mult in enumerate((1, 2, 4)):
             if s > 0:
                 previous = stages[-1].conv2 if stages else None  # the last convolution before this step
-                stages.append(make_pool(pooling, c, previous))
+                stages.append(make_pool(plan[s - 1], c, previous))
             for _ in range(n):
                 stages.append(BasicBlock(conv, c, width * mult, dropout=dropout))
                 c = width * mult
@@ -128,15 +131,18 @@ class FlexNet(nn.Module):
     ReLU - dropout, twice, plus the skip), no pooling by default, global average pooling and a linear classifier.
 
     Block widths are c * (1, 1.5, 1.5, 2, 2), the last repeated for deeper nets (c = ``width``, 22 in the paper,
-    24 for FlexNet-16, which has 7 blocks). ``pooling`` other than "none" is placed after blocks 2 and 4.
+    24 for FlexNet-16, which has 7 blocks). ``pooling`` other than "none" is placed after blocks 2 and 4 (a list:
+    one mode per such step).
     """
 
     def __init__(self, conv: ConvFactory, in_channels: int, num_classes: int, *, width: int = 22, depth: int = 3,
-                 pooling: str = "none", dropout: float = 0.2) -> None:
+                 pooling: str | list[str] = "none", dropout: float = 0.2) -> None:
         super().__init__()
         if depth < 1:
             raise HyperparameterError(f"backbone 'flexnet' needs depth >= 1 blocks, but got {depth=}")
         widths = [round(width * FLEXNET_WIDTHS[min(i, len(FLEXNET_WIDTHS) - 1)]) for i in range(depth)]
+        sites = [i for i in (1, 3) if i < depth - 1]  # pooling after blocks 2 and 4, where a block follows
+        plan = {} if pooling == "none" else dict(zip(sites, pooling_plan(pooling, len(sites), "flexnet")))
         stem = getattr(conv, "stem", conv)  # ConvFactory.stem: spatial for layers whose papers keep it so (NIFF)
         self.stem = nn.Sequential(stem(in_channels, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
@@ -145,8 +151,8 @@ class FlexNet(nn.Module):
             block = BasicBlock(conv, c, w, dropout=dropout)
             blocks.append(block)
             c = w
-            if pooling != "none" and i in (1, 3) and i < depth - 1:
-                blocks.append(make_pool(pooling, c, block.conv2))
+            if plan.get(i, "none") != "none":
+                blocks.append(make_pool(plan[i], c, block.conv2))
         self.blocks = nn.Sequential(*blocks)
         self.head = _head(c, num_classes)
 

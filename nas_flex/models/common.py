@@ -13,7 +13,7 @@ from nas_flex.layers import get as get_layer
 from nas_flex.layers import hparam_names
 from nas_flex.layers.conv import POOLING_MODES, Pool2d
 
-__all__ = ["ConvFactory", "make_pool", "POOLINGS"]
+__all__ = ["ConvFactory", "make_pool", "pooling_plan", "POOLINGS"]
 
 POOLINGS = (*POOLING_MODES, "safe")  # "safe": N-Jet's safe-subsampling, reading sigma of the N-Jet layer before it
 
@@ -74,6 +74,24 @@ class ConvFactory:
                     f"`kernel_size` lists {len(self.kernel_size)} sizes but the backbone has {len(self.built)} "
                     "convolutions; give one per convolution or a single int"
                 )
+
+
+def pooling_plan(pooling: str | Sequence[str], steps: int, backbone: str) -> list[str]:
+    """One pooling mode per pooling step of a backbone: a single mode for every step, or a list, one per step.
+
+    Raises:
+        HyperparameterError: a list of the wrong length; UnknownNameError: an unknown mode.
+    """
+    modes = [pooling] * steps if isinstance(pooling, str) else list(pooling)
+    if len(modes) != steps:
+        raise HyperparameterError(
+            f"`pooling` lists {len(modes)} modes, but backbone {backbone!r} has {steps} pooling step(s) here; "
+            "give one mode per step or a single mode"
+        )
+    for mode in modes:
+        if mode not in POOLINGS:
+            raise unknown_name("pooling", mode, POOLINGS)
+    return modes
 
 
 def make_pool(mode: str, channels: int, previous: nn.Module | None = None) -> nn.Module:

@@ -56,8 +56,9 @@ def validate_config(config: Any, params: Mapping[str, Any] | None = None, *, bui
         ("conv", cfg["conv"], available()),
         ("dataset", cfg["dataset"].lower(), available_datasets()),
     ]
-    if cfg["pooling"] is not None:
-        checks.append(("pooling", cfg["pooling"], list(POOLINGS)))
+    pooling = cfg["pooling"]
+    for mode in [] if pooling is None else [pooling] if isinstance(pooling, str) else pooling:
+        checks.append(("pooling", mode, list(POOLINGS)))
     for key, value, valid in checks:
         if value not in valid:
             raise SearchSpaceError(f"config {key}={value!r} {where} is unknown; expected one of: {', '.join(valid)}")

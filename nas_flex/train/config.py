@@ -22,7 +22,7 @@ KEY_DOCS: dict[str, tuple[Any, str]] = {
     "conv": ("conv", "registry layer name (nas_flex.layers.available())"),
     "conv_hparams": ({}, "the layer's hyperparameters, papers' names"),
     "kernel_size": (None, "int, or one per convolution; for layers that take one (conv, envelope)"),
-    "pooling": (None, "max | avg | conv | none | safe (N-Jet safe-subsampling)"),
+    "pooling": (None, "max | avg | conv | none | safe (N-Jet safe-subsampling), or a list: one per pooling step"),
     "width": (None, "channels (backbone-specific meaning)"),
     "depth": (None, "layers or blocks (backbone-specific meaning)"),
     "dropout": (None, "dropout probability"),

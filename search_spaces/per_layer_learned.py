@@ -1,0 +1,36 @@
+"""The learned-size side of the per-layer study: every learned-size method on the backbone, data and budget of
+``per_layer_grid.py``, each trained with its own recipe (``KernelLayer.size_recipe``), pooling per stage chosen from
+the same modes, plus N-Jet's safe-subsampling, which sets each stage's subsampling from the learned sigma.
+
+Each (method, pooling plan) is one run; the study (``experiments/grid_vs_learned_study.py``) picks the plans it
+trains. ``SAMPLER = "grid"`` enumerates them all (6 methods x 9 plans, plus N-Jet with safe-subsampling: 55).
+"""
+
+SAMPLER = "grid"
+
+BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 6, "lr": 1e-2}
+
+METHODS = ["mixed", "flexconv", "njet", "envelope", "niff", "cfconv"]
+POOLINGS = ["max", "avg", "conv"]
+
+#: each method's hyperparameters for this backbone: the same candidate sizes as the grid for the DARTS mixed kernel
+#: and the envelope's base grid as large as the grid's largest kernel
+HPARAMS = {"mixed": {"kernel_sizes": [3, 5, 7]}}
+KERNEL_SIZE = {"envelope": 7}
+
+
+PLANS = [f"{a},{b}" for a in POOLINGS for b in POOLINGS]
+
+
+def space(trial):
+    method = trial.suggest_categorical("method", METHODS)
+    if method == "njet":  # N-Jet may also subsample safely, by its learned sigma (a separate name: other choices)
+        plan = trial.suggest_categorical("njet_pooling_plan", [*PLANS, "safe,safe"])
+    else:
+        plan = trial.suggest_categorical("pooling_plan", PLANS)
+    config = {**BASE, "conv": method, "pooling": plan.split(",")}
+    if method in HPARAMS:
+        config["conv_hparams"] = dict(HPARAMS[method])
+    if method in KERNEL_SIZE:
+        config["kernel_size"] = KERNEL_SIZE[method]
+    return config
