@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import runpy
 import sys
 import time
@@ -89,11 +90,16 @@ def _finished(storage: Path, experiment: str) -> int:
 
 
 def run_study(args: argparse.Namespace) -> None:
+    import ray
+
     import nas_flex
     from nas_flex.export import discretise
     from nas_flex.leaderboard import Leaderboard
 
     storage = Path(args.storage)
+    if not ray.is_initialized():  # one Ray for the whole study (nas_flex.search reuses it) instead of one per search
+        ray.init(address=args.address, num_cpus=None if args.address else os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
     common = {"storage": storage, "dedupe": False, "address": args.address, "verbose": args.verbose,
               "resources_per_trial": args.resources, "max_concurrent": args.max_concurrent}
     learned_space, n_learned = _learned_space(args.methods)
@@ -218,7 +224,8 @@ def markdown(table: pd.DataFrame) -> str:
                 verdict = "(the grid)"
             elif isinstance(r.get("matched"), str) and not r.matched.startswith("0/"):
                 verdict = (f"matches in {r.matched} seeds at {100 * r.share_seconds:.0f} % of the grid's seconds, "
-                           f"{100 * r.share_flops:.0f} % of its FLOPs; mean gap {r.gap:+.1f} pts")
+                           f"{100 * r.share_flops:.0f} % of its FLOPs; mean "
+                           + (f"gap {r.gap:.1f} pts" if r.gap > 0 else f"lead {-r.gap:.1f} pts"))
             else:
                 verdict = f"below in every seed: gap {r.gap:.1f} pts"
             lines.append(f"| {r.method} | {acc} | {r.seconds:.0f} | {r.flops / 1e9:.1f} | {verdict} |")
