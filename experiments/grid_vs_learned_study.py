@@ -48,14 +48,15 @@ MATCH = 0.005  # "matches the grid's best": within 0.5 points of accuracy
 
 
 # ------------------------------------------------------------------------------------------------------- running
-def experiment_name(arm: str, dataset: str, seed: int) -> str:
-    return f"{arm}--{dataset}--s{seed}"
+def experiment_name(arm: str, dataset: str, seed: int, tag: str | None = None) -> str:
+    return f"{arm}--{dataset}--s{seed}" + (f"--{tag}" if tag else "")
 
 
 def parse_experiment(name: str) -> tuple[str, str, int] | None:
-    """(arm, dataset, seed) of a study experiment name, or None for other experiments in the storage."""
+    """(arm, dataset, seed) of a study experiment name (an optional ``--tag`` after it, e.g. for learned methods
+    added later), or None for other experiments in the storage."""
     parts = name.split("--")
-    if len(parts) != 3 or parts[0] not in ARMS or not parts[2].startswith("s") or not parts[2][1:].isdigit():
+    if len(parts) not in (3, 4) or parts[0] not in ARMS or not parts[2].startswith("s") or not parts[2][1:].isdigit():
         return None
     return parts[0], parts[1], int(parts[2][1:])
 
@@ -109,7 +110,7 @@ def run_study(args: argparse.Namespace) -> None:
             plan = [(f"grid-{s}", GRID_SPACE, {"sampler": s, "num_samples": args.grid_trials}) for s in args.samplers]
             plan.append(("learned", learned_space, {"sampler": "grid", "num_samples": n_learned}))
             for arm, space, kw in plan:
-                name = experiment_name(arm, dataset, seed)
+                name = experiment_name(arm, dataset, seed, args.tag if arm == "learned" else None)
                 if _finished(storage, name) >= kw["num_samples"]:
                     print(f"[study] {name}: already in {storage}, skipped")
                     continue
@@ -313,6 +314,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid-trials", type=int, default=8, help="trials of each grid arm (of 729 architectures)")
     p.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=["tpe", "random"])
     p.add_argument("--methods", nargs="+", default=None, help="learned methods (default: all of the space's)")
+    p.add_argument("--tag", default=None, help="suffix of the learned arm's experiment names: add methods to a study "
+                   "already run (--methods M --tag M); the grids and the discretised retrain are reused")
     p.add_argument("--discretise-skip-mixed", action="store_true", help="discretise the best non-DARTS run")
     p.add_argument("--address", default=None, help="a Ray cluster ('auto', 'ray://head:10001'); default: local")
     p.add_argument("--resources", type=_resources, default=None, help="per trial, e.g. cpu=1,gpu=0.5")

@@ -49,6 +49,7 @@ def test_experiment_names_round_trip():
     assert study.parse_experiment(study.experiment_name("grid-tpe", "digits-multiscale", 2)) == (
         "grid-tpe", "digits-multiscale", 2)
     assert study.parse_experiment("grid_vs_learned-20260101") is None
+    assert study.parse_experiment(study.experiment_name("learned", "digits", 0, "cfconv")) == ("learned", "digits", 0)
 
 
 def test_summary_charges_the_grid_in_run_order_and_compares_each_learned_run():
