@@ -288,7 +288,8 @@ def _sweep_running(storage: Path, experiment: str) -> None:
     trainable's clean-up); keep those of errored trials, which --resume retries."""
     folder = storage / RUNNING_DIR / experiment
     if folder.is_dir():
-        _plan_resume(storage, experiment)
+        with contextlib.suppress(NasFlexError):  # a damaged trial.json is reported by the --resume that needs it
+            _plan_resume(storage, experiment)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when empty
 
@@ -790,7 +791,8 @@ def search(
         if scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            sched = ASHAScheduler(time_attr="training_iteration", metric=first, mode=first_mode,
+            # the epoch, not Ray's iteration count: a resumed trial continues at its epoch under a new Ray trial
+            sched = ASHAScheduler(time_attr="epoch", metric=first, mode=first_mode,
                                   max_t=max_epochs, grace_period=1, reduction_factor=2)
         tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=sched, num_samples=to_run))
