@@ -113,15 +113,22 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
            "--max-concurrent", "1", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     running = storage / "_running" / "r1"
+
+    def finished_and_unfinished():
+        done = {f.name.removeprefix("r1--").removesuffix(".parquet") for f in storage.glob("r1--*.parquet")}
+        return done, [f for f in running.glob("*/trial_state.pt") if f.parent.name not in done]
+
     deadline = time.monotonic() + 240
-    # interrupt once two trials finished and the third has checkpointed an epoch
-    while time.monotonic() < deadline and not (len(list(storage.glob("*.parquet"))) >= 2
-                                               and list(running.glob("*/trial_state.pt"))):
+    # interrupt once two trials finished and a third (with no row yet) has checkpointed an epoch
+    while time.monotonic() < deadline:
+        done, unfinished = finished_and_unfinished()
+        if len(done) >= 2 and unfinished:
+            break
         if proc.poll() is not None:
             pytest.fail(f"the search ended before it could be interrupted:\n{proc.stdout.read()}")
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    assert proc.wait(timeout=120) == 130, proc.stdout.read()[-3000:]  # Ctrl-C ends the command, not just Tune
     first = Leaderboard(storage).to_pandas()
     first = first[first["status"] != "error"]  # a trial the interruption cut short may have written an error row
     assert 2 <= len(first) < 6, "the interruption came too late to test a resume"

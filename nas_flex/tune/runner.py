@@ -657,6 +657,9 @@ def search(
 
     # our own progress line replaces Tune's experiment-state chatter; the grid sampler's end-of-grid notice is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C raises KeyboardInterrupt here instead of Tune's graceful stop, which ends fit() as if the search were
+    # done (the interrupted trial could be recorded as "stopped", a final status) and points at Tuner.restore
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
 
     from nas_flex.leaderboard import Leaderboard
@@ -808,7 +811,8 @@ def search(
             raise
         del grid  # rows come from the trials' own records, never from ResultGrid.get_dataframe()
         _record_unreported_errors(progress.errored, storage, experiment)
-        _record_stopped(progress.stopped, storage, experiment)
+        if sched is not None:  # without a scheduler nothing stops a trial early but an interruption
+            _record_stopped(progress.stopped, storage, experiment)
         _sweep_running(storage, experiment)
     finally:
         if started_ray:
