@@ -104,7 +104,8 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
     from its epoch checkpoint under its own id, finished trials are not redone, and the pickles a third party planted
     in the storage are never loaded. Scratch files live under the storage, never in the temp folder."""
     space_file = tmp_path / "tiny_space.py"
-    space_file.write_text(SPACE_FILE.format(tiny=repr({**TINY, "epochs": 3})))
+    # epochs long enough (480 examples, 4 epochs) that the Ctrl-C lands inside a trial, not after it
+    space_file.write_text(SPACE_FILE.format(tiny=repr({**TINY, "epochs": 4, "train_subset": 480})))
     storage = tmp_path / "lb"
     system_tmp = tmp_path / "system_tmp"
     system_tmp.mkdir()
@@ -158,7 +159,7 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
     for trial_id, epochs in interrupted.items():  # continued under its own id, its checkpointed epochs kept as run
         assert trial_id in after
         mine = history[history["trial_id"] == trial_id].set_index("epoch")["seconds"]
-        assert {1, 2, 3} <= set(mine.index) and mine.index.is_unique
+        assert {1, 2, 3, 4} <= set(mine.index) and mine.index.is_unique
         for before in epochs:
             assert mine[before["epoch"]] == before["seconds"]
     assert not list(running.rglob("*")), "scratch folders of finished trials are left"
