@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -275,6 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected(err: BaseException) -> bool:
+    """Failures of the outside world, not bugs: a path that cannot be read or written, an unreachable cluster
+    (ConnectionError), a damaged Parquet file (pyarrow's errors, when pyarrow is loaded)."""
+    arrow = sys.modules.get("pyarrow")
+    return isinstance(err, OSError) or (arrow is not None and isinstance(err, arrow.ArrowException))
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[0] + (" (...)" if len(lines) > 1 else "")) if lines else type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "device", "unset") is None:
@@ -285,6 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NasFlexError as err:
         print(f"nas-flex: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        # one line naming what failed, not a traceback; NAS_FLEX_TRACEBACK=1 shows the traceback
+        if not _expected(err) or os.environ.get("NAS_FLEX_TRACEBACK"):
+            raise
+        print(f"nas-flex: error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nas-flex: interrupted", file=sys.stderr)

@@ -256,3 +256,51 @@ def test_onnx_missing_runtime_is_a_clear_error_before_any_work(board, monkeypatc
     assert not (tmp_path / "o").exists()  # raised before any file or training
     export_trial(lb, "conv", tmp_path / "p", weights=ckpts["conv"] / "trial_state.pt", onnx=False)
     assert (tmp_path / "p" / "model.pt2").exists() and not (tmp_path / "p" / "model.onnx").exists()
+
+
+class _Payload:
+    """A pickle that, if anything unpickled it, would create a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "malicious", "wrong_model"])
+def test_a_bad_kept_weights_file_is_one_line_naming_it(board, tmp_path, capsys, damage):
+    """``export --best`` with a damaged ``_weights/`` file: exit 2, one line naming the file, no output folder."""
+    import pickle
+    import shutil
+
+    from nas_flex.cli import main
+    from nas_flex.export.core import kept_weights_path
+    from nas_flex.leaderboard import Leaderboard
+
+    lb, ckpts, _ = board
+    lb = shutil.copytree(lb, tmp_path / "lb")
+    best = Leaderboard(lb).best("metrics_val_acc")
+    kept = kept_weights_path(lb, "exp", best["trial_id"])
+    kept.parent.mkdir(parents=True)
+    marker = tmp_path / "payload_ran"
+    if damage == "truncated":
+        torch.save(torch.load(ckpts[best["trial_id"]] / "trial_state.pt", weights_only=True)["model"], kept)
+        kept.write_bytes(kept.read_bytes()[: kept.stat().st_size // 2])
+    elif damage == "malicious":
+        kept.write_bytes(pickle.dumps(_Payload(marker)))
+        with open(tmp_path / "probe.pkl", "wb") as fh:  # the payload is live: plain pickle would run it
+            pickle.dump(_Payload(tmp_path / "probe_ran"), fh)
+        pickle.loads((tmp_path / "probe.pkl").read_bytes())
+        assert (tmp_path / "probe_ran").exists()
+    else:  # a real state_dict, of another architecture
+        other = "conv" if best["trial_id"] != "conv" else "njet"
+        torch.save(torch.load(ckpts[other] / "trial_state.pt", weights_only=True)["model"], kept)
+    out = tmp_path / "out"
+    assert main(["export", str(lb), "--best", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nas-flex: error:") and str(kept) in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert {"truncated": "truncated", "malicious": "refused", "wrong_model": "do not fit"}[damage] in err
+    assert not marker.exists()
+    assert not out.exists()  # no half-written export is left

@@ -156,3 +156,15 @@ def test_dataset_options_reach_the_dataset():
     assert result["status"] == "completed"
     with pytest.raises(HyperparameterError, match="scale"):
         run_trial({**BASE, "dataset": "digits", "data_options": {"scales": [1.0, 2.0]}})
+
+
+def test_a_non_finite_buffer_is_diverged_whatever_the_loss_says(tmp_path):
+    """At lr 1e6 with SGD the training loss stays finite (BatchNorm normalises with batch statistics) while
+    BatchNorm's running_var overflows to inf: the trial is diverged, and no non-finite state is checkpointed."""
+    cfg = {"dataset": "digits", "backbone": "simple", "head": "dense", "width": 4, "epochs": 1, "train_subset": 96,
+           "val_subset": 64, "batch_size": 32, "optimizer": "sgd", "lr": 1e6}
+    result = run_trial(cfg, checkpoint_dir=tmp_path)
+    assert result["status"] == "diverged"
+    assert "running_var" in result["error"] and "the loss was finite" in result["error"]
+    assert result["epochs_completed"] == 0 and math.isnan(result["metrics"]["val_acc"])
+    assert not (tmp_path / "trial_state.pt").exists()  # the search keeps no weights holding an inf

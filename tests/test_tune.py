@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from nas_flex.errors import SearchSpaceError
 from nas_flex.leaderboard import TRIAL_SCHEMA, Leaderboard
 from nas_flex.spaces import SearchSpace, replay
 from nas_flex.tune import ResourceError, search
+from nas_flex.tune.runner import StorageError
 
 ROOT = Path(__file__).resolve().parents[1]
 NAS_FLEX = str(Path(sys.executable).parent / "nas-flex")
@@ -61,6 +63,7 @@ def test_four_trial_search_end_to_end(tmp_path):
     import torch
 
     assert len(pd.read_parquet(tmp_path)) == 4  # plain pandas reads the folder as it stands
+    assert not list((tmp_path / "_running").rglob("*"))  # each trial's scratch folder went with its row
     # every trial's trained weights are kept, weights_only-loadable, and export uses them instead of retraining
     for trial_id in df["trial_id"]:
         state = torch.load(tmp_path / "_weights" / f"e2e--{trial_id}.pt", weights_only=True)
@@ -72,28 +75,79 @@ def test_four_trial_search_end_to_end(tmp_path):
     assert exported.architecture["source"]["trial_id"] == lb.best()["trial_id"]
 
 
+class _Payload:
+    """A pickle that creates a marker file when anything unpickles it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant_pickles(storage: Path, experiment: str, marker: Path) -> None:
+    """A third party with write access to a shared storage replaces Ray's pickles (and adds some)."""
+    payload = pickle.dumps(_Payload(marker))
+    probe = marker.with_name("probe_ran")
+    pickle.loads(pickle.dumps(_Payload(probe)))  # the payload is live: unpickling it runs it
+    assert probe.exists()
+    ray_dir = storage / "_ray" / experiment
+    ray_dir.mkdir(parents=True, exist_ok=True)
+    for file in [*ray_dir.rglob("*.pkl"), ray_dir / "tuner.pkl", ray_dir / "searcher-state-2000-01-01.pkl"]:
+        file.write_bytes(payload)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_interrupted_file_space_resumes_in_another_process(tmp_path):
+    """SIGINT mid-search, then --resume in a new process: no row lost or doubled, the interrupted trial continues
+    from its epoch checkpoint under its own id, finished trials are not redone, and the pickles a third party planted
+    in the storage are never loaded. Scratch files live under the storage, never in the temp folder."""
     space_file = tmp_path / "tiny_space.py"
-    space_file.write_text(SPACE_FILE.format(tiny=repr({**TINY, "epochs": 3})))
+    # epochs long enough (480 examples, 4 epochs) that the Ctrl-C lands inside a trial, not after it
+    space_file.write_text(SPACE_FILE.format(tiny=repr({**TINY, "epochs": 4, "train_subset": 480})))
     storage = tmp_path / "lb"
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(system_tmp), "RAY_TMPDIR": "/tmp"}  # Ray's sockets need a short path
     cmd = [NAS_FLEX, "search", str(space_file), "--storage", str(storage), "--experiment", "r1",
            "--max-concurrent", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    running = storage / "_running" / "r1"
+
+    def finished_and_unfinished():
+        done = {f.name.removeprefix("r1--").removesuffix(".parquet") for f in storage.glob("r1--*.parquet")}
+        return done, [f for f in running.glob("*/trial_state.pt") if f.parent.name not in done]
+
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(storage.glob("*.parquet"))) < 2:
+    # interrupt once two trials finished and a third (with no row yet) has checkpointed an epoch
+    while time.monotonic() < deadline:
+        done, unfinished = finished_and_unfinished()
+        if len(done) >= 2 and unfinished:
+            break
         if proc.poll() is not None:
             pytest.fail(f"the search ended before it could be interrupted:\n{proc.stdout.read()}")
-        time.sleep(0.5)
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    assert proc.wait(timeout=120) == 130, proc.stdout.read()[-3000:]  # Ctrl-C ends the command, not just Tune
     first = Leaderboard(storage).to_pandas()
+    first = first[first["status"] != "error"]  # a trial the interruption cut short may have written an error row
     assert 2 <= len(first) < 6, "the interruption came too late to test a resume"
     done_before = first.set_index("trial_id")["written_at"].to_dict()
+    import torch
 
-    out = subprocess.run(cmd[:-3] + ["--resume", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    interrupted = {}
+    for state_file in running.glob("*/trial_state.pt"):
+        state = torch.load(state_file, weights_only=True)
+        interrupted[state_file.parent.name] = state["history"]
+    assert interrupted, "no unfinished trial with an epoch checkpoint was left to continue"
+    marker = tmp_path / "payload_ran"
+    _plant_pickles(storage, "r1", marker)
+
+    out = subprocess.run(cmd[:-3] + ["--resume", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=400,
+                         env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert not marker.exists(), "resume unpickled a file from the storage"
     # the summary shows each learned-size method's best trial with its sizes at init -> after training
     after_summary = out.stdout.split("Each learned-size method's best trial")[-1]
     assert "mixed (" in after_summary and "normalized_entropy 1 -> " in after_summary, out.stdout[-2000:]
@@ -104,6 +158,15 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
     after = df.set_index("trial_id")["written_at"].to_dict()
     for trial_id, written in done_before.items():  # finished trials were not redone
         assert after[trial_id] == written
+    history = Leaderboard(storage).history()
+    for trial_id, epochs in interrupted.items():  # continued under its own id, its checkpointed epochs kept as run
+        assert trial_id in after
+        mine = history[history["trial_id"] == trial_id].set_index("epoch")["seconds"]
+        assert {1, 2, 3, 4} <= set(mine.index) and mine.index.is_unique
+        for before in epochs:
+            assert mine[before["epoch"]] == before["seconds"]
+    assert not list(running.rglob("*")), "scratch folders of finished trials are left"
+    assert not [p.name for p in system_tmp.iterdir() if p.name.startswith("nas_flex")]
 
 
 @pytest.mark.ray
@@ -174,6 +237,10 @@ def test_searcher_tells_optuna_how_trials_ended():
     (["search", "/no/such/space.py", "--storage", "x"], "does not exist"),
     (["search", "SPACE", "--storage", "x", "--gpus-per-trial", "1"], "no CUDA GPU"),
     (["search", "SPACE", "--storage", "x", "--objective", "accuracy"], "unknown objective"),
+    (["search", "SPACE", "--storage", "x", "--num-samples", "0"], "`num_samples` must be an integer >= 1"),
+    (["search", "SPACE", "--storage", "x", "--num-samples", "-1"], "`num_samples` must be an integer >= 1"),
+    (["search", "SPACE", "--storage", "x", "--max-concurrent", "0"], "`max_concurrent` must be an integer >= 1"),
+    (["search", "SPACE", "--storage", "s.py"], "`storage`"),
 ])
 def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
     import torch
@@ -184,11 +251,11 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
         pytest.skip("this machine has a GPU")
     space_file = tmp_path / "s.py"
     space_file.write_text(SPACE_FILE.format(tiny=repr(TINY)))
-    args = [str(space_file) if a == "SPACE" else str(tmp_path / a) if a == "x" else a for a in args]
+    args = [str(space_file) if a == "SPACE" else str(tmp_path / a) if a in ("x", "s.py") else a for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("nas-flex: error:") and message in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert os.listdir(tmp_path) == ["s.py"]  # nothing written
 
 
@@ -209,3 +276,159 @@ def test_asha_and_two_objectives_leave_no_gap(tmp_path):
     assert (stopped["epochs_completed"] < 3).all()
     assert (df.loc[df["status"] == "completed", "epochs_completed"] == 3).all()
     assert df["metrics_val_acc"].notna().all()
+
+
+# ------------------------------------------------------------------ bad input: one line, before Ray or any training
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_samples": 0}, r"`num_samples` must be an integer >= 1 .*got 0"),
+    ({"num_samples": -1}, r"`num_samples` must be an integer >= 1 .*got -1"),  # Ray reads -1 as "run forever"
+    ({"num_samples": 2.5}, r"`num_samples` must be an integer"),
+    ({"num_samples": True}, r"`num_samples` must be an integer"),
+    ({"max_concurrent": 0}, r"`max_concurrent` must be an integer >= 1"),
+    ({"max_failures": -1}, r"`max_failures` must be an integer >= 0"),
+    ({"experiment": "../elsewhere"}, r"`experiment` must be a non-empty name without '/'"),
+    ({"experiment": ""}, r"`experiment` must be a non-empty name"),
+])
+def test_bad_counts_and_names_fail_in_one_line_before_ray(tmp_path, kwargs, message):
+    import ray
+
+    with pytest.raises(SearchSpaceError, match=message) as info:
+        search(SearchSpace(grid4, sampler="grid"), storage=tmp_path / "lb", verbose=0, **kwargs)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "lb").exists() and not ray.is_initialized()
+
+
+def test_a_storage_that_cannot_hold_a_leaderboard_fails_in_one_line_before_ray(tmp_path):
+    import ray
+
+    space = SearchSpace(grid4, sampler="grid")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    with pytest.raises(StorageError, match=r"`storage` .*a_file' is a file; pass a folder"):
+        search(space, storage=a_file, verbose=0)
+    with pytest.raises(StorageError, match=r"`storage` .*cannot be created: .*a_file' is a file"):
+        search(space, storage=a_file / "lb", verbose=0)
+    if os.geteuid() == 0:  # root writes into any mode-0500 folder: use a file system that refuses everyone
+        if not Path("/sys").is_dir():
+            pytest.skip("no /sys to stand for a read-only storage")
+        read_only = Path("/sys/nas_flex_test_storage")
+    else:
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o500)
+    with pytest.raises(StorageError, match=r"`storage` .* is not writable") as info:
+        search(space, storage=read_only / "lb", verbose=0)
+    assert "\n" not in str(info.value)
+    assert not ray.is_initialized() and a_file.read_text() == "not a folder"
+
+
+def test_a_corrupt_parquet_file_in_the_storage_is_named_before_training(tmp_path, capsys):
+    """Before: every trial trained, then the search exited 2 at the end. Now every damaged file is named first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from nas_flex.cli import main
+
+    storage = tmp_path / "lb"
+    (storage / "_history").mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1, 2, 3]}), storage / "good.parquet")
+    data = (storage / "good.parquet").read_bytes()
+    (storage / "exp--truncated.parquet").write_bytes(data[: len(data) // 2])
+    (storage / "_history" / "exp--foreign.parquet").write_bytes(b"PAR1 this is not parquet")
+    (storage / ".exp--hidden.parquet.123.tmp").write_bytes(b"a writer's temporary file: not read")
+    with pytest.raises(StorageError, match=r"holds 2 unreadable Parquet file\(s\)") as info:
+        search(SearchSpace(grid4, sampler="grid"), storage=storage, verbose=0)
+    message = str(info.value)
+    assert "\n" not in message and "good.parquet" not in message
+    assert "exp--truncated.parquet" in message and "exp--foreign.parquet" in message
+    assert not ray.is_initialized()
+    assert not (storage / "_running").exists() and not (storage / "_experiments").exists()  # nothing trained
+    space_file = tmp_path / "s.py"
+    space_file.write_text(SPACE_FILE.format(tiny=repr(TINY)))
+    assert main(["search", str(space_file), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "exp--truncated.parquet" in err
+
+
+# ----------------------------------------------------------------------------- resume: from rows and checkpoints
+GRID4 = [{"conv": c, "pooling": p} for c in ("conv", "mixed") for p in ("max", "avg")]
+
+
+def _row(point: dict, status: str = "completed", val_acc: float = 0.5) -> dict:
+    from nas_flex.tune.runner import _error_result
+
+    row = _error_result({**TINY, **point}, None, "2000-01-01T00:00:00+00:00")
+    nan = float("nan")
+    metrics = {"train_loss": 1.0, "train_acc": val_acc, "val_loss": 1.0, "val_acc": val_acc}
+    row.update(status=status, search_params=point, epochs_completed=TINY["epochs"], params=100, flops=1000.0,
+               metrics=metrics if status == "completed" else dict.fromkeys(metrics, nan),
+               error="boom" if status == "error" else None)
+    return row
+
+
+def _experiment(storage: Path, name: str, num_samples: int, space_name: str) -> None:
+    (storage / "_experiments").mkdir(parents=True, exist_ok=True)
+    meta = {"name": name, "space": space_name, "sampler": "grid", "objectives": {"val_acc": "max"},
+            "num_samples": num_samples, "scheduler": None, "seed": 0, "overrides": {}, "created": "2000-01-01"}
+    (storage / "_experiments" / f"{name}.json").write_text(json.dumps(meta))
+
+
+def _scratch(storage: Path, experiment: str, trial_id: str, point: dict, started: str) -> Path:
+    folder = storage / "_running" / experiment / trial_id
+    folder.mkdir(parents=True)
+    info = {"trial_id": trial_id, "experiment": experiment, "config": {**TINY, **point}, "search_params": point,
+            "started": started}
+    (folder / "trial.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_resume_plan_reseeds_optuna_from_rows_and_scratch_folders(tmp_path):
+    """What finished comes from the rows, what did not from ``_running/``; Optuna learns the finished trials, the
+    unfinished ones are suggested first under their own ids, and a grid then offers only the point never tried."""
+    from optuna.trial import TrialState
+
+    from nas_flex.leaderboard import write_trial
+    from nas_flex.tune.runner import _optuna_search, _plan_resume
+
+    space = SearchSpace(grid4, sampler="grid")
+    write_trial(tmp_path, _row(GRID4[0], val_acc=0.75), experiment="e", trial_id="t0", sync=False)
+    leftover = _scratch(tmp_path, "e", "t0", GRID4[0], "1")  # the run ended between t0's row and its clean-up
+    write_trial(tmp_path, _row(GRID4[1], status="error"), experiment="e", trial_id="t1", sync=False)
+    _scratch(tmp_path, "e", "t1", GRID4[1], "2")  # errored: retried, as Ray's own resume did
+    _scratch(tmp_path, "e", "t2", GRID4[2], "3")  # interrupted mid-training
+    (tmp_path / "_running" / "e" / "t9").mkdir()  # killed before it wrote its config: never started
+    write_trial(tmp_path, _row(GRID4[3]), experiment="other", trial_id="t0", sync=False)  # another experiment
+
+    finished, unfinished = _plan_resume(tmp_path, "e")
+    assert list(finished["trial_id"]) == ["t0"] and not leftover.exists()
+    assert [u["trial_id"] for u in unfinished] == ["t1", "t2"]
+
+    searcher = _optuna_search(space, {"val_acc": "max"}, "grid", 1, "e", finished=finished.to_dict("records"),
+                              resumed=unfinished)
+    seeded = searcher._ot_study.trials[0]
+    assert seeded.state == TrialState.COMPLETE and seeded.value == 0.75 and seeded.params == GRID4[0]
+    first, second, third = (searcher.suggest(t) for t in ("ray_a", "ray_b", "ray_c"))
+    assert (first["nas_flex_trial_id"], second["nas_flex_trial_id"]) == ("t1", "t2")
+    assert first["nas_flex_config"] == {**TINY, **GRID4[1]} and second["nas_flex_config"] == {**TINY, **GRID4[2]}
+    assert "nas_flex_trial_id" not in third
+    assert {k: third["nas_flex_config"][k] for k in ("conv", "pooling")} == GRID4[3]
+
+
+def test_resume_unpickles_nothing_from_the_storage(tmp_path):
+    """A finished experiment whose Ray folder a third party filled with crafted pickles: --resume reads the rows
+    (all four trials finished), starts no Ray, and the payload never runs."""
+    import ray
+
+    from nas_flex.leaderboard import write_trial
+
+    space = SearchSpace(grid4, sampler="grid")
+    _experiment(tmp_path, "e", 4, space.name)
+    for i, point in enumerate(GRID4):
+        write_trial(tmp_path, _row(point), experiment="e", trial_id=f"t{i}", sync=False)
+    marker = tmp_path / "payload_ran"
+    _plant_pickles(tmp_path, "e", marker)
+    lb = search(space, storage=tmp_path, resume=True, experiment="e", verbose=0)
+    assert not marker.exists()
+    assert len(lb.to_pandas()) == 4 and not ray.is_initialized()
+    with pytest.raises(SearchSpaceError, match="`sampler` 'random' differs from experiment 'e'"):
+        search(space, storage=tmp_path, resume=True, experiment="e", sampler="random", verbose=0)

@@ -175,28 +175,52 @@ def load_architecture(path: str | os.PathLike) -> dict[str, Any]:
     return arch
 
 
+def _why_unloadable(err: BaseException) -> str:
+    """One line saying why a weights file did not load (torch's weights_only refusal is a paragraph)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    refused = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln]
+    if refused:  # a pickle that asks for code: weights_only refused it and nothing ran
+        return f"it is not a plain state_dict, loading was refused (weights_only): {refused[0][:200]}"
+    first = lines[0].split(". ")[0][:200] if lines else ""  # torch appends advice sentences
+    return f"{type(err).__name__}: {first} (truncated or not a weights file?)"
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
     """A state_dict from a ``.safetensors`` file (non-tensor entries from its metadata), a ``torch.save`` file
-    (loaded with ``weights_only=True``; a run_trial ``trial_state.pt`` gives its ``model``), or an export folder."""
+    (loaded with ``weights_only=True``; a run_trial ``trial_state.pt`` gives its ``model``), or an export folder.
+
+    Raises:
+        ExportError: one line naming the file, when it is missing, truncated, not a weights file, or a pickle that
+            asks for code (refused by ``weights_only``; nothing in it runs).
+    """
     p = Path(path)
     if p.is_dir():
         p = p / STATE_DICT_FILE if (p / STATE_DICT_FILE).is_file() else p / WEIGHTS_FILE
     if not p.is_file():
         raise ExportError(f"no weights at {str(p)!r}")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+            from safetensors.torch import load_file
 
-        state: dict[str, Any] = dict(load_file(str(p)))
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        extra = json.loads(meta.get("nas_flex_extra_state", "{}"))
-        for key, value in extra.items():
-            state[key] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in value.items()}
-        return state
-    state = torch.load(p, map_location="cpu", weights_only=True)
+            state: Any = dict(load_file(str(p)))
+            with safe_open(str(p), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            extra = json.loads(meta.get("nas_flex_extra_state", "{}"))
+            for key, value in extra.items():
+                state[key] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in value.items()}
+            return state
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notes on files that fail anyway
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch, zipfile, pickle and safetensors each raise their own kinds
+        raise ExportError(f"cannot load the weights file {str(p)!r}: {_why_unloadable(err)}") from None
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]  # a run_trial checkpoint
+    if not isinstance(state, Mapping):
+        raise ExportError(f"the weights file {str(p)!r} holds a {type(state).__name__}, not a state_dict")
     return dict(state)
 
 

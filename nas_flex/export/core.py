@@ -167,7 +167,6 @@ def _trained_state(cfg: dict[str, Any], out: Path, weights: Any, log: Log) -> tu
     if weights is not None:
         if isinstance(weights, Mapping):
             return dict(weights), {"weights": "given state_dict"}
-        log(f"using the weights in {weights}")
         return load_state_dict_file(weights), {"weights": str(weights)}
     from nas_flex.train import run_trial
 
@@ -317,16 +316,49 @@ def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_e
 
     Raises:
         EquivalenceError: a deployable model's outputs differ from the trained model's (an ``ExportError``).
-        ExportError: ``onnx`` is true but onnx, onnxscript or onnxruntime is missing (raised before any work).
-    """
-    from nas_flex.data import get_dataset
-    from nas_flex.models import build
-    from nas_flex.train.config import resolve_config
+        ExportError: ``onnx`` is true but onnx, onnxscript or onnxruntime is missing (raised before any work); the
+            weights file is missing, truncated or not a state_dict (one line naming it).
 
+    A failed export into a folder it created removes that folder again (no half-written export is left), except a
+    finished retraining checkpoint in ``out/training``, which the next export into the same folder reuses.
+    """
     log = log or _noop
     if onnx:
         _require_onnx()
     out = Path(out)
+    created = not out.exists()
+    try:
+        return _export_row(row, out, weights=weights, check_examples=check_examples, rtol=rtol, source=source,
+                           log=log, onnx=onnx)
+    except BaseException:
+        if created:
+            _remove_partial_export(out)
+        raise
+
+
+def _remove_partial_export(out: Path) -> None:
+    import shutil
+
+    keep = out / "training"
+    if not (keep / "trial_state.pt").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for entry in out.iterdir():
+        if entry != keep:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+def _export_row(row: Any, out: Path, *, weights: Any, check_examples: int, rtol: float,
+                source: Mapping[str, Any] | None, log: Log, onnx: bool) -> ExportResult:
+    from nas_flex.data import get_dataset
+    from nas_flex.models import build
+    from nas_flex.train.config import resolve_config
+
+    weights_file = None
+    if weights is not None and not isinstance(weights, Mapping):
+        weights_file = str(weights)
+        log(f"using the weights in {weights_file}")
+        weights = load_state_dict_file(weights)  # a bad file fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     config, _ = row_config(row)
     cfg = resolve_config(config)
@@ -337,8 +369,14 @@ def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_e
     if len(input_size) != 2:
         raise ExportError(f"export supports image models (C, H, W inputs), not input shape {splits.input_shape}")
     state, provenance = _trained_state(cfg, out, weights, log)
+    if weights_file is not None:
+        provenance = {"weights": weights_file}
     model = build(cfg, in_channels=in_channels, num_classes=num_classes, input_size=input_size)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as err:  # torch lists every missing / unexpected key, many lines
+        what = f"the weights file {weights_file!r}" if weights_file else "the given weights"
+        raise ExportError(f"{what} do not fit the trial's model: {str(err).strip().splitlines()[0][:300]}") from None
     model.eval()
 
     n = max(1, min(check_examples, len(splits.val)))

@@ -70,6 +70,18 @@ def _kernel_layers(model: nn.Module) -> Iterator[KernelLayer]:
     return (m for m in model.modules() if isinstance(m, KernelLayer))
 
 
+def _non_finite_state(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers that hold a NaN or inf. The loss alone misses some divergences: at lr 1e6
+    with SGD a BatchNorm's ``running_var`` overflows to inf while the training loss, computed with batch statistics,
+    stays finite (issue 11)."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    floats = [(n, t) for n, t in named if t.is_floating_point() or t.is_complex()]
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in floats]).cpu()  # one device sync per check
+    return [n for (n, _), ok in zip(floats, finite.tolist()) if not ok]
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if warmup > 0 and step < warmup:
@@ -157,7 +169,8 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
 
     Returns:
         A dict with the keys in ``RESULT_KEYS``. ``status`` is "completed", "diverged" (a NaN/inf loss or size
-        parameter: the metrics so far are kept) or "oom". Other errors propagate (the runner records them).
+        parameter, or any NaN/inf parameter or buffer after an epoch: the metrics so far are kept) or "oom".
+        Other errors propagate (the runner records them).
         ``history`` starts with an epoch-0 record (validation metrics and learned sizes at initialisation, not
         reported to ``report``); ``initial_sizes`` repeats its sizes next to the final ``learned_sizes``, and
         ``size_recipes`` says how each layer kind's size parameters were trained (``nas_flex.train.optim``).
@@ -238,6 +251,10 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
             status, error, stats = "diverged", str(err), None
         except torch.cuda.OutOfMemoryError as err:
             status, error, stats = "oom", str(err).splitlines()[0], None
+        if stats is not None and (bad := _non_finite_state(model)):
+            shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+            status, error = "diverged", f"non-finite values in {shown} after epoch {epoch + 1} (the loss was finite)"
+            stats = None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0

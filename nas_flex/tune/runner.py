@@ -14,19 +14,28 @@ Layout of ``storage`` (a shared path on a cluster)::
     <storage>/_weights/          each trial's trained weights (state_dict, weights_only-loadable) for export
     <storage>/_experiments/      one JSON per experiment: its settings, for --resume
     <storage>/_claims/           one file per trained architecture (dedupe of identical configs)
-    <storage>/_ray/<experiment>  Ray Tune's experiment state (Tuner.restore)
+    <storage>/_running/<experiment>/<trial_id>/   a started trial's scratch folder: trial.json (its config and
+                                 sampler params) and trial_state.pt (its last epoch, weights_only-loadable); removed
+                                 once the trial's row is written, kept for a retry or --resume otherwise
+    <storage>/_ray/<run>         Ray Tune's own files (written by Ray, never read back by nas_flex)
+
+Resume reads only JSON, Parquet and ``weights_only`` checkpoints: the experiment's JSON, the leaderboard rows (what
+finished), and ``_running/`` (what started and did not finish). Nothing in the storage is unpickled, so resuming a
+shared storage runs no code a third party could have placed there (Ray's ``Tuner.restore`` would unpickle
+``_ray/<run>/tuner.pkl``; it is not used).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
 import sys
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,16 +44,26 @@ from typing import Any
 from nas_flex.errors import NasFlexError, SearchSpaceError
 from nas_flex.spaces import SearchSpace, grid_size, load_space, sample_configs, validate_space
 
-__all__ = ["search", "METRICS", "resolve_space"]
+__all__ = ["search", "METRICS", "resolve_space", "ResourceError", "StorageError"]
 
 # metrics a search may optimise, with their natural direction
 METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min", "flops": "min",
            "params": "min", "train_seconds": "min"}
+# the leaderboard column of each metric (what a resumed search tells Optuna about a finished trial)
+METRIC_COLUMNS = {"val_acc": "metrics_val_acc", "val_loss": "metrics_val_loss", "train_acc": "metrics_train_acc",
+                  "train_loss": "metrics_train_loss", "flops": "flops", "params": "params",
+                  "train_seconds": "train_seconds"}
 SCHEDULERS = (None, "asha")
+RUNNING_DIR = "_running"
+TRIAL_FILE = "trial.json"
 
 
 class ResourceError(NasFlexError, RuntimeError):
     """A trial asks for resources the cluster does not have (Ray would leave it pending forever)."""
+
+
+class StorageError(NasFlexError, ValueError):
+    """The ``storage`` folder cannot hold a leaderboard: a file, not writable, or holding unreadable files."""
 
 
 def resolve_space(space: SearchSpace | Callable | str | os.PathLike) -> SearchSpace:
@@ -104,6 +123,85 @@ def _preflight_cluster(res: dict[str, float]) -> None:
         )
 
 
+def _check_int(name: str, value: Any, low: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SearchSpaceError(f"`{name}` must be an integer >= {low} ({what}), but got {value!r}")
+
+
+def _check_experiment_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip() or name.startswith((".", "_")) or any(
+            c in name for c in "/\\\0"):
+        raise SearchSpaceError(f"`experiment` must be a non-empty name without '/' or '\\' that does not start with "
+                               f"'.' or '_' (it names files and folders in the storage), but got {name!r}")
+
+
+def _check_storage(storage: Path) -> None:
+    """Before any work: ``storage`` is (or can become) a writable folder. Creates nothing."""
+    if storage.exists() and not storage.is_dir():
+        raise StorageError(f"`storage` {str(storage)!r} is a file; pass a folder (the leaderboard's directory)")
+    existing = storage
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError(f"`storage` {str(storage)!r} cannot be created: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == storage else f" (its nearest existing parent {str(existing)!r} is not writable)"
+        raise StorageError(f"`storage` {str(storage)!r} is not writable{where}")
+
+
+def _prepare_storage(storage: Path) -> None:
+    """Create ``storage`` and prove it writable with a probe file (permissions and read-only mounts that
+    ``os.access`` cannot see, e.g. as root), before Ray starts."""
+    probe = storage / f".nas_flex_probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise StorageError(f"`storage` {str(storage)!r} is not writable: {err.strerror or err}") from None
+
+
+def unreadable_parquet_files(storage: Path) -> list[Path]:
+    """The leaderboard files in ``storage`` (rows and ``_history/``) whose Parquet footer does not read: a
+    truncated or foreign file that would make the search fail at its end, after every trial trained.
+
+    A footer check (``pyarrow.parquet.read_metadata``), not a full read: truncation, the common damage of a crash or
+    a full disk, loses the footer first. The leaderboard's own reader may supersede this check.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    files = []
+    for folder in (storage, storage / "_history"):
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        files += [folder / n for n in sorted(names) if n.endswith(".parquet") and not n.startswith((".", "_"))]
+
+    def bad(file: Path) -> bool:
+        try:
+            pq.read_metadata(file)
+        except FileNotFoundError:  # a compaction replaced it meanwhile
+            return False
+        except Exception:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for damaged files
+            return True
+        return False
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        flags = list(pool.map(bad, files))
+    return [f for f, b in zip(files, flags) if b]
+
+
+def _check_storage_files(storage: Path) -> None:
+    bad = unreadable_parquet_files(storage)
+    if bad:
+        shown = ", ".join(str(f) for f in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise StorageError(f"`storage` {str(storage)!r} holds {len(bad)} unreadable Parquet file(s) (truncated or "
+                           f"not Parquet): {shown}; move them out of the folder, then run again")
+
+
 def _config_hash(config: Mapping[str, Any]) -> str:
     from nas_flex.train.config import canonical_key
 
@@ -118,16 +216,82 @@ def _experiment_file(storage: Path, name: str) -> Path:
     return storage / "_experiments" / f"{name}.json"
 
 
+def _read_json(file: Path) -> dict[str, Any]:
+    """A JSON object file of the storage (never a pickle); a damaged one is a one-line StorageError naming it."""
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise StorageError(f"cannot read {str(file)!r}: {err}") from None
+    if not isinstance(data, dict):
+        raise StorageError(f"{str(file)!r} does not hold a JSON object")
+    return data
+
+
 def _latest_experiment(storage: Path, space_name: str | None) -> str:
     folder = storage / "_experiments"
     metas = []
     for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        meta = json.loads(f.read_text())
+        meta = _read_json(f)
         if space_name is None or meta.get("space") == space_name:
             metas.append(meta)
     if not metas:
         raise SearchSpaceError(f"nothing to resume: no experiment of space {space_name!r} under {storage}")
     return max(metas, key=lambda m: m["created"])["name"]
+
+
+def _running_dir(storage: Path, experiment: str, trial_id: str) -> Path:
+    return storage / RUNNING_DIR / experiment / trial_id
+
+
+def _write_json_atomic(file: Path, data: Mapping[str, Any]) -> None:
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, file)
+
+
+def _experiment_rows(storage: Path, experiment: str):
+    from nas_flex.leaderboard import Leaderboard
+
+    df = Leaderboard(storage).to_pandas()
+    return df[df["experiment"] == experiment] if len(df) else df
+
+
+def _plan_resume(storage: Path, experiment: str) -> tuple[Any, list[dict[str, Any]]]:
+    """What an interrupted experiment left: (its final leaderboard rows, its unfinished trials).
+
+    A trial is finished when its row is written with a final status; its scratch folder may still exist (the run
+    ended between the row and the clean-up) and is removed here. A trial is unfinished when its scratch folder holds
+    its ``trial.json`` and it has no row, or an ``error`` row (errored trials are retried, as Ray's own resume did):
+    it continues under its own trial id, from its last epoch checkpoint if it has one.
+    """
+    rows = _experiment_rows(storage, experiment)
+    errored = set(rows.loc[rows["status"] == "error", "trial_id"]) if len(rows) else set()
+    final_ids = set(rows["trial_id"]) - errored if len(rows) else set()
+    unfinished = []
+    folder = storage / RUNNING_DIR / experiment
+    for trial_dir in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if trial_dir.name in final_ids:
+            shutil.rmtree(trial_dir, ignore_errors=True)
+            continue
+        if not (trial_dir / TRIAL_FILE).is_file():
+            continue  # the trial was killed before it wrote its config: it never started training
+        info = _read_json(trial_dir / TRIAL_FILE)
+        if info.get("trial_id") != trial_dir.name or not isinstance(info.get("config"), dict):
+            raise StorageError(f"{str(trial_dir / TRIAL_FILE)!r} does not describe trial {trial_dir.name!r}")
+        unfinished.append(info)
+    final = rows[rows["trial_id"].isin(final_ids)] if len(rows) else rows
+    return final, unfinished
+
+
+def _sweep_running(storage: Path, experiment: str) -> None:
+    """Remove the scratch folders of trials whose final row is written (ASHA-stopped trials end without their
+    trainable's clean-up); keep those of errored trials, which --resume retries."""
+    folder = storage / RUNNING_DIR / experiment
+    if folder.is_dir():
+        with contextlib.suppress(NasFlexError):  # a damaged trial.json is reported by the --resume that needs it
+            _plan_resume(storage, experiment)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
 
 
 # --------------------------------------------------------------------------------------------- the trainable
@@ -173,9 +337,10 @@ def _trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe:
     started = _now()
     params = dict(params)
     config = resolve_config(params.pop("nas_flex_config"))
-    optuna_params = params
     ctx = tune.get_context()
-    trial_id = ctx.get_trial_id()
+    # a trial continued by --resume keeps the id (row, checkpoint, claim) it had; Ray gives it a new one
+    trial_id = params.pop("nas_flex_trial_id", None) or ctx.get_trial_id()
+    optuna_params = params
     store = Path(storage)
     if config["device"] == "auto":
         config["device"] = "cuda" if ray.get_gpu_ids() else "cpu"
@@ -186,6 +351,13 @@ def _trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe:
     except Exception:  # noqa: BLE001 - threads are an optimisation only
         pass
     key = _config_hash(config)
+    # the scratch folder lives in the storage (shared on a cluster): a retry on any node, or --resume, finds the
+    # trial's config and last epoch there; it is removed once the trial's row is written
+    work = _running_dir(store, experiment, trial_id)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / TRIAL_FILE).is_file():
+        _write_json_atomic(work / TRIAL_FILE, {"trial_id": trial_id, "experiment": experiment, "config": config,
+                                               "search_params": optuna_params, "started": started})
 
     if dedupe:
         claims = store / "_claims" / experiment
@@ -210,15 +382,12 @@ def _trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe:
                 })
                 result["search_params"] = optuna_params
                 write_trial(store, result, experiment=experiment, trial_id=trial_id, config_key=key)
+                shutil.rmtree(work, ignore_errors=True)
                 tune.report({**result["metrics"], "flops": result["flops"], "params": result["params"],
                              "train_seconds": 0.0, "epoch": config["epochs"], "epochs": config["epochs"],
                              "status": "duplicate"})
                 return
 
-    work = Path(tempfile.mkdtemp(prefix="nas_flex_trial_"))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        checkpoint.to_directory(str(work))
     final: dict[str, Any] = {}
 
     def report(metrics: dict[str, Any]) -> None:
@@ -229,21 +398,20 @@ def _trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe:
             # (ASHA stops every trial that reaches max_t there), and nothing after that report would run
             final.update(out)
             return
-        tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        tune.report(out)  # no Ray checkpoint: the trial's own one is in the storage (work)
 
     try:
         result = run_trial(config, report=report, checkpoint_dir=work)
         _keep_weights(work, store, experiment, trial_id)
         write_trial(store, {**result, "search_params": optuna_params}, experiment=experiment, trial_id=trial_id,
                     config_key=key)
-        if final:
-            tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
-    except Exception as err:
+    except Exception as err:  # the scratch folder stays: Ray's retry (or --resume) continues from its last epoch
         failed = {**_error_result(config, format_exception(err), started), "search_params": optuna_params}
         write_trial(store, failed, experiment=experiment, trial_id=trial_id, config_key=key)
         raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    if final:
+        tune.report(final)
     if result["status"] != "completed":  # tell the searcher how it ended (Optuna records FAIL)
         tune.report({**result["metrics"], "flops": result["flops"], "params": result["params"],
                      "epoch": result["epochs_completed"], "epochs": config["epochs"], "status": result["status"]})
@@ -266,7 +434,50 @@ def _keep_weights(work: Path, store: Path, experiment: str, trial_id: str) -> No
 
 
 # ---------------------------------------------------------------------------------------------- the searcher
-def _optuna_search(space: SearchSpace, objectives: dict[str, str], sampler: str, seed: int, study_name: str):
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Optuna's flat parameter names from the nested dict Ray's OptunaSearch returns (it splits names at '/')."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _finished_trial(space_fn: Callable, row: Mapping[str, Any], objectives: dict[str, str]):
+    """A leaderboard row as an Optuna FrozenTrial (COMPLETE with its objective values, PRUNED or FAIL), its
+    distributions recovered by replaying its stored sampler params through the space; None if they no longer fit."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        fixed = optuna.trial.FixedTrial(_flatten(json.loads(row["search_params"] or "{}")))
+        space_fn(fixed)
+    except Exception:  # noqa: BLE001 - the space changed since: the trial still counts, Optuna just does not see it
+        return None
+    status = row["status"]
+    values = None
+    if status in ("completed", "duplicate"):
+        values = [row.get(METRIC_COLUMNS[m]) for m in objectives]
+        finite = all(v is not None and isinstance(v, (int, float)) and math.isfinite(float(v)) for v in values)
+        state = TrialState.COMPLETE if finite else TrialState.FAIL
+    else:
+        state = TrialState.PRUNED if status == "stopped" else TrialState.FAIL
+    if state != TrialState.COMPLETE:
+        values = None
+    return optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions, state=state,
+                                     values=[float(v) for v in values] if values is not None else None)
+
+
+def _optuna_search(space: SearchSpace, objectives: dict[str, str], sampler: str, seed: int, study_name: str,
+                   finished: list[Mapping[str, Any]] = (), resumed: list[Mapping[str, Any]] = ()):
+    """Ray's OptunaSearch over ``space`` (the trial config travels under ``nas_flex_config``).
+
+    Resume re-seeds a fresh study instead of unpickling the old one: ``finished`` leaderboard rows become completed
+    (or pruned / failed) Optuna trials, so TPE learns from them and a grid skips them; ``resumed`` (the ``trial.json``
+    of unfinished trials) are suggested first, with their stored config and their own trial id.
+    """
     import warnings
 
     import optuna
@@ -276,6 +487,13 @@ def _optuna_search(space: SearchSpace, objectives: dict[str, str], sampler: str,
     class NasFlexOptunaSearch(OptunaSearch):
         """OptunaSearch that tells Optuna the truth about how a trial ended: a trial the scheduler stopped early
         is PRUNED (not COMPLETE with its truncated score), and a diverged / failed one is FAIL."""
+
+        def suggest(self, trial_id: str) -> dict | None:
+            out = super().suggest(trial_id)
+            if out is not None and self.nas_flex_resumed:  # Optuna asks the enqueued params of these first
+                info = self.nas_flex_resumed.pop(0)
+                out = {**out, "nas_flex_config": info["config"], "nas_flex_trial_id": info["trial_id"]}
+            return out
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -309,11 +527,23 @@ def _optuna_search(space: SearchSpace, objectives: dict[str, str], sampler: str,
         # the config travels under one key so the trainable can tell it apart from the raw Optuna params
         return {"nas_flex_config": space(trial)}
 
-    wrapped = SearchSpace(define_by_run, name=space.name)  # pickles by value (Tuner.restore in another process)
+    wrapped = SearchSpace(define_by_run, name=space.name)  # pickles by value (Ray pickles its searcher)
     metrics, modes = list(objectives), list(objectives.values())
     multi = len(metrics) > 1
-    return NasFlexOptunaSearch(space=wrapped, metric=metrics if multi else metrics[0],
-                               mode=modes if multi else modes[0], sampler=ot_sampler, study_name=study_name)
+    searcher = NasFlexOptunaSearch(space=wrapped, metric=metrics if multi else metrics[0],
+                                   mode=modes if multi else modes[0], sampler=ot_sampler, study_name=study_name)
+    seeded = [t for t in (_finished_trial(space, row, objectives) for row in finished) if t is not None]
+    if seeded:
+        searcher._ot_study.add_trials(seeded)
+    searcher.nas_flex_resumed = [dict(info) for info in resumed]
+    for info in searcher.nas_flex_resumed:
+        searcher._ot_study.enqueue_trial(_flatten(info.get("search_params") or {}), skip_if_exists=False)
+    return searcher
+
+
+def _trial_id(trial: Any) -> str:
+    """The nas_flex trial id of a Ray trial: its own, or the one a resumed trial continues."""
+    return (trial.config or {}).get("nas_flex_trial_id") or trial.trial_id
 
 
 class _Progress:
@@ -335,12 +565,12 @@ class _Progress:
             def on_trial_complete(self, iteration, trials, trial, **info):
                 result = trial.last_result or {}
                 if result.get("status") == "running":  # the scheduler stopped it: its trainable wrote no row
-                    outer.stopped.append((trial.trial_id, (trial.config or {}).get("nas_flex_config", {}),
+                    outer.stopped.append((_trial_id(trial), (trial.config or {}).get("nas_flex_config", {}),
                                           dict(result)))
                 outer.finished(trial, result, error=False)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                outer.errored.append((trial.trial_id, (trial.config or {}).get("nas_flex_config", {}),
+                outer.errored.append((_trial_id(trial), (trial.config or {}).get("nas_flex_config", {}),
                                       str(getattr(trial, "error_file", "") or "see the Ray logs")))
                 outer.finished(trial, trial.last_result or {}, error=True)
 
@@ -364,7 +594,7 @@ class _Progress:
         status = "stopped early" if status == "running" else status
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
         best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "-"
-        print(f"[{self.done}/{self.total}] {trial.trial_id} {what}: {status}, {self.objective}={shown} | best "
+        print(f"[{self.done}/{self.total}] {_trial_id(trial)} {what}: {status}, {self.objective}={shown} | best "
               f"{best} | {elapsed:.0f}s elapsed, ETA {eta:.0f}s", flush=True)
 
 
@@ -391,11 +621,16 @@ def search(
 ):
     """Run a search and return its ``Leaderboard``.
 
+    Every argument, the storage folder and the files already in it are checked before Ray starts; a bad one raises
+    a one-line ``NasFlexError`` naming it (``SearchSpaceError``, ``ResourceError``, ``StorageError``).
+
     Args:
         space: a ``SearchSpace``, a define-by-run function ``space(trial) -> config``, or a path to a .py file
             defining ``space`` (see ``search_spaces/``).
-        storage: the leaderboard folder (a shared path on a cluster); also holds Ray's experiment state.
-        num_samples: trials to run; a grid defaults to its size; required otherwise.
+        storage: the leaderboard folder (a shared path on a cluster); also holds the trials' scratch folders
+            (``_running/``) and Ray's files.
+        num_samples: trials to run (>= 1); a grid defaults to its size; required otherwise. On resume: the
+            experiment's new total (default: its recorded one).
         experiment: the experiment's name (default: the space's name and a timestamp).
         address: None starts an embedded local Ray with this machine's CPUs; "auto" or "ray://host:port" joins a
             cluster.
@@ -404,11 +639,15 @@ def search(
         objectives: {"val_acc": "max"} by default; several, e.g. {"val_acc": "max", "flops": "min"}, make a
             multi-objective (NSGA-style TPE) search. ``Leaderboard.pareto`` gives the front.
         sampler: "tpe", "grid" (optuna's BruteForceSampler) or "random"; default: the space's.
-        max_concurrent: cap on trials running at once.
+        max_concurrent: cap on trials running at once (>= 1).
         seed: the sampler's seed.
-        max_failures: retries of a trial that raised (its row keeps the error until a retry succeeds).
-        resume: continue the latest experiment of this space in ``storage`` (or ``experiment``) without redoing
-            finished trials; unfinished trials continue from their last epoch checkpoint.
+        max_failures: retries of a trial that raised (>= 0; its row keeps the error until a retry succeeds).
+        resume: continue the latest experiment of this space in ``storage`` (or ``experiment``), with the same space
+            passed again. Finished trials (leaderboard rows) are not redone and seed the sampler; unfinished ones
+            (``_running/``) continue under their own trial id from their last epoch checkpoint; the rest of
+            ``num_samples`` is sampled anew. Reads only JSON, Parquet and ``weights_only`` checkpoints from the
+            storage: nothing there is unpickled. The sampler, objectives, scheduler, seed and overrides are the
+            experiment's recorded ones.
         dedupe: train each distinct config once; repeats get status "duplicate" with the first one's metrics.
         validate: dry-run and check the space before launching.
         overrides: config keys forced on every trial (e.g. {"dataset": "digits", "epochs": 2}).
@@ -418,43 +657,98 @@ def search(
 
     # our own progress line replaces Tune's experiment-state chatter; the grid sampler's end-of-grid notice is noise
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C raises KeyboardInterrupt here instead of Tune's graceful stop, which ends fit() as if the search were
+    # done (the interrupted trial could be recorded as "stopped", a final status) and points at Tuner.restore
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
-
-    import ray
-    from ray import tune
 
     from nas_flex.leaderboard import Leaderboard
 
-    space = resolve_space(space).with_overrides(**dict(overrides or {}))
-    sampler = sampler or space.sampler
-    objs = _objectives(objectives)
+    # ------------------------------------------------------------ every check before Ray starts or a trial trains
+    if num_samples is not None:
+        _check_int("num_samples", num_samples, 1, "the number of trials")
+    if max_concurrent is not None:
+        _check_int("max_concurrent", max_concurrent, 1, "trials running at once")
+    _check_int("max_failures", max_failures, 0, "retries of a trial that raised")
+    if experiment is not None:
+        _check_experiment_name(experiment)
+    if storage is None or (isinstance(storage, str) and not storage.strip()):
+        raise StorageError(f"`storage` must name a folder, but got {storage!r}")
+    storage = Path(storage).expanduser().resolve()
+    _check_storage(storage)
+    space = resolve_space(space)
     res = _resources(resources_per_trial)
     if scheduler not in SCHEDULERS:
         raise SearchSpaceError(f"`scheduler` must be None or 'asha', but got {scheduler!r}")
-    if sampler not in ("tpe", "grid", "random"):
+    if sampler not in (None, "tpe", "grid", "random"):
         raise SearchSpaceError(f"`sampler` must be 'tpe', 'grid' or 'random', but got {sampler!r}")
-    storage = Path(storage).expanduser().resolve()
+    objs = _objectives(objectives)
+    finished_rows: list[dict[str, Any]] = []
+    resumed: list[dict[str, Any]] = []
     if resume:
         experiment = experiment or _latest_experiment(storage, space.name)
-        meta = json.loads(_experiment_file(storage, experiment).read_text())
-        num_samples = meta["num_samples"]
+        meta_file = _experiment_file(storage, experiment)
+        if not meta_file.is_file():
+            raise SearchSpaceError(f"nothing to resume: no experiment {experiment!r} in {storage}")
+        meta = _read_json(meta_file)
+        recorded = {"sampler": meta.get("sampler"), "scheduler": meta.get("scheduler"),
+                    "objectives": meta.get("objectives")}
+        given = {"sampler": sampler, "scheduler": scheduler, "objectives": objs if objectives is not None else None}
+        for key, value in given.items():
+            if value is not None and value != recorded[key]:
+                raise SearchSpaceError(f"`{key}` {value!r} differs from experiment {experiment!r}'s {recorded[key]!r}; "
+                                       "a resume continues the experiment as it was (leave it out)")
+        recorded_overrides = dict(meta.get("overrides") or {})
+        for key, value in (overrides or {}).items():
+            if value is not None and recorded_overrides.get(key, value) != value:
+                raise SearchSpaceError(f"`overrides` {key}={value!r} differs from experiment {experiment!r}'s "
+                                       f"{key}={recorded_overrides[key]!r}; leave it out to resume")
+        space = space.with_overrides(**recorded_overrides, **{k: v for k, v in (overrides or {}).items()
+                                                                if k not in recorded_overrides})
+        sampler, scheduler, seed = recorded["sampler"], recorded["scheduler"], int(meta.get("seed", 0))
+        objs = _objectives(recorded["objectives"])
+        num_samples = num_samples or int(meta["num_samples"])
     else:
-        if validate:
-            sampled = validate_space(space, seed=seed)
-        else:
-            from nas_flex.train.config import resolve_config
-
-            sampled = [resolve_config(c) for c in sample_configs(space, sampler, 8, seed)[1]]
-        max_epochs = max(c["epochs"] for c in sampled)
-        if num_samples is None:
-            num_samples = space.num_samples or (grid_size(space) if sampler == "grid" else None)
-        if num_samples is None:
-            raise SearchSpaceError("`num_samples` is required for a 'tpe' or 'random' search (a grid counts itself)")
+        space = space.with_overrides(**dict(overrides or {}))
+        sampler = sampler or space.sampler
+        if sampler not in ("tpe", "grid", "random"):
+            raise SearchSpaceError(f"`sampler` must be 'tpe', 'grid' or 'random', but got {sampler!r}")
         experiment = experiment or f"{space.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        _check_experiment_name(experiment)
         if _experiment_file(storage, experiment).exists():
             raise SearchSpaceError(f"experiment {experiment!r} exists in {storage}; pass resume=True or a new name")
+    _check_storage_files(storage)  # a damaged row file would fail the search at its end, after all the training
+    if validate:
+        sampled = validate_space(space, seed=seed)
+    else:
+        from nas_flex.train.config import resolve_config
+
+        sampled = [resolve_config(c) for c in sample_configs(space, sampler, 8, seed)[1]]
+    max_epochs = max(c["epochs"] for c in sampled)
+    if num_samples is None:
+        num_samples = space.num_samples or (grid_size(space) if sampler == "grid" else None)
+        if num_samples is None:
+            raise SearchSpaceError("`num_samples` is required for a 'tpe' or 'random' search (a grid counts itself)")
+        _check_int("num_samples", num_samples, 1, "the space's NUM_SAMPLES")
+    to_run = num_samples
+    if resume:
+        finished, unfinished = _plan_resume(storage, experiment)
+        finished_rows = finished.to_dict("records")
+        resumed = sorted(unfinished, key=lambda info: str(info.get("started", "")))
+        to_run = len(resumed) + max(0, num_samples - len(finished_rows) - len(resumed))
+        # a fresh seed: the first run's seed would draw its first samples again (dedupe would make them duplicates)
+        seed = (seed + 1_000_003 * len(finished_rows)) % 2**31
+        if verbose:
+            print(f"resuming {experiment!r}: {len(finished_rows)} of {num_samples} trials finished, "
+                  f"{len(resumed)} to continue, {to_run - len(resumed)} to sample", flush=True)
+        if to_run == 0:
+            return Leaderboard(storage)
     if address is None:
         _preflight_local(res)
+    _prepare_storage(storage)
+
+    import ray
+    from ray import tune
 
     started_ray = False
     if not ray.is_initialized():
@@ -468,60 +762,58 @@ def search(
         started_ray = True
     try:
         _preflight_cluster(res)
-        storage.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            meta = {"name": experiment, "space": space.name, "source": space.source, "sampler": sampler,
-                    "objectives": objs, "num_samples": num_samples, "scheduler": scheduler, "seed": seed,
-                    "overrides": space.overrides, "resources_per_trial": res, "created": _now()}
-            _experiment_file(storage, experiment).parent.mkdir(parents=True, exist_ok=True)
-            _experiment_file(storage, experiment).write_text(json.dumps(meta, indent=2, default=str))
+        meta = {"name": experiment, "space": space.name, "source": space.source, "sampler": sampler,
+                "objectives": objs, "num_samples": num_samples, "scheduler": scheduler, "seed": seed,
+                "overrides": space.overrides, "resources_per_trial": res, "created": _now()}
+        if resume:
+            meta = {**_read_json(_experiment_file(storage, experiment)), "num_samples": num_samples,
+                    "resumed": _now()}
+        _experiment_file(storage, experiment).parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(_experiment_file(storage, experiment), meta)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, storage=str(storage), experiment=experiment, dedupe=dedupe),
             {"cpu": res["cpu"], "gpu": res["gpu"]},
         )
         first, first_mode = next(iter(objs.items()))
-        progress = _Progress(num_samples, first, first_mode, verbose)
+        progress = _Progress(to_run, first, first_mode, verbose)
         run_config = tune.RunConfig(
-            name=experiment,
+            # a resume is a new Ray run beside the first one's files, which are never read back (no unpickling)
+            name=f"{experiment}--resume-{datetime.now().strftime('%Y%m%d-%H%M%S')}" if resume else experiment,
             storage_path=str(storage / "_ray"),
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
             callbacks=[progress.callback],
         )
-        exp_dir = storage / "_ray" / experiment
-        if resume:
-            if not tune.Tuner.can_restore(str(exp_dir)):
-                raise SearchSpaceError(f"experiment {experiment!r} has no Ray state to resume under {exp_dir}")
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        else:
-            searcher = _optuna_search(space, objs, sampler, seed, study_name=experiment)
-            if max_concurrent:
-                from ray.tune.search import ConcurrencyLimiter
+        searcher = _optuna_search(space, objs, sampler, seed, study_name=experiment, finished=finished_rows,
+                                  resumed=resumed)
+        if max_concurrent:
+            from ray.tune.search import ConcurrencyLimiter
 
-                searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-            sched = None
-            if scheduler == "asha":
-                from ray.tune.schedulers import ASHAScheduler
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+        sched = None
+        if scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
 
-                sched = ASHAScheduler(time_attr="training_iteration", metric=first, mode=first_mode,
-                                      max_t=max_epochs, grace_period=1, reduction_factor=2)
-            tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=sched, num_samples=num_samples))
+            # the epoch, not Ray's iteration count: a resumed trial continues at its epoch under a new Ray trial
+            sched = ASHAScheduler(time_attr="epoch", metric=first, mode=first_mode,
+                                  max_t=max_epochs, grace_period=1, reduction_factor=2)
+        tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=sched, num_samples=to_run))
         if verbose:
-            print(f"nas_flex search {experiment!r}: {num_samples} trials of {space.name!r} ({sampler}), "
+            print(f"nas_flex search {experiment!r}: {to_run} trials of {space.name!r} ({sampler}), "
                   f"objectives {objs}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial; leaderboard: {storage}",
                   flush=True)
         try:
             grid = tuner.fit()
         except KeyboardInterrupt:
             print(f"interrupted: finished trials are in the leaderboard; continue with resume=True "
-                  f"(nas-flex search ... --resume --experiment {experiment})", file=sys.stderr)
+                  f"(nas-flex search SPACE --storage {storage} --resume --experiment {experiment})", file=sys.stderr)
             raise
         del grid  # rows come from the trials' own records, never from ResultGrid.get_dataframe()
         _record_unreported_errors(progress.errored, storage, experiment)
-        _record_stopped(progress.stopped, storage, experiment)
+        if sched is not None:  # without a scheduler nothing stops a trial early but an interruption
+            _record_stopped(progress.stopped, storage, experiment)
+        _sweep_running(storage, experiment)
     finally:
         if started_ray:
             ray.shutdown()
