@@ -323,23 +323,23 @@ def test_a_storage_that_cannot_hold_a_leaderboard_fails_in_one_line_before_ray(t
 
 def test_a_corrupt_parquet_file_in_the_storage_is_named_before_training(tmp_path, capsys):
     """Before: every trial trained, then the search exited 2 at the end. Now every damaged file is named first."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import ray
 
     from nas_flex.cli import main
+    from nas_flex.leaderboard import write_trial
 
     storage = tmp_path / "lb"
     (storage / "_history").mkdir(parents=True)
-    pq.write_table(pa.table({"x": [1, 2, 3]}), storage / "good.parquet")
-    data = (storage / "good.parquet").read_bytes()
+    write_trial(storage, {"status": "completed", "config": {"dataset": "digits"}}, experiment="exp", trial_id="good")
+    good = next(storage.glob("exp--good*.parquet"))
+    data = good.read_bytes()
     (storage / "exp--truncated.parquet").write_bytes(data[: len(data) // 2])
     (storage / "_history" / "exp--foreign.parquet").write_bytes(b"PAR1 this is not parquet")
     (storage / ".exp--hidden.parquet.123.tmp").write_bytes(b"a writer's temporary file: not read")
-    with pytest.raises(StorageError, match=r"holds 2 unreadable Parquet file\(s\)") as info:
+    with pytest.raises(StorageError, match=r"2 bad file\(s\) in the leaderboard storage") as info:
         search(SearchSpace(grid4, sampler="grid"), storage=storage, verbose=0)
     message = str(info.value)
-    assert "\n" not in message and "good.parquet" not in message
+    assert "\n" not in message and good.name not in message
     assert "exp--truncated.parquet" in message and "exp--foreign.parquet" in message
     assert not ray.is_initialized()
     assert not (storage / "_running").exists() and not (storage / "_experiments").exists()  # nothing trained

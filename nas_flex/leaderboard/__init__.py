@@ -29,6 +29,7 @@ from nas_flex.leaderboard.store import (
     trial_file_name,
     write_trial,
 )
+from nas_flex.leaderboard.sizes import format_size_changes, size_changes
 from nas_flex.leaderboard.table import format_leaderboard
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "MERGE_AT",
     "trial_file_name",
     "format_leaderboard",
+    "size_changes",
+    "format_size_changes",
     "SCHEMA_VERSION",
     "TRIAL_SCHEMA",
     "HISTORY_SCHEMA",

@@ -161,45 +161,16 @@ def _prepare_storage(storage: Path) -> None:
         raise StorageError(f"`storage` {str(storage)!r} is not writable: {err.strerror or err}") from None
 
 
-def unreadable_parquet_files(storage: Path) -> list[Path]:
-    """The leaderboard files in ``storage`` (rows and ``_history/``) whose Parquet footer does not read: a
-    truncated or foreign file that would make the search fail at its end, after every trial trained.
-
-    A footer check (``pyarrow.parquet.read_metadata``), not a full read: truncation, the common damage of a crash or
-    a full disk, loses the footer first. The leaderboard's own reader may supersede this check.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import pyarrow.parquet as pq
-
-    files = []
-    for folder in (storage, storage / "_history"):
-        try:
-            names = os.listdir(folder)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        files += [folder / n for n in sorted(names) if n.endswith(".parquet") and not n.startswith((".", "_"))]
-
-    def bad(file: Path) -> bool:
-        try:
-            pq.read_metadata(file)
-        except FileNotFoundError:  # a compaction replaced it meanwhile
-            return False
-        except Exception:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for damaged files
-            return True
-        return False
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        flags = list(pool.map(bad, files))
-    return [f for f, b in zip(files, flags) if b]
-
-
 def _check_storage_files(storage: Path) -> None:
-    bad = unreadable_parquet_files(storage)
-    if bad:
-        shown = ", ".join(str(f) for f in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise StorageError(f"`storage` {str(storage)!r} holds {len(bad)} unreadable Parquet file(s) (truncated or "
-                           f"not Parquet): {shown}; move them out of the folder, then run again")
+    """Every Parquet file already in the storage reads (``nas_flex.leaderboard.check_storage``), before any trial
+    trains: a damaged file would otherwise show only at the search's end."""
+    from nas_flex.errors import CorruptLeaderboardError
+    from nas_flex.leaderboard import check_storage
+
+    try:
+        check_storage(storage)
+    except CorruptLeaderboardError as err:
+        raise StorageError(f"`storage`: {err}") from None
 
 
 def _config_hash(config: Mapping[str, Any]) -> str:
