@@ -48,6 +48,12 @@ def reference_full_plane(layer: CFConv, h: int, w: int) -> torch.Tensor:
     ci = torch.linspace(-1, 1, c_in, dtype=torch.float64) if c_in > 1 else torch.zeros(1, dtype=torch.float64)
     co = torch.linspace(-1, 1, c_out, dtype=torch.float64) if c_out > 1 else torch.zeros(1, dtype=torch.float64)
     coords = torch.stack(torch.meshgrid(_freqs(h), _freqs(w), ci, co, indexing="ij"), dim=-1)  # (H, W, C_in, C_out, 4)
+    if layer.encoding != "none":  # x, then sin(2^k pi x) per encoded column and k, then the cosines
+        cols = (2, 3) if layer.encoding == "channels" else (0, 1, 2, 3)
+        ks = range(layer.encoding_octaves)
+        sines = [torch.sin(math.pi * 2**k * coords[..., c]) for c in cols for k in ks]
+        cosines = [torch.cos(math.pi * 2**k * coords[..., c]) for c in cols for k in ks]
+        coords = torch.cat([coords, torch.stack(sines + cosines, dim=-1)], dim=-1)
     parts = []
     for part in range(2):  # real, imaginary
         z = coords
@@ -384,3 +390,28 @@ def test_mlp_init_keeps_the_kernels_apart(seed):
     (y * torch.randn_like(y)).sum().backward()
     first, last = (float(w.grad.norm()) for w in (layer.kernel_mlp.weights[0], layer.kernel_mlp.weights[-1]))
     assert last / 10 < first < last * 10
+
+
+# ------------------------------------------------------------------------------------ the input encoding option
+def test_fourier_encoding_of_the_coordinates():
+    """``encoding="all"``: the joint MLP sees each coordinate x and sin(2^k pi x), cos(2^k pi x), k < octaves, written
+    out per coordinate here; "channels" encodes only (c_in, c_out); "none" (default) the coordinates alone."""
+    from nas_flex.functional.cfconv import fourier_encode, position_coords
+
+    coords = position_coords(torch.arange(40), 4, 6, 2, 5, dtype=torch.float64)  # (40, 4)
+    want = [coords]
+    for fn in (torch.sin, torch.cos):
+        want.append(torch.stack([fn(math.pi * 2**k * coords[:, c]) for c in range(4) for k in range(3)], dim=-1))
+    torch.testing.assert_close(fourier_encode(coords, 3), torch.cat(want, dim=-1))
+    assert fourier_encode(coords, 0) is coords
+    assert fourier_encode(coords, 3, (2, 3)).shape == (40, 4 + 2 * 3 * 2)
+    assert make(None).kernel_mlp.weights[0].shape[-1] == 4
+    for encoding, width in (("channels", 4 + 2 * 4 * 2), ("all", 4 + 2 * 4 * 4)):
+        layer = make(None, encoding=encoding)
+        assert layer.kernel_mlp.weights[0].shape[-1] == width and f"encoding={encoding!r}" in layer.extra_repr()
+        with torch.no_grad():  # the layer's dense kernel is the MLP of the encoded coordinates, Hermitian part
+            torch.testing.assert_close(layer._mlp_everywhere(6, 5), reference_mlp_state(layer, 6, 5))
+    with pytest.raises(HyperparameterError, match="encoding"):
+        make(None, encoding="sinusoidal")
+    with pytest.raises(HyperparameterError, match="encoding_octaves"):
+        make(None, encoding_octaves=-1)

@@ -15,6 +15,8 @@ The convolution itself is ``nas_flex.functional.niff.circular_conv2d_rfft``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -27,6 +29,7 @@ __all__ = [
     "sample_positions",
     "position_coords",
     "pair_index",
+    "fourier_encode",
     "pairwise_mlp",
     "ema_merge",
     "state_to_spectrum",
@@ -90,6 +93,26 @@ def position_coords(positions: Tensor, h: int, w: int, c_in: int, c_out: int, *,
     if not channels:
         return torch.stack([fy, fx], dim=-1)
     return torch.stack([fy, fx, _channel_coord(i, c_in, dtype), _channel_coord(o, c_out, dtype)], dim=-1)
+
+
+def fourier_encode(coords: Tensor, octaves: int, columns: tuple[int, ...] | None = None) -> Tensor:
+    """Sinusoidal (NeRF / Tancik et al. 2020) encoding of coordinates in [-1, 1]: each selected column x is kept and
+    joined by sin(2^k pi x), cos(2^k pi x) for k = 0 .. octaves - 1.
+
+    Args:
+        coords: (P, D) coordinates.
+        octaves: frequencies per column (0: the coordinates unchanged).
+        columns: which columns to encode (None: all); the others pass through unchanged.
+
+    Returns:
+        (P, D + 2 * octaves * len(columns)): the coordinates, then per encoded column its sines and cosines.
+    """
+    if octaves == 0:
+        return coords
+    cols = list(range(coords.shape[-1])) if columns is None else list(columns)
+    scales = math.pi * 2.0 ** torch.arange(octaves, device=coords.device, dtype=coords.dtype)  # (L,)
+    arg = (coords[:, cols].unsqueeze(-1) * scales).flatten(1)  # (P, len(cols) * L)
+    return torch.cat([coords, torch.sin(arg), torch.cos(arg)], dim=-1)
 
 
 def pair_index(positions: Tensor, c_in: int, c_out: int) -> Tensor:
