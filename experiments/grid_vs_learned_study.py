@@ -274,10 +274,18 @@ def figure(table: pd.DataFrame, curves: dict[str, pd.DataFrame], path: Path) -> 
     plt.close(fig)
 
 
+def complete_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Only the (dataset, seed) pairs whose study finished (their discretised retrain, the last step, has a row): an
+    interrupted pair's partial grid would be charged as if it were the whole search."""
+    parsed = df["experiment"].map(parse_experiment)
+    pairs = {(p[1], p[2]) for p in parsed.dropna() if p[0] == "discretised"}
+    return df[[p is not None and (p[1], p[2]) in pairs for p in parsed]]
+
+
 def analyse(storage: Path, out: Path) -> pd.DataFrame:
     from nas_flex.leaderboard import Leaderboard
 
-    table, curves = summarise(Leaderboard(storage).to_pandas())
+    table, curves = summarise(complete_runs(Leaderboard(storage).to_pandas()))
     if table.empty:
         raise SystemExit(f"no study rows in {storage}: run the study first")
     text = markdown(table)

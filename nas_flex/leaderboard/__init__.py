@@ -20,6 +20,7 @@ from nas_flex.leaderboard.schema import (
     SCHEMA_VERSION,
     TRIAL_SCHEMA,
 )
+from nas_flex.leaderboard.sizes import format_size_changes, size_changes
 from nas_flex.leaderboard.store import (
     MERGE_AT,
     CorruptFileWarning,
@@ -29,7 +30,6 @@ from nas_flex.leaderboard.store import (
     trial_file_name,
     write_trial,
 )
-from nas_flex.leaderboard.sizes import format_size_changes, size_changes
 from nas_flex.leaderboard.table import format_leaderboard
 
 __all__ = [
