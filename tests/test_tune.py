@@ -104,8 +104,9 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
     from its epoch checkpoint under its own id, finished trials are not redone, and the pickles a third party planted
     in the storage are never loaded. Scratch files live under the storage, never in the temp folder."""
     space_file = tmp_path / "tiny_space.py"
-    # epochs long enough (480 examples, 4 epochs) that the Ctrl-C lands inside a trial, not after it
-    space_file.write_text(SPACE_FILE.format(tiny=repr({**TINY, "epochs": 4, "train_subset": 480})))
+    # epochs long enough (480 examples, 24 epochs: seconds per trial even on an idle machine) that the Ctrl-C lands
+    # inside a trial, not after the search has finished
+    space_file.write_text(SPACE_FILE.format(tiny=repr({**TINY, "epochs": 24, "train_subset": 480})))
     storage = tmp_path / "lb"
     system_tmp = tmp_path / "system_tmp"
     system_tmp.mkdir()
