@@ -113,7 +113,10 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
     env = {**os.environ, "TMPDIR": str(system_tmp), "RAY_TMPDIR": "/tmp"}  # Ray's sockets need a short path
     cmd = [NAS_FLEX, "search", str(space_file), "--storage", str(storage), "--experiment", "r1",
            "--max-concurrent", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # a shell starts background jobs with SIGINT ignored, and the child would inherit that: restore the default, so
+    # the Ctrl-C below reaches the search however the test suite was started
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     running = storage / "_running" / "r1"
 
     def finished_and_unfinished():
