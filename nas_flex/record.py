@@ -29,6 +29,7 @@ class TrialStatus(str, Enum):
     COMPLETED = "completed"  # trained for all its epochs
     DIVERGED = "diverged"  # a loss, size parameter or weight became NaN / inf
     ERROR = "error"  # raised before or during training; ``error`` says what
+    OOM = "oom"  # the accelerator ran out of memory; the metrics so far are kept
     DUPLICATE = "duplicate"  # the same resolved config as an earlier trial of the experiment: its metrics, not rerun
     STOPPED = "stopped"  # ended early by a scheduler (ASHA) or by the user
     RUNNING = "running"  # still training (reported to Ray Tune, never written as a row)
