@@ -40,7 +40,7 @@ def run_trials(method: str, pooling: str, epochs: int, hparams: dict) -> None:
     def report(m: dict) -> None:
         print(f"epoch {m['epoch']}: train_loss {m['train_loss']:.3f} val_acc {m['val_acc']:.3f}", flush=True)
 
-    result = run_trial(config, report=report)
+    result = run_trial(config, report=report).to_dict()
     sizes = [(r["name"], round(r["height"], 1), round(r["width"], 1)) for r in result["learned_sizes"]]
     print(json.dumps(config), "->", result["status"], f"val_acc {result['metrics']['val_acc']:.3f}", sizes)
 

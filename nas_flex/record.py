@@ -113,7 +113,7 @@ class TrialRecord:
     peak_memory_kind: str = ""
     device: str = ""
     learned_sizes: tuple[Mapping[str, Any], ...] = ()
-    initial_sizes: tuple[Mapping[str, Any], ...] = ()
+    initial_sizes: tuple[Mapping[str, Any], ...] | None = None  # None: not measured (a resumed trial's epoch 0)
     size_recipes: Mapping[str, Any] = field(default_factory=dict)
     nas_flex_version: str = field(default_factory=_version)
     torch_version: str = ""
@@ -122,7 +122,8 @@ class TrialRecord:
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TrialStatus(self.status))
         for name in ("history", "learned_sizes", "initial_sizes"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @classmethod
     def failed(cls, config: Mapping[str, Any], error: str | None, *, started: str = "",
