@@ -17,7 +17,8 @@ from nas_flex.functional.niff import circular_conv2d_rfft
 from nas_flex.kernels.frequency import rfft_grid, rfft_to_full
 from nas_flex.kernels.mass import continuous_size_from_mass, effective_size_from_mass
 from nas_flex.layers import build
-from nas_flex.layers.niff import DEFAULT_GRID, NIFFConv
+from nas_flex.layers.frequency import DEFAULT_GRID
+from nas_flex.layers.niff import NIFFConv
 
 
 def circular_conv_reference(x: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

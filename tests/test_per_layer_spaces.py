@@ -10,8 +10,8 @@ from torch import nn
 
 from nas_flex.errors import HyperparameterError, SearchSpaceError, UnknownNameError
 from nas_flex.layers import KernelLayer
-from nas_flex.layers.conv import Pool2d
 from nas_flex.layers.njet import SafeSubsample2d
+from nas_flex.layers.pooling import Pool2d
 from nas_flex.models import build
 from nas_flex.spaces import grid_size, load_space, replay, sample_configs, validate_config
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError, NonFiniteError, ShapeError, check_shape
 
-__all__ = ["KernelLayer", "SizeRecipe", "check_positive_int", "check_finite"]
+__all__ = ["KernelLayer", "SizeRecipe", "check_positive_int", "check_finite", "clamp_straight_through"]
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -41,6 +41,15 @@ def check_finite(name: str, tensor: Tensor, where: str) -> Tensor:
             f"probably driven there by a too-large learning rate. Lower the learning rate or size_lr_factor."
         )
     return tensor
+
+
+def clamp_straight_through(x: Tensor, lo: float, hi: float) -> Tensor:
+    """``x.clamp(lo, hi)`` in value, identity in gradient (a projection's gradient, taken at the projected point).
+
+    Plain clamp has zero gradient on and beyond a bound, so a parameter initialised or clipped onto a bound would
+    never move again. The value is exact (no ``x + (c - x)`` cancellation); ``x`` must be finite.
+    """
+    return x.clamp(lo, hi).detach() + (x - x.detach())
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,7 @@ from nas_flex.functional.njet import (
     safe_subsample_size,
 )
 from nas_flex.kernels.gaussian import _check_order, _check_positive_real, num_basis
-from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite
-from nas_flex.layers.envelope import clamp_straight_through
+from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite, clamp_straight_through
 from nas_flex.layers.registry import register
 
 __all__ = ["NJetConv", "SafeSubsample2d"]

@@ -11,7 +11,7 @@ from nas_flex.errors import HyperparameterError, unknown_name
 from nas_flex.layers import build as build_layer
 from nas_flex.layers import get as get_layer
 from nas_flex.layers import hparam_names
-from nas_flex.layers.conv import POOLING_MODES, Pool2d
+from nas_flex.layers.pooling import POOLING_MODES, Pool2d
 
 __all__ = ["ConvFactory", "make_pool", "pooling_plan", "POOLINGS"]
 
