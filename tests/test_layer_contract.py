@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 import nas_flex
 from nas_flex.errors import HyperparameterError, NasFlexError, NonFiniteError, ShapeError, UnknownNameError
-from nas_flex.layers import KernelLayer, available, build, get, register
+from nas_flex.layers import KernelLayer, available, build, get, register, unregister
 
 LAYERS = available()
 
@@ -78,9 +78,20 @@ def test_register_rejects_duplicates_and_adds_new_names():
         with pytest.raises(NasFlexError, match="already registered"):
             register("test_identity_layer")(type("Again", (KernelLayer,), {}))
     finally:
-        from nas_flex.layers import registry
-
-        registry._REGISTERED.pop("test_identity_layer")
+        unregister("test_identity_layer")
+    assert "test_identity_layer" not in available()
+    with pytest.raises(UnknownNameError, match="unknown layer 'test_identity_layer'"):
+        build("test_identity_layer", 2, 2)
+    with pytest.raises(UnknownNameError, match="unknown registered layer 'test_identity_layer'"):
+        unregister("test_identity_layer")
+    with pytest.raises(NasFlexError, match="'conv' is a built-in layer"):
+        unregister("conv")
+    assert "conv" in available()
+    other = register("test_identity_layer")(type("Other", (Identity,), {}))  # the name is free again
+    try:
+        assert type(build("test_identity_layer", 2, 2)) is other
+    finally:
+        unregister("test_identity_layer")
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])

@@ -1,4 +1,5 @@
-"""The layer registry: ``build(name, in_channels, out_channels, **hparams)``, ``available()``, ``register(name)``.
+"""The layer registry: ``build(name, in_channels, out_channels, **hparams)``, ``available()``, ``register(name)``,
+``unregister(name)``.
 
 Built-in layers are listed by import path and imported on first use, so ``import nas_flex.layers`` stays cheap and a
 layer's module is only loaded when a model asks for it (the same idea as Ray Tune's ``SEARCH_ALG_IMPORT``).
@@ -15,7 +16,7 @@ from torch import nn
 
 from nas_flex.errors import HyperparameterError, NasFlexError, unknown_name
 
-__all__ = ["register", "build", "available", "get", "hparam_names"]
+__all__ = ["register", "unregister", "build", "available", "get", "hparam_names"]
 
 T = TypeVar("T", bound=type[nn.Module])
 
@@ -57,6 +58,26 @@ def register(name: str) -> Callable[[T], T]:
         return cls
 
     return decorator
+
+
+def unregister(name: str) -> None:
+    """Remove the layer ``register(name)`` added (e.g. a test's layer), so the name is free again.
+
+    Raises:
+        NasFlexError: for a built-in layer (they are part of the package and stay).
+        UnknownNameError: if no layer was registered under ``name``, listing the ones that were.
+
+    Example:
+        >>> from nas_flex.layers import KernelLayer, register, unregister
+        >>> @register("my_conv")  # doctest: +SKIP
+        ... class MyConv(KernelLayer): ...
+        >>> unregister("my_conv")  # doctest: +SKIP
+    """
+    if name in _BUILTIN:
+        raise NasFlexError(f"{name!r} is a built-in layer and cannot be unregistered; only names given to register()")
+    if name not in _REGISTERED:
+        raise unknown_name("registered layer", name, sorted(set(_REGISTERED) - set(_BUILTIN)))
+    del _REGISTERED[name]
 
 
 def available() -> list[str]:
