@@ -54,7 +54,8 @@ def test_unknown_layer_lists_valid_names():
 
 
 def test_unknown_hparam_is_named():
-    with pytest.raises(HyperparameterError, match=r"unknown hyperparameter\(s\) \['kernal_size'\].*kernel_size"):
+    with pytest.raises(HyperparameterError, match=r"unknown hyperparameter\(s\) of layer 'conv': 'kernal_size' "
+                                                  r"\(did you mean 'kernel_size'\?\); valid: kernel_size, bias"):
         build("conv", 3, 4, kernal_size=3)
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from nas_flex.errors import HyperparameterError, NasFlexError, unknown_name
+from nas_flex.errors import NasFlexError, check_known, unknown_name
 
 __all__ = ["register", "unregister", "build", "available", "get", "hparam_names"]
 
@@ -112,6 +112,10 @@ def build(name: str, in_channels: int, out_channels: int, **hparams: Any) -> nn.
         out_channels: C_out.
         **hparams: the layer's hyperparameters (papers' names); unknown ones are rejected by name.
 
+    Raises:
+        UnknownNameError: an unknown layer name. HyperparameterError: an unknown hyperparameter (with the closest
+            valid one), or, from the layer, a value out of range.
+
     Example:
         >>> from nas_flex.layers import build
         >>> layer = build("conv", 3, 8, kernel_size=5)
@@ -119,10 +123,5 @@ def build(name: str, in_channels: int, out_channels: int, **hparams: Any) -> nn.
         (5.0, 5.0)
     """
     cls = get(name)
-    valid = hparam_names(name)
-    unknown = sorted(set(hparams) - set(valid))
-    if unknown:
-        raise HyperparameterError(
-            f"layer {name!r} got unknown hyperparameter(s) {unknown}; valid ones: {', '.join(valid) or 'none'}"
-        )
+    check_known(hparams, hparam_names(name), f"hyperparameter(s) of layer {name!r}")
     return cls(in_channels, out_channels, **hparams)
