@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nas_flex.errors import SearchSpaceError
-from nas_flex.spaces import SearchSpace, grid_size, load_space, replay, sample_configs, validate_space
+from nas_flex.spaces import SearchSpace, grid_size, load_space, replay, sample_configs, validate_config, validate_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,23 @@ def test_overrides_apply_after_the_space():
 def test_validation_errors_name_the_parameter(fn, match):
     with pytest.raises(SearchSpaceError, match=match):
         validate_space(SearchSpace(fn, sampler="grid"))
+
+
+def test_dry_build_loads_the_dataset_the_trial_would(monkeypatch):
+    """The dry build reads the dataset with the config's own settings, ``download`` included, as run_trial does."""
+    import nas_flex.data as data
+
+    calls = []
+    real = data.get_dataset
+
+    def recording(name, **kwargs):
+        calls.append((name, kwargs))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(data, "get_dataset", recording)
+    config = {"dataset": "digits", "download": True, "seed": 3, "image_size": 12, "data_options": {"val_fraction": 0.5}}
+    validate_config(config, build=True)
+    assert calls == [("digits", {"root": None, "image_size": 12, "seed": 3, "download": True, "val_fraction": 0.5})]
 
 
 def test_bad_settings():

@@ -76,12 +76,11 @@ def _dry_build(cfg: dict[str, Any], where: str) -> None:
     """Build the model and run one zero example of the dataset's shape (catches kernels larger than a stage)."""
     import torch
 
-    from nas_flex.data import get_dataset
+    from nas_flex.data import dataset_from_config
     from nas_flex.models import build
 
     try:
-        splits = get_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
-                             **cfg["data_options"])
+        splits = dataset_from_config(cfg)
         model = build(cfg, in_channels=splits.input_shape[0], num_classes=splits.num_classes,
                       input_size=tuple(splits.input_shape[1:]))
         model.eval()
