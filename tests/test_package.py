@@ -23,6 +23,22 @@ def test_import_nas_flex_is_light():
     assert not {"torch", "ray", "optuna", "pandas", "pyarrow"} & mods
 
 
+def test_subpackages_are_lazy_attributes():
+    """``nas_flex.<name>`` works after a bare ``import nas_flex`` for every public subpackage, loaded on first use."""
+    names = ["models", "train", "tune", "leaderboard", "record", "layers", "data", "spaces", "export", "report"]
+    statement = (
+        "import importlib, nas_flex; assert 'nas_flex.models' not in sys.modules; "
+        f"bad = [n for n in {names!r} if getattr(nas_flex, n) is not importlib.import_module('nas_flex.' + n)]; "
+        "assert not bad, bad; assert set(dir(nas_flex)) >= set(" + repr(names) + ")"
+    )
+    assert {f"nas_flex.{n}" for n in names} <= _modules_after(statement)
+
+
+def test_record_needs_no_torch():
+    mods = _modules_after("import nas_flex; nas_flex.record.TrialStatus")
+    assert "nas_flex.record" in mods and not {"torch", "ray", "optuna"} & mods
+
+
 def test_errors_need_no_torch():
     assert "torch" not in _modules_after("import nas_flex.errors")
 

@@ -28,11 +28,9 @@ from nas_flex.layers import hparam_names
 from nas_flex.models.backbones import TCN, CIFARResNet, FlexNet, SimpleCNN
 from nas_flex.models.common import POOLINGS, ConvFactory, make_pool
 
-__all__ = ["build", "convert", "BACKBONES", "POOLINGS", "MODEL_KEYS", "make_pool"]
+__all__ = ["build", "convert", "BACKBONES", "POOLINGS", "make_pool"]
 
 BACKBONES = {"simple": SimpleCNN, "resnet": CIFARResNet, "flexnet": FlexNet, "tcn": TCN}
-MODEL_KEYS = ("backbone", "conv", "conv_hparams", "kernel_size", "pooling", "width", "depth", "dropout", "head",
-              "in_channels", "num_classes", "input_size")
 
 
 def build(config: Mapping[str, Any], *, in_channels: int | None = None, num_classes: int | None = None,
