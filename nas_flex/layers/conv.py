@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -10,7 +9,7 @@ from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError
 from nas_flex.functional.conv import conv2d_same
-from nas_flex.layers.base import KernelLayer
+from nas_flex.layers.base import KernelLayer, conv_init_
 
 # Pool2d and POOLING_MODES moved to nas_flex.layers.pooling; imported here so their public path keeps working
 from nas_flex.layers.pooling import POOLING_MODES, Pool2d
@@ -77,12 +76,7 @@ class Conv(KernelLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # nn.Conv2d's initialisation, so the baseline is exactly the layer people compare against
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(self.bias, -bound, bound)
+        conv_init_(self.weight, self.bias)  # nn.Conv2d's, so the baseline is exactly the layer people compare against
 
     @property
     def effective_kernel_size(self) -> tuple[float, float]:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from nas_flex.errors import HyperparameterError, NasFlexError, NonFiniteError
 from nas_flex.functional.envelope import envelope_conv2d, envelope_weight
 from nas_flex.kernels.envelope import envelope_mass_side, envelope_side
-from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite, clamp_straight_through
+from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite, clamp_straight_through, conv_init_
 from nas_flex.layers.registry import register
 
 __all__ = ["EnvelopeConv"]
@@ -142,10 +142,7 @@ class EnvelopeConv(KernelLayer):
         return 1 / self.kernel_size, float(self.kernel_size)
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.kernel_size**2)
-            nn.init.uniform_(self.bias, -bound, bound)
+        conv_init_(self.weight, self.bias)
         lo, hi = self.sigma_bounds
         with torch.no_grad():
             init = torch.tensor(self._sigma_init_values, dtype=torch.float64).clamp(lo, hi)
