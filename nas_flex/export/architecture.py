@@ -65,12 +65,10 @@ def row_config(config_or_row: Any) -> tuple[dict[str, Any], list[dict[str, Any]]
 
 def dataset_dims(config: Mapping[str, Any]) -> tuple[int, int, tuple[int, ...]]:
     """(in_channels, num_classes, input_size) of a trial config's dataset (loads the dataset's splits)."""
-    from nas_flex.data import get_dataset
+    from nas_flex.data import dataset_from_config
     from nas_flex.train.config import resolve_config
 
-    cfg = resolve_config(config)
-    splits = get_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
-                         download=cfg["download"], **cfg["data_options"])
+    splits = dataset_from_config(resolve_config(config))
     return int(splits.input_shape[0]), int(splits.num_classes), tuple(int(s) for s in splits.input_shape[1:])
 
 

@@ -36,7 +36,8 @@ from nas_flex.functional.cfconv import (
 from nas_flex.functional.niff import circular_conv2d_rfft, compute_dtype
 from nas_flex.kernels.frequency import hermitian_project
 from nas_flex.layers.base import check_finite, check_positive_int
-from nas_flex.layers.niff import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, _size_repr, he_init_
+from nas_flex.layers.frequency import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, he_init_
+from nas_flex.layers.frequency import size_repr as _size_repr
 from nas_flex.layers.registry import register
 
 __all__ = ["CFConv", "CFCONV_ENCODINGS", "CFCONV_PARAMETERIZATIONS", "DEFAULT_HIDDEN"]
