@@ -19,8 +19,7 @@ from nas_flex.errors import SearchSpaceError
 from nas_flex.leaderboard import TRIAL_SCHEMA, Leaderboard
 from nas_flex.record import TrialRecord, TrialStatus
 from nas_flex.spaces import SearchSpace, replay
-from nas_flex.tune import ResourceError, search
-from nas_flex.tune import StorageError
+from nas_flex.tune import ResourceError, StorageError, search
 
 ROOT = Path(__file__).resolve().parents[1]
 NAS_FLEX = str(Path(sys.executable).parent / "nas-flex")

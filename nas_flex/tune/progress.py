@@ -83,7 +83,7 @@ class Progress:
                 self.best = (float(value), what)
         elapsed = time.monotonic() - self.start
         eta = elapsed / self.done * max(self.total - self.done, 0)
-        status = "error" if error else result.get("status", "stopped")
+        status = TrialStatus.ERROR.value if error else result.get("status", TrialStatus.STOPPED.value)
         status = "stopped early" if status == TrialStatus.RUNNING.value else status
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
         best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "-"

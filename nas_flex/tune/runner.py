@@ -295,6 +295,17 @@ def _fit(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, re
     sweep_running(storage, plan.experiment)
 
 
+def _launch(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, resume: bool) -> None:
+    """Check the resources, start (or join) Ray, record the experiment's settings and run its trials."""
+    if run.address is None:
+        _preflight_local(run.resources)
+    prepare_storage(storage)
+    with _ray_session(run.address, run.verbose):
+        _preflight_cluster(run.resources)
+        _write_experiment(storage, plan, run.resources, resume)
+        _fit(plan, storage, tune_config, run, resume)
+
+
 # ---------------------------------------------------------------------------------------------------- search
 def search(
     space: SearchSpace | Callable | str | os.PathLike,
@@ -321,11 +332,10 @@ def search(
         num_samples: trials to run (>= 1); a grid defaults to its size; required otherwise. On resume: the
             experiment's new total (default: its recorded one).
         experiment: the experiment's name (default: the space's name and a timestamp).
-        resume: continue the latest experiment of this space in ``storage`` (or ``experiment``), with the same space
-            passed again. Finished trials (leaderboard rows) are not redone and seed the sampler; unfinished ones
-            continue under their own trial id from their last epoch checkpoint; the rest of ``num_samples`` is
-            sampled anew. Reads only JSON, Parquet and ``weights_only`` checkpoints from the storage: nothing there
-            is unpickled. The sampler, objectives, scheduler, seed and overrides are the experiment's recorded ones.
+        resume: continue the latest experiment of this space in ``storage`` (or ``experiment``), the same space passed
+            again, with its recorded sampler, objectives, scheduler, seed and overrides: finished trials are not
+            redone, unfinished ones continue from their last epoch (``nas_flex.tune.plan_resume``). Nothing in the
+            storage is unpickled.
         overrides: config keys forced on every trial (e.g. {"dataset": "digits", "epochs": 2}).
         tune_config: what to sample and optimise: objectives, sampler, scheduler, seed, max_concurrent, dedupe,
             validate (``TuneConfig``; default ``TuneConfig()``).
@@ -335,9 +345,7 @@ def search(
 
     Example:
         >>> lb = nas_flex.search("search_spaces/grid.py", storage="runs/grid", num_samples=8)  # doctest: +SKIP
-        >>> lb = nas_flex.search(space, storage="runs/cifar", num_samples=40,  # doctest: +SKIP
-        ...                      tune_config=TuneConfig(objectives={"val_acc": "max", "flops": "min"}),
-        ...                      run_config=RunConfig(resources_per_trial={"cpu": 2, "gpu": 0.5}))
+        >>> lb = nas_flex.search(space, storage="runs/x", tune_config=TuneConfig(scheduler="asha"))  # doctest: +SKIP
     """
     from nas_flex.leaderboard import Leaderboard
 
@@ -353,13 +361,6 @@ def search(
     plan = make_plan(storage, space, experiment, tune_config, overrides, num_samples)
     check_storage_files(storage)  # a damaged row file would fail the search at its end, after all the training
     plan = _sized(plan, storage, tune_config.validate, resume, run_config.verbose)
-    if resume and plan.to_run == 0:
-        return Leaderboard(storage)
-    if run_config.address is None:
-        _preflight_local(run_config.resources)
-    prepare_storage(storage)
-    with _ray_session(run_config.address, run_config.verbose):
-        _preflight_cluster(run_config.resources)
-        _write_experiment(storage, plan, run_config.resources, resume)
-        _fit(plan, storage, tune_config, run_config, resume)
+    if plan.to_run:  # a resume of an experiment that is done runs nothing
+        _launch(plan, storage, tune_config, run_config, resume)
     return Leaderboard(storage)

@@ -7,6 +7,7 @@ trainable's say (stopped by the scheduler, a crashed worker) get their row from 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -52,7 +53,8 @@ def _write(storage: Path, record: TrialRecord, experiment: str, trial_id: str) -
 
 # ------------------------------------------------------------------------------------------ waiting for an owner
 def owner_row(storage: str | os.PathLike, experiment: str, trial_id: str) -> dict[str, Any] | None:
-    """The leaderboard row of one trial, or None: reads only the columns a duplicate needs (and the keys)."""
+    """The leaderboard row of one trial, or None: reads only the columns a duplicate needs (and the keys). A missing
+    value (Parquet null: how a NaN metric is stored) is NaN, as in ``Leaderboard.to_pandas()``."""
     import pyarrow.compute as pc
 
     from nas_flex.leaderboard.store import scan
@@ -61,7 +63,9 @@ def owner_row(storage: str | os.PathLike, experiment: str, trial_id: str) -> dic
         return None
     table = scan(storage, columns=_OWNER_COLUMNS, on_corrupt="ignore").table
     mine = table.filter(pc.and_(pc.equal(table["experiment"], experiment), pc.equal(table["trial_id"], trial_id)))
-    return mine.slice(mine.num_rows - 1).to_pylist()[0] if mine.num_rows else None
+    if not mine.num_rows:
+        return None
+    return {k: math.nan if v is None else v for k, v in mine.slice(mine.num_rows - 1).to_pylist()[0].items()}
 
 
 def _owner_gone(layout: StorageLayout, experiment: str, owner: str, claim: Path | None) -> bool:
