@@ -30,19 +30,23 @@ import torch
 BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 6, "lr": 1e-2}
 
 
-def run_trials(method: str, pooling: str, epochs: int, hparams: dict) -> None:
+def run_trials(method: str, pooling: str, epochs: int, hparams: dict, batch_size: int | None = None) -> None:
     from nas_flex.train import run_trial
 
     config = {**BASE, "conv": method, "pooling": pooling, "epochs": epochs}
+    if batch_size is not None:
+        config["batch_size"] = batch_size
     if hparams:
         config["conv_hparams"] = hparams
 
     def report(m: dict) -> None:
-        print(f"epoch {m['epoch']}: train_loss {m['train_loss']:.3f} val_acc {m['val_acc']:.3f}", flush=True)
+        print(f"epoch {m['epoch']}: train_loss {m['train_loss']:.3f} val_acc {m['val_acc']:.3f} "
+              f"({m['seconds']:.0f} s)", flush=True)
 
     result = run_trial(config, report=report)
     sizes = [(r["name"], round(r["height"], 1), round(r["width"], 1)) for r in result["learned_sizes"]]
-    print(json.dumps(config), "->", result["status"], f"val_acc {result['metrics']['val_acc']:.3f}", sizes)
+    print(json.dumps(config), "->", result["status"], f"val_acc {result['metrics']['val_acc']:.3f}",
+          f"train_seconds {result['train_seconds']:.0f}", sizes)
 
 
 def _mean_abs_cos(rows: torch.Tensor) -> float:
@@ -107,6 +111,8 @@ def main() -> None:
     t.add_argument("--method", default="cfconv")
     t.add_argument("--pooling", default="max", choices=["max", "avg"])
     t.add_argument("--epochs", type=int, default=BASE["epochs"])
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="examples per step (default: run_trial's 64); the main job uses --epochs 10 --batch-size 32")
     t.add_argument("--hparams", default="{}", help="the layer's conv_hparams as JSON")
     c = sub.add_parser("collapse")
     c.add_argument("--steps", type=int, default=60)
@@ -117,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part == "trials":
-        run_trials(args.method, args.pooling, args.epochs, json.loads(args.hparams))
+        run_trials(args.method, args.pooling, args.epochs, json.loads(args.hparams), args.batch_size)
     else:
         collapse(args.steps, [json.loads(v) for v in args.variants], args.lr)
 
