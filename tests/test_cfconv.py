@@ -503,3 +503,35 @@ def test_a_step_that_samples_every_position_equals_the_gathered_step(parameteriz
         torch.testing.assert_close(got[n], p.grad, rtol=1e-10, atol=1e-12, msg=n)
     mlp = reference_mlp_state(layer, *hw)  # and the independent float64 reference of the EMA step
     torch.testing.assert_close(layer.kernel_state, 0.1 * before + 0.9 * mlp, rtol=1e-12, atol=1e-12)
+
+
+def test_per_pair_step_over_half_the_state_broadcasts_with_the_gathered_result():
+    """Per pair, a sample covering at least ``broadcast_share`` of the state is evaluated everywhere by broadcasting
+    and picked at the sampled positions: the same state, output and gradients as gathering each position's weights
+    (the previous computation), and the reference EMA at the sampled positions."""
+    hw = (5, 6)
+    x = torch.randn(2, 2, *hw, dtype=torch.float64)
+    fast = make(60, c_in=2, c_out=2)  # 60 of 5 x 4 x 2 x 2 = 80 positions
+    assert fast.parameterization == "per_pair" and 60 >= fast.broadcast_share * 80
+    fast(x)
+    slow = make(60, c_in=2, c_out=2)
+    slow.load_state_dict(fast.state_dict())
+    slow.broadcast_share = math.inf
+    before = fast.kernel_state.clone()
+    results = []
+    for layer in (fast, slow):
+        torch.manual_seed(3)  # the same sampled positions
+        y = layer(x)
+        y.square().sum().backward()
+        results.append((y, layer.last_positions, layer.kernel_state, {n: p.grad for n, p in layer.named_parameters()}))
+    (y_fast, pos_fast, state_fast, grad_fast), (y_slow, pos_slow, state_slow, grad_slow) = results
+    assert torch.equal(pos_fast, pos_slow) and 40 <= pos_fast.numel() < 80
+    torch.testing.assert_close(y_fast, y_slow, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state_fast, state_slow, rtol=1e-13, atol=1e-14)
+    for n in grad_fast:
+        torch.testing.assert_close(grad_fast[n], grad_slow[n], rtol=1e-10, atol=1e-12, msg=n)
+    mlp = reference_mlp_state(fast, *hw).reshape(-1, 2)
+    flat_before = before.reshape(-1, 2)
+    want = flat_before.clone()
+    want[pos_fast] = 0.1 * flat_before[pos_fast] + 0.9 * mlp[pos_fast]
+    torch.testing.assert_close(state_fast.reshape(-1, 2), want, rtol=1e-12, atol=1e-12)

@@ -169,6 +169,11 @@ class CFConv(FrequencyKernelLayer):
     """
 
     domain: ClassVar[str] = "frequency"
+    # Per pair, a step whose sample covers at least this share of the state evaluates every pair's MLP at every
+    # frequency by broadcasting and picks the sampled positions from that: per position 2-3x cheaper than gathering
+    # each position's weights (measured on the main job's layers, CPU, one thread), so cheaper from about half on.
+    # An instance attribute so a benchmark can compare both paths (``experiments/frequency_layers.py step``).
+    broadcast_share: float = 0.5
     example_hparams: ClassVar[dict[str, Any]] = {"sampled_positions": None}
 
     def __init__(
@@ -418,20 +423,24 @@ class CFConv(FrequencyKernelLayer):
             )
         state = self.kernel_state
         total = math.prod(state.shape[:-1])
-        if self.sampled_positions >= total:
-            # every position is sampled (a small layer): the same step without the gather and scatter
-            self.last_positions = torch.arange(total, device=state.device)
-            values = self._mlp_everywhere(h, w).reshape(-1, 2)  # (total, 2), with gradients
-            kernel, new = ema_merge(state, None, values, self.decay)
-            with torch.no_grad():
-                state.copy_(new.reshape(state.shape))
-            return kernel
-        positions = sample_positions(total, self.sampled_positions, device=state.device)
+        dense = self.sampled_positions >= total  # every position is sampled (a small layer)
+        positions = (torch.arange(total, device=state.device) if dense
+                     else sample_positions(total, self.sampled_positions, device=state.device))
         self.last_positions = positions
-        values = self._mlp_at(positions, h, w, compute_dtype(state.dtype))  # (P, 2), with gradients
-        kernel, new = ema_merge(state, positions, values, self.decay)
+        if dense or (self.parameterization == "per_pair" and self.sampled_positions >= self.broadcast_share * total):
+            # every pair's MLP at every frequency by broadcasting, then the sampled positions picked from it: the same
+            # values and gradients, cheaper than gathering each position's weights once the sample covers this share
+            everywhere = self._mlp_everywhere(h, w).reshape(-1, 2)  # (total, 2), with gradients
+            values = everywhere if dense else everywhere[positions]
+        else:
+            values = self._mlp_at(positions, h, w, compute_dtype(state.dtype))  # (P, 2), with gradients
+        # a dense step needs no gather and scatter: positions=None is every position in order
+        kernel, new = ema_merge(state, None if dense else positions, values, self.decay)
         with torch.no_grad():
-            state.view(-1, 2)[positions] = new.to(state.dtype)
+            if dense:
+                state.copy_(new.reshape(state.shape))
+            else:
+                state.view(-1, 2)[positions] = new.to(state.dtype)
         return kernel
 
     def extra_repr(self) -> str:
