@@ -54,9 +54,12 @@ def run_trials(method: str, pooling: str, epochs: int, hparams: dict, batch_size
               f"({m['seconds']:.0f} s)", flush=True)
 
     result = run_trial(config, report=report)
-    sizes = [(r["name"], round(r["height"], 1), round(r["width"], 1)) for r in result["learned_sizes"]]
+    def sizes(records: list[dict]) -> list[tuple]:
+        return [(r["name"], round(r["height"], 1), round(r["width"], 1)) for r in records]
+
     print(json.dumps(config), "->", result["status"], f"val_acc {result['metrics']['val_acc']:.3f}",
-          f"train_seconds {result['train_seconds']:.0f}", sizes)
+          f"train_seconds {result['train_seconds']:.0f}", "sizes at init", sizes(result.get("initial_sizes") or []),
+          "learned", sizes(result["learned_sizes"]))
 
 
 def _mean_abs_cos(rows: torch.Tensor) -> float:
