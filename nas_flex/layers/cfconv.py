@@ -144,7 +144,7 @@ class CFConv(FrequencyKernelLayer):
             ~16 (the U[-1, 1] state) to about 2 within 20 Adam steps, at lr 1e-2 as at 1e-3, because the MLP itself
             is nearly rank-deficient across channels (evaluated everywhere at init: ranks 1.8-3.8 of 16), and the
             main job's CF-Conv stays near chance; per pair the ranks stay near 15 and the main job reaches about
-            0.63 (``experiments/frequency_layers.py``; README, "NIFF and CF-Conv at the main job's config").
+            0.64 (``experiments/frequency_layers.py``; README, "NIFF and CF-Conv at the main job's config").
         hidden_features: the MLP's hidden widths; default the paper's (32, 32, 32, 16, 16, 16, 8, 8, 8) for
             "joint", (2,) for "per_pair" (its [2, 1] neurons). The output width is 1 per part.
         encoding: the joint MLP's input encoding (the paper does not give one; "joint" only): "none" (default:
