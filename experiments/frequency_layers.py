@@ -53,7 +53,8 @@ def run_trials(method: str, pooling: str, epochs: int, hparams: dict, batch_size
         print(f"epoch {m['epoch']}: train_loss {m['train_loss']:.3f} val_acc {m['val_acc']:.3f} "
               f"({m['seconds']:.0f} s)", flush=True)
 
-    result = run_trial(config, report=report)
+    result = run_trial(config, report=report).to_dict()
+
     def sizes(records: list[dict]) -> list[tuple]:
         return [(r["name"], round(r["height"], 1), round(r["width"], 1)) for r in records]
 

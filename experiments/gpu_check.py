@@ -263,7 +263,7 @@ class Check:
             cfg = {**base, **KIND_CONFIG.get(kind, {}), "conv": kind, "amp": True, "device": self.device}
             t0 = time.perf_counter()
             try:
-                r = run_trial(cfg)
+                r = run_trial(cfg).to_dict()
             except Exception as err:  # noqa: BLE001 - one kind failing must not hide the others
                 self.fail("amp", f"{kind}: {type(err).__name__}: {err}")
                 continue

@@ -121,7 +121,7 @@ def main() -> None:
             cfg = {**main_job_config(method, pooling, k), "size_update": update, **extra}
             if epochs is not None:
                 cfg["epochs"] = epochs
-            summary = summarize(run_trial(cfg))
+            summary = summarize(run_trial(cfg).to_dict())
             _print(summary)
             if args.out:
                 with open(args.out, "a") as fh:

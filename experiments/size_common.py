@@ -44,11 +44,11 @@ def setup(args: argparse.Namespace, epochs: tuple[int, int], seeds: tuple[Sequen
 
 
 def train(config: dict[str, Any], *, keep_weights: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``run_trial(config)``; with ``keep_weights`` also the trained state_dict (read back ``weights_only``)."""
+    """``run_trial(config).to_dict()``; with ``keep_weights`` also the trained state_dict (read ``weights_only``)."""
     if not keep_weights:
-        return run_trial(config), {}
+        return run_trial(config).to_dict(), {}
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_trial(config, checkpoint_dir=tmp)
+        result = run_trial(config, checkpoint_dir=tmp).to_dict()
         state = torch.load(Path(tmp) / "trial_state.pt", map_location="cpu", weights_only=True)["model"]
     return result, state
 

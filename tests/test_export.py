@@ -32,7 +32,7 @@ def board(tmp_path_factory):
     for name, extra in CONFIGS.items():
         ckpts[name] = root / "ckpt" / name
         result = run_trial({**BASE, **extra}, checkpoint_dir=ckpts[name])
-        assert result["status"] == "completed"
+        assert result.status == "completed"
         write_trial(lb, result, experiment="exp", trial_id=name, sync=False)
     return lb, ckpts, root
 
@@ -158,7 +158,7 @@ def test_discretise_trains(board):
             assert side % 2 == 1
     resolve_config(flex)
     result = run_trial(flex)
-    assert result["status"] == "completed" and result["epochs_completed"] == 1
+    assert result.status == "completed" and result.epochs_completed == 1
     with pytest.raises(NasFlexError, match="already discrete"):
         discretise(df.loc["conv"])
 
@@ -199,7 +199,7 @@ def every_kind(tmp_path_factory):
     for kind in available():
         cfg = {**BASE, **CONFIGS.get(kind, {"conv": kind})}
         result = run_trial(cfg, checkpoint_dir=root / kind)
-        assert result["status"] == "completed", result["error"]
+        assert result.status == "completed", result.error
         out[kind] = (cfg, root / kind / "trial_state.pt")
     return out
 

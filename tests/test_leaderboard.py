@@ -28,9 +28,8 @@ from nas_flex.leaderboard import (
     trial_file_name,
     write_trial,
 )
-from nas_flex.leaderboard.schema import RESULT_FIELDS
+from nas_flex.record import RESULT_FIELDS, TrialRecord
 from nas_flex.train.config import KEY_DOCS, resolve_config
-from nas_flex.train.trial import RESULT_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,9 +84,10 @@ def make_result(val_acc: float = 0.9, flops: float = 1.0e6, *, status: str = "co
     }
 
 
-def test_hand_built_result_has_run_trials_keys():
+def test_hand_built_result_is_a_trial_record():
     # the runner adds search_params (the sampler's params) to what run_trial returns
-    assert set(make_result()) == set(RESULT_KEYS) == set(RESULT_FIELDS) - {"search_params"}
+    record = TrialRecord.from_dict(make_result())
+    assert set(make_result()) == set(RESULT_FIELDS) - {"search_params"} and record.search_params is None
 
 
 def test_search_params_round_trip(tmp_path):

@@ -83,19 +83,19 @@ BASE = {"dataset": "digits", "backbone": "simple", "head": "dense", "width": 8, 
 
 def test_history_starts_with_the_state_at_initialisation():
     result = run_trial({**BASE, "conv": "njet", "conv_hparams": {"order": 2}})
-    first = result["history"][0]
+    first = result.history[0]
     assert first["epoch"] == 0 and first["train_loss"] is None
     assert 0.0 <= first["val_acc"] <= 0.3  # an untrained net is near chance (0.1)
     sigmas0 = [r["sigma"] for r in first["learned_sizes"]]
     assert sigmas0 == pytest.approx([1.0, 1.0])  # the paper's initial sigma
-    assert result["initial_sizes"] == first["learned_sizes"]
-    sigmas = [r["sigma"] for r in result["learned_sizes"]]
+    assert list(result.initial_sizes) == first["learned_sizes"]
+    sigmas = [r["sigma"] for r in result.learned_sizes]
     assert any(abs(s - 1.0) > 1e-3 for s in sigmas)  # trained at the weights' lr, sigma moves
-    assert result["best"]["epoch"] >= 1 and result["epochs_completed"] == 2
-    row = trial_table(result, experiment="e", trial_id="t", written_at=result["finished"]).to_pylist()[0]
+    assert result.best["epoch"] >= 1 and result.epochs_completed == 2
+    row = trial_table(result, experiment="e", trial_id="t", written_at=result.finished).to_pylist()[0]
     assert [s["height"] for s in row["initial_sizes"]] == [r["height"] for r in first["learned_sizes"]]
     assert "Pintea" in row["size_recipes"]
-    hist = history_table(result, experiment="e", trial_id="t", written_at=result["finished"]).to_pylist()
+    hist = history_table(result, experiment="e", trial_id="t", written_at=result.finished).to_pylist()
     assert [h["epoch"] for h in hist] == [0, 1, 2] and hist[0]["train_loss"] is None
 
 
@@ -103,27 +103,27 @@ def test_regularization_is_logged_apart_from_the_task_loss():
     cfg = {**BASE, "conv": "flexconv", "epochs": 1, "conv_hparams": {"hidden_channels": 8}}
     off = run_trial(cfg)  # FlexConv's default: no alias-free penalty
     on = run_trial({**cfg, "conv_hparams": {"hidden_channels": 8, "regularize": True}})
-    assert off["history"][-1]["train_reg"] == 0.0
-    assert on["history"][-1]["train_reg"] > 0.0
+    assert off.history[-1]["train_reg"] == 0.0
+    assert on.history[-1]["train_reg"] > 0.0
     # train_loss is the cross-entropy alone: at the start of training it is near ln(10), whatever the penalty
-    assert on["history"][-1]["train_loss"] < 3 * math.log(10)
-    hist = history_table(on, experiment="e", trial_id="t", written_at=on["finished"]).to_pylist()
-    assert hist[-1]["train_reg"] == pytest.approx(on["history"][-1]["train_reg"])
+    assert on.history[-1]["train_loss"] < 3 * math.log(10)
+    hist = history_table(on, experiment="e", trial_id="t", written_at=on.finished).to_pylist()
+    assert hist[-1]["train_reg"] == pytest.approx(on.history[-1]["train_reg"])
 
 
 def test_bilevel_steps_sizes_on_held_out_batches_only():
     cfg = {**BASE, "conv": "mixed", "conv_hparams": {"kernel_sizes": [3, 5]}, "epochs": 1}
     joint = run_trial(cfg)
     bilevel = run_trial({**cfg, "size_update": "bilevel", "bilevel_split": 0.5})
-    assert bilevel["status"] == "completed"
+    assert bilevel.status == "completed"
     # the weights saw half the training split; the alphas moved on the other half
-    seen_joint = joint["examples_per_second"] * joint["train_seconds"]
-    seen_bilevel = bilevel["examples_per_second"] * bilevel["train_seconds"]
+    seen_joint = joint.examples_per_second * joint.train_seconds
+    seen_bilevel = bilevel.examples_per_second * bilevel.train_seconds
     assert seen_joint == pytest.approx(256) and seen_bilevel == pytest.approx(128)
-    probs = [r["probabilities"] for r in bilevel["learned_sizes"]]
-    probs0 = [r["probabilities"] for r in bilevel["initial_sizes"]]
+    probs = [r["probabilities"] for r in bilevel.learned_sizes]
+    probs0 = [r["probabilities"] for r in bilevel.initial_sizes]
     assert probs != probs0
-    assert all(r["update"] == "bilevel" for r in bilevel["size_recipes"])
+    assert all(r["update"] == "bilevel" for r in bilevel.size_recipes)
 
 
 def test_bilevel_config_is_checked():

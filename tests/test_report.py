@@ -190,11 +190,12 @@ def test_sizes_at_init_dashed_only_when_history_has_epoch_0(tmp_path, monkeypatc
     from nas_flex.train import run_trial
 
     result = run_trial({**BASE, **CONFIGS["nj"]})
-    trained = [h for h in result["history"] if h["epoch"] >= 1]
+    trained = [h for h in result.history if h["epoch"] >= 1]
     init = [{**r, "height": 5.0, "width": 5.0} for r in trained[0]["learned_sizes"]]
-    with_init = {**result, "history": [{**trained[0], "epoch": 0, "learned_sizes": init}, *trained]}
+    with_init = {**result.to_dict(), "history": [{**trained[0], "epoch": 0, "learned_sizes": init}, *trained]}
     write_trial(tmp_path / "with", with_init, experiment="exp", trial_id="nj", sync=False)
-    write_trial(tmp_path / "without", {**result, "history": trained}, experiment="exp", trial_id="nj", sync=False)
+    without = {**result.to_dict(), "history": trained}
+    write_trial(tmp_path / "without", without, experiment="exp", trial_id="nj", sync=False)
     seen = _capture_figures(monkeypatch)
 
     make_report(tmp_path / "with", tmp_path / "rep_with")

@@ -23,7 +23,7 @@ def board() -> pd.DataFrame:
     rows = []
     for i, (conv, hp) in enumerate([("njet", {"order": 2}), ("mixed", {"kernel_sizes": [3, 5]})]):
         result = run_trial({**BASE, "conv": conv, "conv_hparams": hp})
-        rows.append(trial_table(result, experiment="e", trial_id=f"t{i}", written_at=result["finished"]))
+        rows.append(trial_table(result, experiment="e", trial_id=f"t{i}", written_at=result.finished))
     return pd.concat([t.to_pandas() for t in rows], ignore_index=True)
 
 

@@ -10,6 +10,7 @@ import torch
 from nas_flex.errors import HyperparameterError
 from nas_flex.layers import KernelLayer, register
 from nas_flex.layers import registry as layer_registry
+from nas_flex.record import TrialRecord
 from nas_flex.train import RESULT_KEYS, canonical_key, resolve_config, run_trial
 
 # the ACONV paper's 2-layer net (conv - conv - pool - dense 256 - classes), narrow
@@ -26,13 +27,13 @@ def digits_result():
 
 def test_two_epochs_on_digits(digits_result):
     result, reports = digits_result
-    assert set(result) == set(RESULT_KEYS)
-    assert result["status"] == "completed" and result["error"] is None
-    assert result["epochs_completed"] == 2 and [h["epoch"] for h in result["history"]] == [0, 1, 2]
-    assert result["metrics"]["val_acc"] > 0.5  # chance is 0.1
-    assert result["best"]["val_acc"] >= result["metrics"]["val_acc"]
+    assert isinstance(result, TrialRecord) and set(result.to_dict()) == set(RESULT_KEYS)
+    assert result.status == "completed" and result.error is None
+    assert result.epochs_completed == 2 and [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert result.metrics["val_acc"] > 0.5  # chance is 0.1
+    assert result.best["val_acc"] >= result.metrics["val_acc"]
     assert [r["epoch"] for r in reports] == [1, 2]
-    assert reports[-1]["val_acc"] == result["metrics"]["val_acc"]
+    assert reports[-1]["val_acc"] == result.metrics["val_acc"]
 
 
 def test_metering_is_measured(digits_result):
@@ -41,43 +42,43 @@ def test_metering_is_measured(digits_result):
     from nas_flex.models import build
 
     splits = get_dataset("digits")
-    model = build(result["config"], in_channels=splits.input_shape[0], num_classes=splits.num_classes,
+    model = build(result.config, in_channels=splits.input_shape[0], num_classes=splits.num_classes,
                   input_size=splits.input_shape[1:])
-    assert result["params"] == sum(p.numel() for p in model.parameters())
+    assert result.params == sum(p.numel() for p in model.parameters())
     # two 3x3 convs at 16x16, (1*8 + 8*8) * 9 * 256 multiply-adds, plus the dense head 512*256 + 256*10,
     # two flops per multiply-add
     expected = 2 * ((1 * 8 + 8 * 8) * 9 * 16 * 16 + 8 * 8 * 8 * 256 + 256 * 10)
-    assert expected <= result["flops"] < 1.05 * expected
-    assert result["flops_fft"] == 0
-    assert result["train_seconds"] > 0 and result["examples_per_second"] > 0
-    assert result["peak_memory_bytes"] > 0 and result["peak_memory_kind"] == "process_max_rss"
-    assert result["device"].startswith("cpu")
-    assert result["config"] == resolve_config(BASE)
+    assert expected <= result.flops < 1.05 * expected
+    assert result.flops_fft == 0
+    assert result.train_seconds > 0 and result.examples_per_second > 0
+    assert result.peak_memory_bytes > 0 and result.peak_memory_kind == "process_max_rss"
+    assert result.device.startswith("cpu")
+    assert result.config == resolve_config(BASE)
 
 
 def test_fft_layer_flops_are_counted():
     result = run_trial({**BASE, "conv": "niff", "epochs": 1, "train_subset": 64, "val_subset": 32})
-    assert result["status"] == "completed"
-    assert result["flops_fft"] > 0 and result["flops"] > result["flops_fft"]
+    assert result.status == "completed"
+    assert result.flops_fft > 0 and result.flops > result.flops_fft
 
 
 def test_learned_sizes_per_epoch():
     result = run_trial({**BASE, "conv": "njet", "conv_hparams": {"order": 2}, "train_subset": 128,
                         "val_subset": 64})
-    assert [h["epoch"] for h in result["history"]] == [0, 1, 2]
-    for h in result["history"]:
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    for h in result.history:
         rows = h["learned_sizes"]
         assert [r["kind"] for r in rows] == ["njet", "njet"]
         assert all(r["height"] >= 1 and math.isfinite(r["sigma"]) for r in rows)
-    assert result["learned_sizes"] == result["history"][-1]["learned_sizes"]
+    assert list(result.learned_sizes) == result.history[-1]["learned_sizes"]
 
 
 def test_same_seed_same_result():
     cfg = {**BASE, "epochs": 1, "train_subset": 128, "val_subset": 64}
     a, b = run_trial(cfg), run_trial(cfg)
-    assert a["metrics"] == b["metrics"]
+    assert a.metrics == b.metrics
     c = run_trial({**cfg, "seed": 1})
-    assert c["metrics"] != a["metrics"]
+    assert c.metrics != a.metrics
 
 
 class _Explodes(KernelLayer):
@@ -106,10 +107,10 @@ def test_divergence_is_a_status_not_an_exception():
         result = run_trial({**BASE, "conv": "test_explodes", "epochs": 6, "train_subset": 128, "val_subset": 64})
     finally:
         layer_registry._REGISTERED.pop("test_explodes")
-    assert result["status"] == "diverged"
-    assert "nan" in result["error"].lower()
-    assert result["epochs_completed"] == len(result["history"]) - 1 == 4
-    assert result["metrics"]["val_acc"] == result["history"][-1]["val_acc"]
+    assert result.status == "diverged"
+    assert "nan" in result.error.lower()
+    assert result.epochs_completed == len(result.history) - 1 == 4
+    assert result.metrics["val_acc"] == result.history[-1]["val_acc"]
 
 
 def test_resume_continues_where_it_stopped(tmp_path):
@@ -128,8 +129,8 @@ def test_resume_continues_where_it_stopped(tmp_path):
     seen = []
     resumed = run_trial(cfg, report=seen.append, checkpoint_dir=tmp_path)
     assert [m["epoch"] for m in seen] == [3]  # epochs 1-2 were not redone
-    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in straight["history"]]
-    assert resumed["metrics"] == straight["metrics"]
+    assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in straight.history]
+    assert resumed.metrics == straight.metrics
     state = torch.load(tmp_path / "trial_state.pt", weights_only=True)
     assert state["epoch"] == 2
 
@@ -153,7 +154,7 @@ def test_canonical_key_ignores_order_and_defaults():
 def test_dataset_options_reach_the_dataset():
     result = run_trial({**BASE, "dataset": "digits-multiscale", "backbone": "simple", "head": "gap", "epochs": 1,
                         "train_subset": 64, "val_subset": 32, "data_options": {"scales": [1.0, 1.2]}})
-    assert result["status"] == "completed"
+    assert result.status == "completed"
     with pytest.raises(HyperparameterError, match="scale"):
         run_trial({**BASE, "dataset": "digits", "data_options": {"scales": [1.0, 2.0]}})
 
@@ -164,7 +165,7 @@ def test_a_non_finite_buffer_is_diverged_whatever_the_loss_says(tmp_path):
     cfg = {"dataset": "digits", "backbone": "simple", "head": "dense", "width": 4, "epochs": 1, "train_subset": 96,
            "val_subset": 64, "batch_size": 32, "optimizer": "sgd", "lr": 1e6}
     result = run_trial(cfg, checkpoint_dir=tmp_path)
-    assert result["status"] == "diverged"
-    assert "running_var" in result["error"] and "the loss was finite" in result["error"]
-    assert result["epochs_completed"] == 0 and math.isnan(result["metrics"]["val_acc"])
+    assert result.status == "diverged"
+    assert "running_var" in result.error and "the loss was finite" in result.error
+    assert result.epochs_completed == 0 and math.isnan(result.metrics["val_acc"])
     assert not (tmp_path / "trial_state.pt").exists()  # the search keeps no weights holding an inf

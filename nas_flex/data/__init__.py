@@ -33,8 +33,8 @@ from typing import Any
 from nas_flex.data.base import DatasetNotFoundError, DatasetSplits, check_image_size
 from nas_flex.errors import HyperparameterError, unknown_name
 
-__all__ = ["get_dataset", "available_datasets", "describe_dataset", "clear_cache", "DatasetSplits",
-           "DatasetNotFoundError"]
+__all__ = ["get_dataset", "dataset_from_config", "available_datasets", "describe_dataset", "clear_cache",
+           "DatasetSplits", "DatasetNotFoundError"]
 
 _DIGITS_SPLIT = {"val_fraction": 0.2}
 _MULTISCALE = {"scales": (1.0, 3.0), "val_scales": None, "copies": 1, **_DIGITS_SPLIT}
@@ -157,3 +157,13 @@ def get_dataset(
     module, attr = target.split(":")
     build = getattr(importlib.import_module(module), attr)
     return build(key, root=root, image_size=size, seed=seed, download=download, **resolved)
+
+
+def dataset_from_config(config: Mapping[str, Any]) -> DatasetSplits:
+    """The splits a resolved trial config names.
+
+    ``get_dataset`` with the config's ``dataset``, ``data_root``, ``image_size``, ``seed``, ``download`` and
+    ``data_options`` (``nas_flex.train.config.resolve_config`` fills them in).
+    """
+    return get_dataset(config["dataset"], root=config["data_root"], image_size=config["image_size"],
+                       seed=config["seed"], download=config["download"], **config["data_options"])

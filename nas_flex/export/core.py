@@ -46,6 +46,7 @@ from nas_flex.export.architecture import (
     row_config,
 )
 from nas_flex.export.deploy import ExportError, check_outputs_match, to_deployable
+from nas_flex.record import TrialStatus
 
 __all__ = ["ExportResult", "export_trial", "export_best", "export_row", "find_row", "TORCHSCRIPT_FILE",
            "EXPORTED_PROGRAM_FILE", "ONNX_FILE", "ONNX_PACKAGES", "run_onnx"]
@@ -174,11 +175,11 @@ def _trained_state(cfg: dict[str, Any], out: Path, weights: Any, log: Log) -> tu
     log(f"no kept weights for this trial: retraining it from its config ({cfg['epochs']} epochs, "
         f"seed {cfg['seed']}) into {ckpt_dir} ...")
     result = run_trial(cfg, checkpoint_dir=ckpt_dir)
-    if result["status"] != "completed":
-        raise ExportError(f"retraining the trial did not complete: status {result['status']!r}: {result['error']}")
+    if result.status is not TrialStatus.COMPLETED:
+        raise ExportError(f"retraining the trial did not complete: status {result.status.value!r}: {result.error}")
     state = torch.load(ckpt_dir / "trial_state.pt", map_location="cpu", weights_only=True)["model"]
-    log(f"retrained: val_acc {result['metrics']['val_acc']:.4f}")
-    return state, {"weights": "retrained with nas_flex.train.run_trial", "retrained_metrics": result["metrics"]}
+    log(f"retrained: val_acc {result.metrics['val_acc']:.4f}")
+    return state, {"weights": "retrained with nas_flex.train.run_trial", "retrained_metrics": dict(result.metrics)}
 
 
 # ------------------------------------------------------------------------------------------------------ formats

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from nas_flex.errors import LeaderboardSchemaError
+from nas_flex.record import RESULT_FIELDS, TrialRecord
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -202,13 +203,6 @@ def _schema(fields: list[tuple[str, Any, bool, str]], table: str, directions: Ma
 TRIAL_SCHEMA = _schema(_TRIAL_FIELDS, "trials", METRIC_DIRECTIONS)
 HISTORY_SCHEMA = _schema(_HISTORY_FIELDS, "history", HISTORY_METRIC_DIRECTIONS)
 
-#: the keys of a ``run_trial`` result (``nas_flex.train.trial.RESULT_KEYS``); only status and config are required
-RESULT_FIELDS = (
-    "status", "error", "config", "started", "finished", "epochs_completed", "metrics", "best", "history",
-    "params", "flops", "flops_fft", "train_seconds", "examples_per_second", "peak_memory_bytes",
-    "peak_memory_kind", "device", "learned_sizes", "initial_sizes", "size_recipes", "nas_flex_version",
-    "torch_version", "search_params",
-)
 _METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 _BEST_KEYS = ("val_acc", "val_loss", "epoch")
 _HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "train_reg", "val_loss", "val_acc", "lr", "seconds", "flops",
@@ -344,7 +338,15 @@ def _check_identity(experiment: Any, trial_id: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ rows
-def trial_table(result: Mapping[str, Any], *, experiment: str, trial_id: str, written_at: datetime,
+def _as_mapping(result: TrialRecord | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(result, TrialRecord):
+        return result.to_dict()
+    if not isinstance(result, Mapping):
+        raise LeaderboardSchemaError(f"a trial result must be a TrialRecord or a dict, but got {type(result).__name__}")
+    return result
+
+
+def trial_table(result: TrialRecord | Mapping[str, Any], *, experiment: str, trial_id: str, written_at: datetime,
                 config_key: str | None = None) -> pa.Table:
     """One trial's row as a one-row table of ``TRIAL_SCHEMA``.
 
@@ -360,8 +362,7 @@ def trial_table(result: Mapping[str, Any], *, experiment: str, trial_id: str, wr
         LeaderboardSchemaError: an unknown key, a missing status or config, or a value of the wrong type.
     """
     _check_identity(experiment, trial_id)
-    if not isinstance(result, Mapping):
-        raise LeaderboardSchemaError(f"a trial result must be a dict, but got {type(result).__name__}")
+    result = _as_mapping(result)
     unknown = sorted(set(result) - set(RESULT_FIELDS))
     if unknown:
         raise LeaderboardSchemaError(
@@ -426,8 +427,10 @@ def trial_table(result: Mapping[str, Any], *, experiment: str, trial_id: str, wr
     return pa.Table.from_pylist([row], schema=TRIAL_SCHEMA)
 
 
-def history_table(result: Mapping[str, Any], *, experiment: str, trial_id: str, written_at: datetime) -> pa.Table:
+def history_table(result: TrialRecord | Mapping[str, Any], *, experiment: str, trial_id: str,
+                  written_at: datetime) -> pa.Table:
     """The per-epoch rows of ``result['history']`` as a table of ``HISTORY_SCHEMA`` (no rows when it is empty)."""
+    result = _as_mapping(result)
     _check_identity(experiment, trial_id)
     history = result.get("history") or []
     if not isinstance(history, Sequence) or isinstance(history, str):

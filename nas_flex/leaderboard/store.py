@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from nas_flex.errors import CorruptLeaderboardError, LeaderboardSchemaError
 from nas_flex.leaderboard.schema import HISTORY_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, history_table, trial_table
+from nas_flex.record import TrialRecord
 
 __all__ = [
     "HISTORY_DIR",
@@ -186,7 +187,7 @@ def _write_atomic(table: pa.Table, final: Path, *, sync: bool = True) -> Path:
     return final
 
 
-def write_trial(path: str | os.PathLike, result: Mapping[str, Any], *, experiment: str, trial_id: str,
+def write_trial(path: str | os.PathLike, result: TrialRecord | Mapping[str, Any], *, experiment: str, trial_id: str,
                 config_key: str | None = None, history: bool = True, sync: bool = True,
                 merge_at: int = MERGE_AT) -> Path:
     """Write one finished trial to the leaderboard at ``path``, atomically; return the row's file.
@@ -201,7 +202,7 @@ def write_trial(path: str | os.PathLike, result: Mapping[str, Any], *, experimen
 
     Args:
         path: the leaderboard directory (created if missing).
-        result: what ``nas_flex.train.run_trial`` returns (``schema.RESULT_FIELDS``).
+        result: what ``nas_flex.train.run_trial`` returns (a ``nas_flex.record.TrialRecord``), or its ``to_dict()``.
         experiment: the experiment name.
         trial_id: the trial id within the experiment.
         config_key: a key of the config (e.g. ``nas_flex.train.canonical_key`` or a hash of it); default: the first

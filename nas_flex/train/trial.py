@@ -13,7 +13,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from nas_flex import __version__
 from nas_flex.errors import NonFiniteError
 from nas_flex.layers.base import KernelLayer
+from nas_flex.record import RESULT_FIELDS, TrialRecord, TrialStatus, utc_now
 from nas_flex.sizes import learned_size_records
 from nas_flex.train.config import resolve_config
 from nas_flex.train.metering import FlopCount, count_flops, count_parameters
@@ -33,12 +33,8 @@ __all__ = ["run_trial", "train_one_epoch", "warmup_cosine", "resolve_device", "R
 
 Report = Callable[[dict[str, Any]], None]
 
-RESULT_KEYS = (
-    "status", "error", "config", "started", "finished", "epochs_completed", "metrics", "best", "history",
-    "params", "flops", "flops_fft", "train_seconds", "examples_per_second", "peak_memory_bytes",
-    "peak_memory_kind", "device", "learned_sizes", "initial_sizes", "size_recipes", "nas_flex_version",
-    "torch_version",
-)
+#: the fields of the returned ``TrialRecord`` (``search_params`` is the tuner's, left None here)
+RESULT_KEYS = RESULT_FIELDS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,10 +146,6 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def run_trial(config: dict[str, Any], report: Report | None = None, *,
               checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Build the model and data a trial config describes, train it, and return what the leaderboard records.
@@ -168,8 +160,8 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
             plain values, loadable with ``weights_only=True``) and resumes from it when called again.
 
     Returns:
-        A dict with the keys in ``RESULT_KEYS``. ``status`` is "completed", "diverged" (a NaN/inf loss or size
-        parameter, or any NaN/inf parameter or buffer after an epoch: the metrics so far are kept) or "oom".
+        A ``nas_flex.record.TrialRecord``. ``status`` is completed, diverged (a NaN/inf loss or size
+        parameter, or any NaN/inf parameter or buffer after an epoch: the metrics so far are kept) or oom.
         Other errors propagate (the runner records them).
         ``history`` starts with an epoch-0 record (validation metrics and learned sizes at initialisation, not
         reported to ``report``); ``initial_sizes`` repeats its sizes next to the final ``learned_sizes``, and
@@ -177,10 +169,10 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
 
     Example:
         >>> result = run_trial({"dataset": "digits", "epochs": 1})  # doctest: +SKIP
-        >>> result["status"], result["metrics"]["val_acc"]  # doctest: +SKIP
+        >>> result.status, result.metrics["val_acc"]  # doctest: +SKIP
     """
     cfg = resolve_config(config)
-    started = _now()
+    started = utc_now()
     device = resolve_device(cfg["device"])
     _seed_everything(cfg["seed"], cfg["deterministic"])
     splits, train_set, val_loader, loader_args = _loaders(cfg, device)
@@ -238,7 +230,7 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
                         "val_acc": val_acc, "lr": opts.weights.param_groups[0]["lr"], "seconds": 0.0,
                         "flops": flops.per_sample, "learned_sizes": learned_size_records(model)})
 
-    status, error = "completed", None
+    status, error = TrialStatus.COMPLETED, None
     for epoch in range(start_epoch, cfg["epochs"]):
         g = torch.Generator().manual_seed(cfg["seed"] * 1000003 + epoch)  # order depends on (seed, epoch) only
         loader = torch.utils.data.DataLoader(train_set, shuffle=True, generator=g, drop_last=False, **loader_args)
@@ -248,12 +240,13 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
             stats = train_one_epoch(model, loader, opts, scaler, cfg, epoch=epoch, device=device,
                                     autocast=autocast, size_batches=size_batches)
         except NonFiniteError as err:
-            status, error, stats = "diverged", str(err), None
+            status, error, stats = TrialStatus.DIVERGED, str(err), None
         except torch.cuda.OutOfMemoryError as err:
-            status, error, stats = "oom", str(err).splitlines()[0], None
+            status, error, stats = TrialStatus.OOM, str(err).splitlines()[0], None
         if stats is not None and (bad := _non_finite_state(model)):
             shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
-            status, error = "diverged", f"non-finite values in {shown} after epoch {epoch + 1} (the loss was finite)"
+            status = TrialStatus.DIVERGED
+            error = f"non-finite values in {shown} after epoch {epoch + 1} (the loss was finite)"
             stats = None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -294,30 +287,30 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
     }
     peak, peak_kind = _peak_memory(device)
     initial = history[0]["learned_sizes"] if history and history[0]["epoch"] == 0 else None
-    return {
-        "status": status,
-        "error": error,
-        "config": cfg,
-        "started": started,
-        "finished": _now(),
-        "epochs_completed": len(trained),
-        "metrics": metrics,
-        "best": best,
-        "history": history,
-        "params": params,
-        "flops": flops.per_sample,  # of the trained model (the last epoch's learned sizes)
-        "flops_fft": flops.fft / max(flops.batch_size, 1),
-        "train_seconds": train_seconds,
-        "examples_per_second": examples / train_seconds if train_seconds > 0 else float("nan"),
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
-        "device": _device_name(device),
-        "learned_sizes": learned_size_records(model),
-        "initial_sizes": initial,
-        "size_recipes": opts.recipes,
-        "nas_flex_version": __version__,
-        "torch_version": torch.__version__,
-    }
+    return TrialRecord(
+        status=status,
+        error=error,
+        config=cfg,
+        started=started,
+        finished=utc_now(),
+        epochs_completed=len(trained),
+        metrics=metrics,
+        best=best,
+        history=history,
+        params=params,
+        flops=flops.per_sample,  # of the trained model (the last epoch's learned sizes)
+        flops_fft=flops.fft / max(flops.batch_size, 1),
+        train_seconds=train_seconds,
+        examples_per_second=examples / train_seconds if train_seconds > 0 else float("nan"),
+        peak_memory_bytes=peak,
+        peak_memory_kind=peak_kind,
+        device=_device_name(device),
+        learned_sizes=learned_size_records(model),
+        initial_sizes=initial,
+        size_recipes=opts.recipes,
+        nas_flex_version=__version__,
+        torch_version=torch.__version__,
+    )
 
 
 def _save_checkpoint(path: Path, *, model: nn.Module, opts: TrialOptimizers, scaler, epoch: int,

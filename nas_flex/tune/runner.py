@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_flex.errors import NasFlexError, SearchSpaceError
+from nas_flex.record import TrialStatus
 from nas_flex.spaces import SearchSpace, grid_size, load_space, sample_configs, validate_space
 
 __all__ = ["search", "METRICS", "resolve_space", "ResourceError", "StorageError"]
@@ -374,7 +375,7 @@ def _trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe:
     try:
         result = run_trial(config, report=report, checkpoint_dir=work)
         _keep_weights(work, store, experiment, trial_id)
-        write_trial(store, {**result, "search_params": optuna_params}, experiment=experiment, trial_id=trial_id,
+        write_trial(store, result.replace(search_params=optuna_params), experiment=experiment, trial_id=trial_id,
                     config_key=key)
     except Exception as err:  # the scratch folder stays: Ray's retry (or --resume) continues from its last epoch
         failed = {**_error_result(config, format_exception(err), started), "search_params": optuna_params}
@@ -383,9 +384,9 @@ def _trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe:
     shutil.rmtree(work, ignore_errors=True)
     if final:
         tune.report(final)
-    if result["status"] != "completed":  # tell the searcher how it ended (Optuna records FAIL)
-        tune.report({**result["metrics"], "flops": result["flops"], "params": result["params"],
-                     "epoch": result["epochs_completed"], "epochs": config["epochs"], "status": result["status"]})
+    if result.status is not TrialStatus.COMPLETED:  # tell the searcher how it ended (Optuna records FAIL)
+        tune.report({**result.metrics, "flops": result.flops, "params": result.params,
+                     "epoch": result.epochs_completed, "epochs": config["epochs"], "status": result.status.value})
 
 
 def _keep_weights(work: Path, store: Path, experiment: str, trial_id: str) -> None:

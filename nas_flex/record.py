@@ -1,0 +1,187 @@
+"""The trial record: one typed result per trial, shared by the trainer, the tuner, the leaderboard and export.
+
+Modelled on Optuna's ``FrozenTrial`` + ``TrialState``: ``TrialStatus`` names every state a trial's row can be in and
+``TrialRecord`` is the frozen result ``nas_flex.train.run_trial`` returns, the tuner writes and the leaderboard stores.
+Metric names and their ranking directions live here once. The module needs only the standard library, so the
+torch-free leaderboard can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "TrialStatus", "TrialRecord", "RESULT_FIELDS", "TASK_METRICS", "METRIC_DIRECTIONS", "METRICS", "METRIC_COLUMNS",
+    "config_hash", "utc_now", "to_jsonable",
+]
+
+
+class TrialStatus(str, Enum):
+    """The state of a trial. A leaderboard row holds every state but ``RUNNING`` (a progress report's state)."""
+
+    COMPLETED = "completed"  # trained for all its epochs
+    DIVERGED = "diverged"  # a loss, size parameter or weight became NaN / inf
+    ERROR = "error"  # raised before or during training; ``error`` says what
+    OOM = "oom"  # the accelerator ran out of memory; the metrics so far are kept
+    DUPLICATE = "duplicate"  # the same resolved config as an earlier trial of the experiment: its metrics, not rerun
+    STOPPED = "stopped"  # ended early by a scheduler (ASHA) or by the user
+    RUNNING = "running"  # still training (reported to Ray Tune, never written as a row)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def has_metrics(self) -> bool:
+        """Whether a row in this state carries a trained model's metrics (what a ranking may use)."""
+        return self in (TrialStatus.COMPLETED, TrialStatus.DUPLICATE, TrialStatus.STOPPED)
+
+
+#: the per-epoch task metrics of a trial (``TrialRecord.metrics`` keys)
+TASK_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+#: ranking direction of every metric column of the trial table
+METRIC_DIRECTIONS: dict[str, str] = {
+    "metrics_val_acc": "max",
+    "metrics_val_loss": "min",
+    "metrics_train_acc": "max",
+    "metrics_train_loss": "min",
+    "best_val_acc": "max",
+    "best_val_loss": "min",
+    "params": "min",
+    "flops": "min",
+    "flops_fft": "min",
+    "train_seconds": "min",
+    "examples_per_second": "max",
+    "peak_memory_bytes": "min",
+}
+
+#: metric a search may optimise -> its leaderboard column
+METRIC_COLUMNS: dict[str, str] = {
+    **{m: f"metrics_{m}" for m in TASK_METRICS},
+    "flops": "flops", "params": "params", "train_seconds": "train_seconds",
+}
+
+#: metric a search may optimise -> its natural direction ("max" or "min")
+METRICS: dict[str, str] = {m: METRIC_DIRECTIONS[col] for m, col in METRIC_COLUMNS.items()}
+
+
+def _nan_metrics() -> dict[str, float]:
+    return {k: math.nan for k in TASK_METRICS}
+
+
+def _nan_best() -> dict[str, float | int]:
+    return {"val_acc": math.nan, "val_loss": math.nan, "epoch": 0}
+
+
+def _version() -> str:
+    from nas_flex import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one trial produced: its state, config, metrics, learned sizes and compute.
+
+    ``to_dict()`` gives the plain, JSON-safe mapping the leaderboard stores (``status`` as its string value);
+    ``from_dict`` reads one back and names unknown keys. Fields a failed trial never reached keep their defaults
+    (NaN metrics, zero counts).
+    """
+
+    status: TrialStatus
+    config: Mapping[str, Any]
+    error: str | None = None
+    started: str = ""
+    finished: str = ""
+    epochs_completed: int = 0
+    metrics: Mapping[str, float] = field(default_factory=_nan_metrics)
+    best: Mapping[str, float | int] = field(default_factory=_nan_best)
+    history: tuple[Mapping[str, Any], ...] = ()
+    params: int = 0
+    flops: float = math.nan
+    flops_fft: float = math.nan
+    train_seconds: float = 0.0
+    examples_per_second: float = math.nan
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
+    device: str = ""
+    learned_sizes: tuple[Mapping[str, Any], ...] = ()
+    initial_sizes: tuple[Mapping[str, Any], ...] | None = None  # None: not measured (a resumed trial's epoch 0)
+    size_recipes: Mapping[str, Any] = field(default_factory=dict)
+    nas_flex_version: str = field(default_factory=_version)
+    torch_version: str = ""
+    search_params: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TrialStatus(self.status))
+        for name in ("history", "learned_sizes", "initial_sizes"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @classmethod
+    def failed(cls, config: Mapping[str, Any], error: str | None, *, started: str = "",
+               status: TrialStatus = TrialStatus.ERROR, **fields: Any) -> TrialRecord:
+        """The record of a trial that produced no trained model (finished now)."""
+        return cls(status=status, config=config, error=error, started=started, finished=utc_now(), **fields)
+
+    def replace(self, **changes: Any) -> TrialRecord:
+        """A copy with ``changes`` applied (the record itself is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a plain dict (``status`` as its string, sequences as lists, mappings as dicts)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, TrialStatus):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = [dict(v) if isinstance(v, Mapping) else v for v in value]
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
+        """A record from ``to_dict()``'s mapping; unknown keys raise ``ValueError`` naming them."""
+        unknown = sorted(set(data) - set(RESULT_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown trial-record key(s) {unknown}; a TrialRecord has {list(RESULT_FIELDS)}")
+        return cls(**data)
+
+
+#: the fields of a ``TrialRecord`` (the keys of ``TrialRecord.to_dict()``)
+RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialRecord))
+
+
+def config_hash(canonical_json: str) -> str:
+    """The key of a config: the first 16 hex digits of the sha256 of its canonical JSON text."""
+    return hashlib.sha256(canonical_json.encode()).hexdigest()[:16]
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the format of ``started`` / ``finished``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` with numpy / torch scalars as Python numbers, NaN / inf as None, tuples as lists, keys as str."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str, bytes)):
+        value = value.item()
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
