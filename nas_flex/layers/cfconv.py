@@ -38,8 +38,7 @@ from nas_flex.functional.cfconv import (
 from nas_flex.functional.niff import circular_conv2d_rfft, compute_dtype
 from nas_flex.kernels.frequency import hermitian_project
 from nas_flex.layers.base import check_finite, check_positive_int
-from nas_flex.layers.frequency import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, he_init_
-from nas_flex.layers.frequency import size_repr as _size_repr
+from nas_flex.layers.frequency import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, he_init_, size_repr
 from nas_flex.layers.registry import register
 
 __all__ = ["CFConv", "CFCONV_ENCODINGS", "CFCONV_PARAMETERIZATIONS", "DEFAULT_HIDDEN"]
@@ -445,7 +444,7 @@ class CFConv(FrequencyKernelLayer):
         return kernel
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, {_size_repr(self)}"
+        s = f"{self.in_channels}, {self.out_channels}, {size_repr(self)}"
         if self.sampled_positions != 2**15:
             s += f", sampled_positions={self.sampled_positions}"
         if self.decay != 0.1:
