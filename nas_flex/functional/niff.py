@@ -98,6 +98,11 @@ def _finish(y: Tensor, bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
     return y.to(out_dtype)
 
 
+def _complex_dtype(real: torch.dtype) -> torch.dtype:
+    """The complex dtype a frequency-domain product runs in for a real compute dtype."""
+    return torch.complex128 if real == torch.float64 else torch.complex64
+
+
 def circular_conv2d_rfft(x: Tensor, kernel: Tensor, bias: Tensor | None = None, *, layout: str = "oihw") -> Tensor:
     """Circular convolution of ``x`` with C_out x C_in filters given as rfft2-layout spectra.
 
@@ -132,7 +137,7 @@ def circular_conv2d_rfft(x: Tensor, kernel: Tensor, bias: Tensor | None = None, 
         return x.new_zeros(0, c_out, h, w)
     x = x.to(compute_dtype(x.dtype))
     with torch.autocast(device_type=x.device.type, enabled=False):
-        kernel = kernel.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
+        kernel = kernel.to(_complex_dtype(x.dtype))
         xf = torch.fft.rfft2(x, s=(h, w))  # (N, C_in, H, Wf)
         xm = _Relayout.apply(xf, (2, 3, 0, 1)).reshape(fh * fw, n, c_in)  # (N, C_in, H, Wf) -> (H*Wf, N, C_in)
         km = kernel.reshape(fh * fw, c_in, c_out)  # (H, Wf, C_in, C_out) -> (H*Wf, C_in, C_out)
@@ -175,7 +180,7 @@ def separable_circular_conv2d_rfft(
         return x.new_zeros(0, c_out, h, w)
     x = x.to(compute_dtype(x.dtype))
     with torch.autocast(device_type=x.device.type, enabled=False):
-        depthwise = depthwise.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
+        depthwise = depthwise.to(_complex_dtype(x.dtype))
         xf = torch.fft.rfft2(x, s=(h, w)) * depthwise  # (N, C_in, H, Wf)
         fh, fw = xf.shape[-2:]
         # the 1x1 mix on real and imaginary parts at once: (C_out, C_in) @ (N, C_in, H*Wf*2) -> (N, C_out, H*Wf*2)
