@@ -10,8 +10,8 @@ import torch
 from nas_flex.errors import HyperparameterError
 from nas_flex.layers import KernelLayer, register
 from nas_flex.layers import registry as layer_registry
-from nas_flex.record import TrialRecord
-from nas_flex.train import RESULT_KEYS, canonical_key, resolve_config, run_trial
+from nas_flex.record import RESULT_FIELDS, TrialRecord
+from nas_flex.train import canonical_key, resolve_config, run_trial
 
 # the ACONV paper's 2-layer net (conv - conv - pool - dense 256 - classes), narrow
 BASE = {"dataset": "digits", "backbone": "simple", "head": "dense", "width": 8, "depth": 2, "epochs": 2,
@@ -27,7 +27,7 @@ def digits_result():
 
 def test_two_epochs_on_digits(digits_result):
     result, reports = digits_result
-    assert isinstance(result, TrialRecord) and set(result.to_dict()) == set(RESULT_KEYS)
+    assert isinstance(result, TrialRecord) and set(result.to_dict()) == set(RESULT_FIELDS)
     assert result.status == "completed" and result.error is None
     assert result.epochs_completed == 2 and [h["epoch"] for h in result.history] == [0, 1, 2]
     assert result.metrics["val_acc"] > 0.5  # chance is 0.1
