@@ -135,6 +135,18 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert state["epoch"] == 2
 
 
+
+def test_resume_after_the_last_epoch_reports_the_trained_model(tmp_path):
+    """A trial whose process died after its last checkpoint (before its row was written) is resumed with no epoch
+    left: its record must describe the trained model (N-Jet's cost follows sigma), not the freshly built one."""
+    cfg = {**BASE, "conv": "njet", "conv_hparams": {"order": 2}, "train_subset": 128, "val_subset": 64, "seed": 3}
+    done = run_trial(cfg, checkpoint_dir=tmp_path)
+    again = run_trial(cfg, checkpoint_dir=tmp_path)
+    assert again.history[-1]["flops"] != again.history[0]["flops"]  # sigma moved: the cost changed
+    assert (again.flops, again.flops_fft) == (done.flops, done.flops_fft) == (done.history[-1]["flops"],
+                                                                               done.flops_fft)
+    assert again.learned_sizes == done.learned_sizes and again.metrics == done.metrics
+
 def test_config_errors():
     with pytest.raises(HyperparameterError, match=r"'epoch' \(did you mean 'epochs'\?\)"):
         resolve_config({"epoch": 3})

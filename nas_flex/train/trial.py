@@ -252,14 +252,18 @@ def save_checkpoint(path: Path, trial: TrialSetup, progress: TrialProgress, epoc
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, trial: TrialSetup, flops: FlopCount) -> TrialProgress:
-    """Restore model, optimizers, scaler and torch's RNG from ``save_checkpoint``'s file; the progress it holds."""
+def load_checkpoint(path: Path, trial: TrialSetup) -> TrialProgress:
+    """Restore model, optimizers, scaler and torch's RNG from ``save_checkpoint``'s file; the progress it holds.
+
+    The FLOPs are measured on the restored model: a trial resumed after its last epoch reports the trained model's
+    cost, not the initial one's.
+    """
     state = torch.load(path, map_location=trial.device, weights_only=True)
     trial.model.load_state_dict(state["model"])
     trial.opts.load_state_dict(state["optimizers"])
     trial.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"].cpu())  # dropout and sampling continue as if never interrupted
-    return TrialProgress(flops=flops, history=list(state["history"]), start_epoch=int(state["epoch"]) + 1,
+    return TrialProgress(flops=trial.meter(), history=list(state["history"]), start_epoch=int(state["epoch"]) + 1,
                      train_seconds=float(state["train_seconds"]), examples=int(state["examples"]))
 
 
@@ -415,7 +419,7 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
     trial, flops = setup_trial(cfg)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        progress = load_checkpoint(ckpt_path, trial, flops)
+        progress = load_checkpoint(ckpt_path, trial)
     else:
         progress = _initial_progress(trial, flops)
     _train_epochs(trial, progress, report, ckpt_path)
