@@ -103,10 +103,17 @@ CONFIG_COLUMNS: dict[str, Any] = {
 _UTC = pa.timestamp("us", tz="UTC")
 
 # (name, type, nullable, doc)
-_TRIAL_FIELDS: list[tuple[str, Any, bool, str]] = [
+Field = tuple[str, Any, bool, str]
+
+#: the first columns of both tables: which trial of which experiment a row belongs to
+_IDENTITY_FIELDS: list[Field] = [
     ("schema_version", pa.int32(), False, "version of this schema (nas_flex.leaderboard.SCHEMA_VERSION)"),
     ("experiment", pa.string(), False, "experiment name"),
     ("trial_id", pa.string(), False, "trial id, unique within the experiment"),
+]
+
+_TRIAL_FIELDS: list[Field] = [
+    *_IDENTITY_FIELDS,
     ("status", pa.string(), False, "completed | diverged | oom | error | ..."),
     ("error", pa.string(), True, "error text when the trial did not complete"),
     ("started", _UTC, True, "when the trial started (UTC)"),
@@ -150,10 +157,8 @@ _TRIAL_FIELDS: list[tuple[str, Any, bool, str]] = [
     ("torch_version", pa.string(), True, "torch version that ran the trial"),
 ]
 
-_HISTORY_FIELDS: list[tuple[str, Any, bool, str]] = [
-    ("schema_version", pa.int32(), False, "version of this schema (nas_flex.leaderboard.SCHEMA_VERSION)"),
-    ("experiment", pa.string(), False, "experiment name"),
-    ("trial_id", pa.string(), False, "trial id, unique within the experiment"),
+_HISTORY_FIELDS: list[Field] = [
+    *_IDENTITY_FIELDS,
     ("written_at", _UTC, False, "written_at of the trial row this history belongs to"),
     ("epoch", pa.int64(), False, "epoch, 1-based; 0 is the state at initialisation (no training metrics)"),
     ("train_loss", pa.float64(), True, "training task loss (cross-entropy) of the epoch, regularization excluded"),
@@ -170,7 +175,7 @@ _HISTORY_FIELDS: list[tuple[str, Any, bool, str]] = [
 ]
 
 
-def _schema(fields: list[tuple[str, Any, bool, str]], table: str, directions: Mapping[str, str]) -> pa.Schema:
+def _schema(fields: list[Field], table: str, directions: Mapping[str, str]) -> pa.Schema:
     out = []
     for name, typ, nullable, doc in fields:
         meta = {"doc": doc}
