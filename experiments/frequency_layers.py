@@ -1,28 +1,38 @@
-"""NIFF and CF-Conv on the main job's trial config (search_spaces/grid_vs_learned.py), and why CF-Conv's joint MLP
-stays far below a plain convolution there.
+"""NIFF and CF-Conv on the main job's trial config (search_spaces/grid_vs_learned.py), why CF-Conv's joint MLP (the
+paper's recommended parameterization) stays far below a plain convolution there, and what a training step costs.
 
-Two parts, both single-threaded on the CPU, seed 0:
+Three parts, all single-threaded on the CPU, seed 0:
 
 * ``trials``: ``nas_flex.train.run_trial`` with the config the main job gives each method (``BASE`` below, copied
-  from the space), optionally more epochs or other layer options; prints val_acc per epoch and at the end.
+  from the space; the main job itself runs ``--epochs 10 --batch-size 32``), optionally more epochs or other layer
+  options; prints val_acc and training seconds per epoch and at the end.
 * ``collapse``: trains the main job's CF-Conv model for a few Adam steps and prints, per CF-Conv layer, the mean
   |cos| between its channel-pair spatial kernels, the mean |cos| between its output channels' kernels (C_in x H x W
   each) and the effective rank of that (C_out, C_in x H x W) matrix (|cos| 1 / rank 1: every output channel is the
-  same sum of the inputs). The joint MLP over (f_y, f_x, c_in, c_out) drives layers 2-4 from rank ~16 to 1.4-2.9
-  within 20 steps, with or without a Fourier encoding of its input (``encoding``); the per-pair MLPs keep ~15.
+  same sum of the inputs). The joint MLP over (f_y, f_x, c_in, c_out) drives layers 2-4 from rank ~16 to about 2
+  within 20 steps, with or without a Fourier encoding of its input (``encoding``) and at a 10x smaller lr
+  (``--lr 1e-3``); evaluated everywhere (``sampled_positions: null``) it is rank 2-4 already at init. The per-pair
+  MLPs (the layer's default) keep ~15.
+* ``step``: seconds per training step of the main job's model for several layers, medians of interleaved rounds,
+  as ratios to the first.
 
 Usage:
+    python experiments/frequency_layers.py trials --method cfconv --epochs 10 --batch-size 32 --pooling avg
+    python experiments/frequency_layers.py trials --method cfconv --hparams '{"parameterization": "joint"}'
+    python experiments/frequency_layers.py trials --method cfconv \\
+        --hparams '{"parameterization": "joint", "encoding": "all"}'
     python experiments/frequency_layers.py trials --method niff --pooling avg --epochs 18
-    python experiments/frequency_layers.py trials --method cfconv --hparams '{"parameterization": "per_pair"}'
-    python experiments/frequency_layers.py trials --method cfconv --hparams '{"encoding": "all"}'
     python experiments/frequency_layers.py collapse --steps 40
-    python experiments/frequency_layers.py collapse --steps 40 --variants '{}' '{"encoding": "channels"}'
+    python experiments/frequency_layers.py collapse --steps 20 \\
+        --variants '{"parameterization": "joint", "sampled_positions": null}'
+    python experiments/frequency_layers.py step --rounds 15
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -30,19 +40,27 @@ import torch
 BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 6, "lr": 1e-2}
 
 
-def run_trials(method: str, pooling: str, epochs: int, hparams: dict) -> None:
+def run_trials(method: str, pooling: str, epochs: int, hparams: dict, batch_size: int | None = None) -> None:
     from nas_flex.train import run_trial
 
     config = {**BASE, "conv": method, "pooling": pooling, "epochs": epochs}
+    if batch_size is not None:
+        config["batch_size"] = batch_size
     if hparams:
         config["conv_hparams"] = hparams
 
     def report(m: dict) -> None:
-        print(f"epoch {m['epoch']}: train_loss {m['train_loss']:.3f} val_acc {m['val_acc']:.3f}", flush=True)
+        print(f"epoch {m['epoch']}: train_loss {m['train_loss']:.3f} val_acc {m['val_acc']:.3f} "
+              f"({m['seconds']:.0f} s)", flush=True)
 
     result = run_trial(config, report=report).to_dict()
-    sizes = [(r["name"], round(r["height"], 1), round(r["width"], 1)) for r in result["learned_sizes"]]
-    print(json.dumps(config), "->", result["status"], f"val_acc {result['metrics']['val_acc']:.3f}", sizes)
+
+    def sizes(records: list[dict]) -> list[tuple]:
+        return [(r["name"], round(r["height"], 1), round(r["width"], 1)) for r in records]
+
+    print(json.dumps(config), "->", result["status"], f"val_acc {result['metrics']['val_acc']:.3f}",
+          f"train_seconds {result['train_seconds']:.0f}", "sizes at init", sizes(result.get("initial_sizes") or []),
+          "learned", sizes(result["learned_sizes"]))
 
 
 def _mean_abs_cos(rows: torch.Tensor) -> float:
@@ -100,6 +118,50 @@ def collapse(steps: int, variants: list[dict], lr: float) -> None:
             opt.step()
 
 
+def step_times(variants: list[dict], rounds: int, batch_size: int) -> None:
+    """Seconds per training step (forward, backward, Adam) of the main job's model, per variant, medians of
+    interleaved rounds (one step per variant per round, after two warm-up steps each), and each median over the
+    first variant's. A variant's ``"gather": true`` makes per-pair CF-Conv gather each sampled position's MLP
+    weights at every sampled share (``CFConv.broadcast_share`` = inf), the evaluation before broadcasting."""
+    import statistics
+
+    from nas_flex.models import build
+
+    runs = []
+    from nas_flex.layers.cfconv import CFConv
+
+    for spec in variants:
+        torch.manual_seed(0)
+        config = {**BASE, "pooling": "max", **{k: v for k, v in spec.items() if k != "gather"}}
+        model = build(config, in_channels=1, num_classes=10)
+        if spec.get("gather"):  # CF-Conv per pair: gather each sampled position's weights at any sampled share
+            for m in model.modules():
+                if isinstance(m, CFConv):
+                    m.broadcast_share = math.inf
+        opt = torch.optim.Adam(model.parameters(), lr=BASE["lr"])
+        runs.append((json.dumps(spec), model, opt, []))
+    x, y = torch.randn(batch_size, 1, 32, 32), torch.randint(10, (batch_size,))
+
+    def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    for _, model, opt, _ in runs:
+        for _ in range(2):
+            one_step(model, opt)
+    for _ in range(rounds):
+        for _, model, opt, times in runs:
+            times.append(one_step(model, opt))
+    first = statistics.median(runs[0][3])
+    for name, _, _, times in runs:
+        med = statistics.median(times)
+        print(f"{name}: {1e3 * med:.1f} ms per step of batch {batch_size} ({med / first:.2f}x the first)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
@@ -107,17 +169,28 @@ def main() -> None:
     t.add_argument("--method", default="cfconv")
     t.add_argument("--pooling", default="max", choices=["max", "avg"])
     t.add_argument("--epochs", type=int, default=BASE["epochs"])
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="examples per step (default: run_trial's 64); the main job uses --epochs 10 --batch-size 32")
     t.add_argument("--hparams", default="{}", help="the layer's conv_hparams as JSON")
     c = sub.add_parser("collapse")
     c.add_argument("--steps", type=int, default=60)
     c.add_argument("--lr", type=float, default=BASE["lr"])
-    c.add_argument("--variants", nargs="+", default=['{}', '{"encoding": "all"}', '{"parameterization": "per_pair"}'],
-                   help="conv_hparams of each CF-Conv variant, as JSON")
+    c.add_argument("--variants", nargs="+", default=['{"parameterization": "joint"}',
+                                                     '{"parameterization": "joint", "encoding": "all"}', '{}'],
+                   help="conv_hparams of each CF-Conv variant, as JSON ({}: the layer's default, per pair)")
+    st = sub.add_parser("step")
+    st.add_argument("--rounds", type=int, default=15)
+    st.add_argument("--batch-size", type=int, default=32)
+    st.add_argument("--variants", nargs="+", help="trial config entries of each variant, as JSON", default=[
+        '{"conv": "niff"}', '{"conv": "cfconv"}', '{"conv": "cfconv", "gather": true}',
+        '{"conv": "cfconv", "conv_hparams": {"parameterization": "joint"}}', '{"conv": "conv", "kernel_size": 7}'])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part == "trials":
-        run_trials(args.method, args.pooling, args.epochs, json.loads(args.hparams))
+        run_trials(args.method, args.pooling, args.epochs, json.loads(args.hparams), args.batch_size)
+    elif args.part == "step":
+        step_times([json.loads(v) for v in args.variants], args.rounds, args.batch_size)
     else:
         collapse(args.steps, [json.loads(v) for v in args.variants], args.lr)
 

@@ -22,6 +22,11 @@ _LAZY = {
     "errors": "nas_flex.errors",
     "data": "nas_flex.data",
     "spaces": "nas_flex.spaces",
+    "models": "nas_flex.models",
+    "train": "nas_flex.train",
+    "tune": "nas_flex.tune",
+    "leaderboard": "nas_flex.leaderboard",
+    "record": "nas_flex.record",
     "search": "nas_flex.tune.runner",
     "Leaderboard": "nas_flex.leaderboard",
     "export": "nas_flex.export",
@@ -29,7 +34,21 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from nas_flex import data, errors, export, functional, kernels, layers, report, spaces  # noqa: F401
+    from nas_flex import (  # noqa: F401
+        data,
+        errors,
+        export,
+        functional,
+        kernels,
+        layers,
+        leaderboard,
+        models,
+        record,
+        report,
+        spaces,
+        train,
+        tune,
+    )
     from nas_flex.leaderboard import Leaderboard  # noqa: F401
     from nas_flex.sizes import learned_sizes  # noqa: F401
     from nas_flex.tune.runner import search  # noqa: F401

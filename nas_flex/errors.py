@@ -5,6 +5,7 @@ Torch-free on purpose: the leaderboard and the search-space code import these er
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = [
     "HyperparameterError",
     "NonFiniteError",
     "check_shape",
+    "check_known",
     "unknown_name",
 ]
 
@@ -54,10 +56,54 @@ class NonFiniteError(NasFlexError, FloatingPointError):
     """A NaN or inf appeared in a size parameter or a generated kernel."""
 
 
+def _did_you_mean(name: Any, valid: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` with the closest valid name (case aside), or "" if none is close."""
+    by_lower = {str(v).lower(): v for v in valid}
+    close = difflib.get_close_matches(str(name).lower(), by_lower, n=1)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+
+
 def unknown_name(what: str, name: Any, valid: Iterable[str]) -> UnknownNameError:
-    """Build the error for an unknown ``name``, listing the valid choices."""
-    choices = ", ".join(sorted(repr(v) for v in valid))
-    return UnknownNameError(f"unknown {what} {name!r}; expected one of: {choices}")
+    """Build the error for an unknown ``name``, with the closest valid one and all the valid choices.
+
+    Example:
+        >>> print(unknown_name("layer", "flexconvv", ["conv", "flexconv"]))
+        unknown layer 'flexconvv' (did you mean 'flexconv'?); expected one of: 'conv', 'flexconv'
+    """
+    valid = sorted(valid, key=repr)
+    choices = ", ".join(repr(v) for v in valid)
+    return UnknownNameError(f"unknown {what} {name!r}{_did_you_mean(name, valid)}; expected one of: {choices}")
+
+
+def check_known(
+    given: Iterable[str],
+    valid: Iterable[str],
+    what: str,
+    *,
+    error: type[NasFlexError] = HyperparameterError,
+) -> None:
+    """Raise ``error`` naming every entry of ``given`` that is not in ``valid`` (keyword arguments, options).
+
+    The one check behind every "unknown hyperparameter" error: the layer registry, the model builders, the search
+    space validation, the kernel nets and the datasets use it, so the message reads the same everywhere.
+
+    Args:
+        given: the names passed (e.g. the keys of ``conv_hparams``).
+        valid: the accepted names, in the order to list them (e.g. a signature's order).
+        what: what the names are, plural, e.g. ``"hyperparameter(s) of layer 'conv'"``.
+        error: the error class to raise.
+
+    Example:
+        >>> check_known(["biass"], ["kernel_size", "bias"], "option(s)")
+        Traceback (most recent call last):
+        ...
+        nas_flex.errors.HyperparameterError: unknown option(s): 'biass' (did you mean 'bias'?); valid: kernel_size, bias
+    """
+    valid = list(valid)
+    unknown = sorted({str(g) for g in given} - set(valid))
+    if unknown:
+        hints = ", ".join(f"{u!r}{_did_you_mean(u, valid)}" for u in unknown)
+        raise error(f"unknown {what}: {hints}; valid: {', '.join(valid) or 'none'}")
 
 
 def check_shape(

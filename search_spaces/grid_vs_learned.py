@@ -11,6 +11,9 @@ SAMPLER = "grid"
 BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 10, "batch_size": 32,
         "lr": 1e-2}
 
+# cfconv runs the layer's default, one MLP per channel pair (the paper's Phi(H, W)): the paper's recommended joint MLP
+# collapses a layer's output channels at this width and stays near chance here (README, "NIFF and CF-Conv at the main
+# job's config"; experiments/frequency_layers.py)
 METHODS = ["conv", "mixed", "flexconv", "njet", "envelope", "niff", "cfconv"]
 
 

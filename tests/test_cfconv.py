@@ -42,9 +42,22 @@ def _freqs(n: int) -> torch.Tensor:
 
 
 def reference_full_plane(layer: CFConv, h: int, w: int) -> torch.Tensor:
-    """The joint MLP at every position of the full fft2 plane, complex (H, W, C_in, C_out), from the parameters
-    with F.linear (float64)."""
+    """The MLP at every position of the full fft2 plane, complex (H, W, C_in, C_out), from the parameters with
+    F.linear (float64): the joint MLP of (f_y, f_x, c_in, c_out), or per pair its own MLP of (f_y, f_x)."""
     c_in, c_out = layer.in_channels, layer.out_channels
+    if layer.parameterization == "per_pair":
+        grid = torch.stack(torch.meshgrid(_freqs(h), _freqs(w), indexing="ij"), dim=-1)  # (H, W, 2)
+        out = torch.zeros(2, h, w, c_in, c_out, dtype=torch.float64)
+        for part in range(2):
+            for i in range(c_in):
+                for o in range(c_out):
+                    z = grid
+                    for layer_index, (wt, b) in enumerate(zip(layer.kernel_mlp.weights, layer.kernel_mlp.biases)):
+                        if layer_index:
+                            z = torch.relu(z)
+                        z = F.linear(z, wt[part, i * c_out + o].double(), b[part, i * c_out + o].double())
+                    out[part, :, :, i, o] = z[..., 0]
+        return torch.complex(out[0], out[1])
     ci = torch.linspace(-1, 1, c_in, dtype=torch.float64) if c_in > 1 else torch.zeros(1, dtype=torch.float64)
     co = torch.linspace(-1, 1, c_out, dtype=torch.float64) if c_out > 1 else torch.zeros(1, dtype=torch.float64)
     coords = torch.stack(torch.meshgrid(_freqs(h), _freqs(w), ci, co, indexing="ij"), dim=-1)  # (H, W, C_in, C_out, 4)
@@ -105,9 +118,10 @@ def test_output_is_a_circular_convolution_with_spatial_kernel(sampled, hw):
     torch.testing.assert_close(layer(x), circular_conv_reference(x, k, layer.bias), rtol=1e-10, atol=1e-10)
 
 
-def test_dense_kernel_is_the_mlp_everywhere():
+@pytest.mark.parametrize("parameterization", ["joint", "per_pair"])
+def test_dense_kernel_is_the_mlp_everywhere(parameterization):
     """sampled_positions=None: the kernel is the MLP at every (h, w, c_in, c_out) position (checks coordinates)."""
-    layer = make(None, c_in=2, c_out=3)
+    layer = make(None, c_in=2, c_out=3, parameterization=parameterization)
     hw = (6, 7)
     x = torch.randn(1, 2, *hw, dtype=torch.float64)
     y = layer(x)
@@ -121,8 +135,9 @@ def test_dense_kernel_is_the_mlp_everywhere():
 
 
 # ------------------------------------------------------------------------------------------------- EMA step
-def test_ema_step_touches_only_the_sampled_positions():
-    layer = make(40, decay=0.1)
+@pytest.mark.parametrize("parameterization", ["joint", "per_pair"])
+def test_ema_step_touches_only_the_sampled_positions(parameterization):
+    layer = make(40, decay=0.1, parameterization=parameterization)
     hw = (8, 6)
     x = torch.randn(2, 3, *hw, dtype=torch.float64)
     layer(x)  # creates the state (and takes a first step)
@@ -143,8 +158,9 @@ def test_ema_step_touches_only_the_sampled_positions():
     torch.testing.assert_close(layer(x), y, rtol=0, atol=0)
 
 
-def test_gradients_reach_the_mlp_through_the_sampled_positions_only():
-    layer = make(24, c_in=2, c_out=2)
+@pytest.mark.parametrize("parameterization", ["joint", "per_pair"])
+def test_gradients_reach_the_mlp_through_the_sampled_positions_only(parameterization):
+    layer = make(24, c_in=2, c_out=2, parameterization=parameterization)
     hw = (5, 6)
     x = torch.randn(2, 2, *hw, dtype=torch.float64)
     layer(x)
@@ -207,8 +223,9 @@ def test_state_dict_round_trip_keeps_the_state():
     assert a.kernel_state is None and a.state_size is None
 
 
-def test_input_size_changes():
-    layer = make(50)
+@pytest.mark.parametrize("parameterization", ["joint", "per_pair"])
+def test_input_size_changes(parameterization):
+    layer = make(50, parameterization=parameterization)
     layer(torch.randn(1, 3, 8, 8, dtype=torch.float64))
     with pytest.raises(ShapeError, match=r"belongs to a 8x8 input, but training got a 9x6 input.*resize_state_\(9, 6"):
         layer(torch.randn(1, 3, 9, 6, dtype=torch.float64))
@@ -278,16 +295,19 @@ def _step_bytes(layer: CFConv, x: torch.Tensor) -> int:
 
 
 def test_sparse_step_allocates_a_fraction_of_a_full_evaluation():
+    """The paper's memory argument, for its ten-layer joint MLP (the per-pair MLPs' [2, 1] neurons are small)."""
     x = torch.randn(2, 4, 24, 24)
-    sparse = build("cfconv", 4, 4, sampled_positions=2**8)
+    sparse = build("cfconv", 4, 4, sampled_positions=2**8, parameterization="joint")
     sparse(x)  # create the state outside the measurement
-    dense = build("cfconv", 4, 4, sampled_positions=None)
+    dense = build("cfconv", 4, 4, sampled_positions=None, parameterization="joint")
     assert _step_bytes(sparse, x) * 10 < _step_bytes(dense, x)
 
 
 # ----------------------------------------------------------------------------------------------- options
 def test_parameterizations_and_paper_mlp():
-    joint = build("cfconv", 3, 4)
+    assert build("cfconv", 3, 4).parameterization == "per_pair"  # the default (README: the joint MLP collapses)
+    joint = build("cfconv", 3, 4, parameterization="joint")
+    assert "parameterization='joint'" in joint.extra_repr()
     widths = [4, 32, 32, 32, 16, 16, 16, 8, 8, 8, 1]  # the paper's [32, 32, 32, 16, 16, 16, 8, 8, 8, 1]
     assert [tuple(w.shape) for w in joint.kernel_mlp.weights] == [(2, o, i) for i, o in zip(widths[:-1], widths[1:])]
     pair = build("cfconv", 3, 4, parameterization="per_pair")
@@ -377,7 +397,7 @@ def test_mlp_init_keeps_the_kernels_apart(seed):
     mean > 0.1), the 256 channel-pair kernels differ (mean |cos| < 0.95), and the first layer's gradient is within
     10x of the last layer's. With nn.Linear's default init: spread / mean ~5e-5, |cos| 1.000, gradient ratio ~2000."""
     torch.manual_seed(seed)
-    layer = build("cfconv", 16, 16, sampled_positions=None, bias=False)
+    layer = build("cfconv", 16, 16, sampled_positions=None, bias=False, parameterization="joint")
     values = layer._mlp_everywhere(32, 32).detach()
     for part in range(2):
         v = values[..., part]
@@ -405,9 +425,9 @@ def test_fourier_encoding_of_the_coordinates():
     torch.testing.assert_close(fourier_encode(coords, 3), torch.cat(want, dim=-1))
     assert fourier_encode(coords, 0) is coords
     assert fourier_encode(coords, 3, (2, 3)).shape == (40, 4 + 2 * 3 * 2)
-    assert make(None).kernel_mlp.weights[0].shape[-1] == 4
+    assert make(None, parameterization="joint").kernel_mlp.weights[0].shape[-1] == 4
     for encoding, width in (("channels", 4 + 2 * 4 * 2), ("all", 4 + 2 * 4 * 4)):
-        layer = make(None, encoding=encoding)
+        layer = make(None, encoding=encoding, parameterization="joint")
         assert layer.kernel_mlp.weights[0].shape[-1] == width and f"encoding={encoding!r}" in layer.extra_repr()
         with torch.no_grad():  # the layer's dense kernel is the MLP of the encoded coordinates, Hermitian part
             torch.testing.assert_close(layer._mlp_everywhere(6, 5), reference_mlp_state(layer, 6, 5))
@@ -415,3 +435,103 @@ def test_fourier_encoding_of_the_coordinates():
         make(None, encoding="sinusoidal")
     with pytest.raises(HyperparameterError, match="encoding_octaves"):
         make(None, encoding_octaves=-1)
+    with pytest.raises(HyperparameterError, match="joint MLP only.*parameterization='joint'"):
+        make(None, encoding="all")  # the per-pair default would ignore it
+
+
+# ------------------------------------------------------------------------ the cheaper paths give the same values
+def test_pairwise_mlp_grid_equals_the_gathered_evaluation():
+    """Broadcasting every pair over a block of frequencies gives, in flat position order, what gathering each
+    position's weights gives (the previous computation), to float64 precision, with the same gradients."""
+    from nas_flex.functional.cfconv import pairwise_mlp, pairwise_mlp_grid
+
+    torch.manual_seed(0)
+    pairs, freqs = 6, 5
+    weights = [torch.randn(2, pairs, o, i, dtype=torch.float64, requires_grad=True) for i, o in ((2, 3), (3, 1))]
+    biases = [torch.randn(2, pairs, o, dtype=torch.float64, requires_grad=True) for o in (3, 1)]
+    coords = torch.rand(freqs, 2, dtype=torch.float64) * 2 - 1
+    grid = pairwise_mlp_grid(coords, weights, biases, "relu")
+    gathered = pairwise_mlp(coords.repeat_interleave(pairs, 0), torch.arange(pairs).repeat(freqs), weights, biases,
+                            "relu")
+    assert grid.shape == (2, freqs * pairs, 1)
+    torch.testing.assert_close(grid, gathered, rtol=1e-14, atol=1e-14)
+    g = torch.randn_like(grid)
+    want = torch.autograd.grad((gathered * g).sum(), weights + biases)
+    for a, b in zip(torch.autograd.grad((grid * g).sum(), weights + biases), want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_ema_merge_of_every_position_equals_the_indexed_merge():
+    from nas_flex.functional.cfconv import ema_merge
+
+    state = torch.rand(4, 3, 2, 2, 2, dtype=torch.float64)
+    values = torch.randn(48, 2, dtype=torch.float64)
+    kernel, new = ema_merge(state, None, values, 0.1)
+    want_kernel, want_new = ema_merge(state, torch.arange(48), values, 0.1)
+    assert torch.equal(kernel, want_kernel) and torch.equal(new, want_new)
+    with pytest.raises(ShapeError, match="values"):
+        ema_merge(state, None, values[:40], 0.1)
+
+
+@pytest.mark.parametrize("parameterization", ["joint", "per_pair"])
+def test_a_step_that_samples_every_position_equals_the_gathered_step(parameterization):
+    """sampled_positions >= the state's size (the main job's first layer): the step evaluates every position without
+    the gather and scatter; state, output and gradients equal the previous computation's (gathered MLP at
+    arange(total), indexed EMA merge) and the reference EMA of the float64 MLP."""
+    from nas_flex.functional.cfconv import ema_merge, state_to_spectrum
+    from nas_flex.functional.niff import circular_conv2d_rfft
+
+    hw = (6, 5)
+    layer = make(10_000, c_in=3, c_out=2, parameterization=parameterization)
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    layer(x)  # creates the state, first step
+    before = layer.kernel_state.clone()
+    total = before[..., 0].numel()
+    y = layer(x)
+    y.square().sum().backward()
+    assert torch.equal(layer.last_positions, torch.arange(total))
+    got = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    layer.zero_grad()
+    positions = torch.arange(total)
+    kernel, new = ema_merge(before, positions, layer._mlp_at(positions, *hw, torch.float64), layer.decay)
+    y_ref = circular_conv2d_rfft(x, state_to_spectrum(kernel), layout="hwio") / math.sqrt(3)
+    y_ref = y_ref + layer.bias.view(1, -1, 1, 1)
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.kernel_state, new.reshape(before.shape), rtol=1e-13, atol=1e-14)
+    for n, p in layer.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-10, atol=1e-12, msg=n)
+    mlp = reference_mlp_state(layer, *hw)  # and the independent float64 reference of the EMA step
+    torch.testing.assert_close(layer.kernel_state, 0.1 * before + 0.9 * mlp, rtol=1e-12, atol=1e-12)
+
+
+def test_per_pair_step_over_half_the_state_broadcasts_with_the_gathered_result():
+    """Per pair, a sample covering at least ``broadcast_share`` of the state is evaluated everywhere by broadcasting
+    and picked at the sampled positions: the same state, output and gradients as gathering each position's weights
+    (the previous computation), and the reference EMA at the sampled positions."""
+    hw = (5, 6)
+    x = torch.randn(2, 2, *hw, dtype=torch.float64)
+    fast = make(60, c_in=2, c_out=2)  # 60 of 5 x 4 x 2 x 2 = 80 positions
+    assert fast.parameterization == "per_pair" and 60 >= fast.broadcast_share * 80
+    fast(x)
+    slow = make(60, c_in=2, c_out=2)
+    slow.load_state_dict(fast.state_dict())
+    slow.broadcast_share = math.inf
+    before = fast.kernel_state.clone()
+    results = []
+    for layer in (fast, slow):
+        torch.manual_seed(3)  # the same sampled positions
+        y = layer(x)
+        y.square().sum().backward()
+        results.append((y, layer.last_positions, layer.kernel_state, {n: p.grad for n, p in layer.named_parameters()}))
+    (y_fast, pos_fast, state_fast, grad_fast), (y_slow, pos_slow, state_slow, grad_slow) = results
+    assert torch.equal(pos_fast, pos_slow) and 40 <= pos_fast.numel() < 80
+    torch.testing.assert_close(y_fast, y_slow, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state_fast, state_slow, rtol=1e-13, atol=1e-14)
+    for n in grad_fast:
+        torch.testing.assert_close(grad_fast[n], grad_slow[n], rtol=1e-10, atol=1e-12, msg=n)
+    mlp = reference_mlp_state(fast, *hw).reshape(-1, 2)
+    flat_before = before.reshape(-1, 2)
+    want = flat_before.clone()
+    want[pos_fast] = 0.1 * flat_before[pos_fast] + 0.9 * mlp[pos_fast]
+    torch.testing.assert_close(state_fast.reshape(-1, 2), want, rtol=1e-12, atol=1e-12)

@@ -8,7 +8,7 @@ from torch import nn
 
 from nas_flex.errors import HyperparameterError, UnknownNameError
 from nas_flex.layers import build
-from nas_flex.layers.conv import Pool2d
+from nas_flex.layers.pooling import Pool2d
 
 
 def test_conv_matches_nn_conv2d_with_the_same_weights():

@@ -368,8 +368,8 @@ def test_kernel_net_options_reach_the_kernel_net():
 
 
 def test_unknown_kernel_net_lists_the_valid_names():
-    with pytest.raises(UnknownNameError, match=r"unknown kernel_net 'magnett'; expected one of: 'magnet', "
-                                               r"'mfn_fourier', 'mfn_gabor', 'siren'"):
+    with pytest.raises(UnknownNameError, match=r"unknown kernel_net 'magnett' \(did you mean 'magnet'\?\); "
+                                               r"expected one of: 'magnet', 'mfn_fourier', 'mfn_gabor', 'siren'"):
         build("flexconv", 3, 4, kernel_net="magnett")
 
 

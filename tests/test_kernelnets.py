@@ -59,7 +59,8 @@ def test_bad_hyperparameters_are_named(kwargs, arg):
 
 
 def test_unknown_options_are_named_with_the_valid_ones():
-    with pytest.raises(HyperparameterError, match=r"unknown option\(s\) \['omega_0'\].*input_scale, .*alpha"):
+    with pytest.raises(HyperparameterError,
+                       match=r"unknown option\(s\) of kernel net 'magnet': 'omega_0'; valid: input_scale, .*alpha"):
         build_kernel_net("magnet", 2, 4, omega_0=30.0)
     assert build_kernel_net("siren", 2, 4, omega_0=10.0).omega_0 == 10.0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from torch.func import functional_call
 
 import nas_flex
 from nas_flex.errors import HyperparameterError, NasFlexError, NonFiniteError, ShapeError, UnknownNameError
-from nas_flex.layers import KernelLayer, available, build, get, register
+from nas_flex.layers import KernelLayer, available, build, get, register, unregister
 
 LAYERS = available()
 
@@ -54,7 +55,8 @@ def test_unknown_layer_lists_valid_names():
 
 
 def test_unknown_hparam_is_named():
-    with pytest.raises(HyperparameterError, match=r"unknown hyperparameter\(s\) \['kernal_size'\].*kernel_size"):
+    with pytest.raises(HyperparameterError, match=r"unknown hyperparameter\(s\) of layer 'conv': 'kernal_size' "
+                                                  r"\(did you mean 'kernel_size'\?\); valid: kernel_size, bias"):
         build("conv", 3, 4, kernal_size=3)
 
 
@@ -78,9 +80,20 @@ def test_register_rejects_duplicates_and_adds_new_names():
         with pytest.raises(NasFlexError, match="already registered"):
             register("test_identity_layer")(type("Again", (KernelLayer,), {}))
     finally:
-        from nas_flex.layers import registry
-
-        registry._REGISTERED.pop("test_identity_layer")
+        unregister("test_identity_layer")
+    assert "test_identity_layer" not in available()
+    with pytest.raises(UnknownNameError, match="unknown layer 'test_identity_layer'"):
+        build("test_identity_layer", 2, 2)
+    with pytest.raises(UnknownNameError, match="unknown registered layer 'test_identity_layer'"):
+        unregister("test_identity_layer")
+    with pytest.raises(NasFlexError, match="'conv' is a built-in layer"):
+        unregister("conv")
+    assert "conv" in available()
+    other = register("test_identity_layer")(type("Other", (Identity,), {}))  # the name is free again
+    try:
+        assert type(build("test_identity_layer", 2, 2)) is other
+    finally:
+        unregister("test_identity_layer")
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
@@ -206,12 +219,26 @@ def test_learned_sizes_row(name):
     assert (row["height"], row["width"]) == layer.effective_kernel_size
 
 
+def _printed_size(text: str) -> tuple[float, float]:
+    """The (height, width) a repr prints as ``kernel_size=5``, ``kernel_size=2.68`` or ``kernel_size=8.4x5.7``."""
+    match = re.match(r"3, 4, kernel_size=(\d+(?:\.\d+)?)(?:x(\d+(?:\.\d+)?))?(?![\d.x])", text)
+    assert match, text
+    h = float(match[1])
+    return h, float(match[2]) if match[2] else h
+
+
 @pytest.mark.parametrize("name", LAYERS)
-def test_extra_repr_shows_the_size(name):
-    text = repr(make(name))
-    assert "kernel_size=" in text
-    if get(name).learns_size:
-        assert "(learned" in text
+@pytest.mark.parametrize("grid", [None, (11, 9)])
+def test_extra_repr_shows_the_size(name, grid):
+    """The size a repr prints, parsed back, is the layer's effective_kernel_size, to the digits printed."""
+    layer = make(name)
+    if grid is not None:
+        layer(torch.randn(1, 3, *grid))
+    text = layer.extra_repr()
+    assert text.startswith("3, 4, kernel_size=") and repr(layer).startswith(f"{type(layer).__name__}(")
+    printed = _printed_size(text)
+    assert printed == pytest.approx(layer.effective_kernel_size, abs=0.051)  # one decimal, rounded
+    assert ("(learned" in text) == get(name).learns_size
 
 
 # ------------------------------------------------------------------------------------------------ gradients
@@ -311,3 +338,26 @@ def test_constrain_keeps_a_valid_layer_unchanged(name):
     y = layer(x)
     layer.constrain_()
     torch.testing.assert_close(layer(x), y)
+
+
+# ------------------------------------------------------------------------------------------------ torch.compile
+@pytest.mark.slow
+def test_check_finite_is_skipped_under_torch_compile():
+    """``check_finite``'s compile branch: under torch.compile the check is skipped (it would branch on data), so a
+    layer that checks its size parameter in forward compiles to one graph with the eager output; eager still raises.
+
+    backend="eager" runs dynamo's tracing (where the branch matters) without a C compiler.
+    """
+    torch.manual_seed(0)
+    layer = make("envelope", c_in=2, c_out=3)  # forward: check_finite("sigma", ...) on its size parameter
+    x = torch.randn(2, 2, 9, 9)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)  # a graph break (the check traced) fails here
+    torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
+    with torch.no_grad():
+        layer.sigma[1] = float("nan")
+    with pytest.raises(NonFiniteError, match="EnvelopeConv: `sigma` holds non-finite values"):
+        layer(x)
+    # compiled, the check is skipped as documented: the NaN reaches the output (of filter 1 only) instead of raising
+    y = compiled(x)
+    assert torch.isnan(y[:, 1]).all() and torch.isfinite(y[:, [0, 2]]).all()
+

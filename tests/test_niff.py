@@ -17,7 +17,8 @@ from nas_flex.functional.niff import circular_conv2d_rfft
 from nas_flex.kernels.frequency import rfft_grid, rfft_to_full
 from nas_flex.kernels.mass import continuous_size_from_mass, effective_size_from_mass
 from nas_flex.layers import build
-from nas_flex.layers.niff import DEFAULT_GRID, NIFFConv
+from nas_flex.layers.frequency import DEFAULT_GRID
+from nas_flex.layers.niff import NIFFConv
 
 
 def circular_conv_reference(x: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -199,13 +200,25 @@ def test_autocast_computes_the_ffts_in_float32():
     assert layer(x.bfloat16()).dtype == torch.bfloat16
 
 
-def test_repr_leaves_defaults_out():
-    text = build("niff", 3, 4).extra_repr()
-    assert "kernel_size=" in text and "(learned, 90% mass on the default 32x32 grid)" in text
-    assert "mode=" not in text and "bias" not in text
-    text = build("niff", 3, 4, mode="full", mlp="large", bias=False).extra_repr()
-    assert "mode='full'" in text and "mlp='large'" in text and "bias=False" in text
-    assert "kernel_size=?" in repr(build("niff", 3, 4, device="meta"))
+def test_repr_is_exact_and_leaves_defaults_out():
+    layer = build("niff", 3, 4)
+    h, w = layer.effective_kernel_size
+    assert layer.extra_repr() == f"3, 4, kernel_size={h:.1f}x{w:.1f} (learned, 90% mass on the default 32x32 grid)"
+    assert layer.filter_mlp.extra_repr() == "2 -> 32 -> 3, activation=relu, x2 (real, imaginary)"
+    layer(torch.randn(1, 3, 12, 10))
+    h, w = layer.effective_kernel_size
+    assert (h, w) != pytest.approx(DEFAULT_GRID)  # the size follows the new grid
+    assert layer.extra_repr() == f"3, 4, kernel_size={h:.1f}x{w:.1f} (learned, 90% mass on a 12x10 grid)"
+    layer = build("niff", 3, 4, mode="full", mlp="large", bias=False)
+    h, w = layer.effective_kernel_size
+    assert layer.extra_repr() == (
+        f"3, 4, kernel_size={h:.1f}x{w:.1f} (learned, 90% mass on the default 32x32 grid), mode='full', "
+        "mlp='large', bias=False"
+    )
+    assert layer.filter_mlp.extra_repr() == "2 -> 16 -> 128 -> 32 -> 12, activation=silu, x2 (real, imaginary)"
+    assert build("niff", 3, 4, device="meta").extra_repr() == (
+        "3, 4, kernel_size=? (learned, 90% mass; meta device) on the default 32x32 grid"
+    )
 
 
 @pytest.mark.gpu

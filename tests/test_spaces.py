@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nas_flex.errors import SearchSpaceError
-from nas_flex.spaces import SearchSpace, grid_size, load_space, replay, sample_configs, validate_space
+from nas_flex.spaces import SearchSpace, grid_size, load_space, replay, sample_configs, validate_config, validate_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,12 +46,13 @@ def test_overrides_apply_after_the_space():
 
 @pytest.mark.parametrize("fn, match", [
     (lambda t: {"conv": t.suggest_categorical("conv", ["conv", "flexconvv"])},
-     r"conv='flexconvv'.*\"conv\": \"flexconvv\""),
+     r"\"conv\": \"flexconvv\"\}: unknown layer 'flexconvv' \(did you mean 'flexconv'\?\)"),
     (lambda t: {"backbone": "simple", "kernal_size": t.suggest_int("k", 3, 3)},
      r"'kernal_size' \(did you mean 'kernel_size'\?\)"),
-    (lambda t: {"dataset": t.suggest_categorical("ds", ["cifar11"])}, r"dataset='cifar11'.*\"ds\": \"cifar11\""),
+    (lambda t: {"dataset": t.suggest_categorical("ds", ["cifar11"])},
+     r"\"ds\": \"cifar11\"\}: unknown dataset 'cifar11'"),
     (lambda t: {"conv": "njet", "conv_hparams": {"sigma": t.suggest_categorical("s", [1.0])}},
-     r"conv_hparams \['sigma'\]"),
+     r"unknown hyperparameter\(s\) of layer 'njet' in conv_hparams: 'sigma' \(did you mean 'sigma_init'\?\)"),
     (lambda t: {"epochs": t.suggest_categorical("e", ["ten"])}, r"\{\"e\": \"ten\"\}.*'epochs' must be int"),
     (lambda t: {"lr": t.suggest_float("lr", 1e-3, 1e-1)}, r"step must be given for BruteForceSampler"),
     (lambda t: ["not", "a", "dict"], r"must return a trial config dict"),
@@ -61,6 +62,23 @@ def test_overrides_apply_after_the_space():
 def test_validation_errors_name_the_parameter(fn, match):
     with pytest.raises(SearchSpaceError, match=match):
         validate_space(SearchSpace(fn, sampler="grid"))
+
+
+def test_dry_build_loads_the_dataset_the_trial_would(monkeypatch):
+    """The dry build reads the dataset with the config's own settings, ``download`` included, as run_trial does."""
+    import nas_flex.data as data
+
+    calls = []
+    real = data.get_dataset
+
+    def recording(name, **kwargs):
+        calls.append((name, kwargs))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(data, "get_dataset", recording)
+    config = {"dataset": "digits", "download": True, "seed": 3, "image_size": 12, "data_options": {"val_fraction": 0.5}}
+    validate_config(config, build=True)
+    assert calls == [("digits", {"root": None, "image_size": 12, "seed": 3, "download": True, "val_fraction": 0.5})]
 
 
 def test_bad_settings():

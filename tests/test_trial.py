@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from nas_flex.errors import HyperparameterError
-from nas_flex.layers import KernelLayer, register
-from nas_flex.layers import registry as layer_registry
+from nas_flex.layers import KernelLayer, register, unregister
 from nas_flex.record import RESULT_FIELDS, TrialRecord
 from nas_flex.train import canonical_key, resolve_config, run_trial
 
@@ -106,7 +105,7 @@ def test_divergence_is_a_status_not_an_exception():
         # 128 examples / 64 per batch = 2 steps per epoch: epochs 1-4 train, step 9 gives NaN
         result = run_trial({**BASE, "conv": "test_explodes", "epochs": 6, "train_subset": 128, "val_subset": 64})
     finally:
-        layer_registry._REGISTERED.pop("test_explodes")
+        unregister("test_explodes")
     assert result.status == "diverged"
     assert "nan" in result.error.lower()
     assert result.epochs_completed == len(result.history) - 1 == 4

@@ -12,13 +12,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nas_flex.errors import SearchSpaceError
 from nas_flex.leaderboard import TRIAL_SCHEMA, Leaderboard
+from nas_flex.record import TrialRecord, TrialStatus
 from nas_flex.spaces import SearchSpace, replay
-from nas_flex.tune import ResourceError, search
-from nas_flex.tune.runner import StorageError
+from nas_flex.tune import ResourceError, StorageError, search
 
 ROOT = Path(__file__).resolve().parents[1]
 NAS_FLEX = str(Path(sys.executable).parent / "nas-flex")
@@ -225,15 +226,15 @@ def test_searcher_tells_optuna_how_trials_ended():
     """ASHA-stopped trials reach Optuna as PRUNED and diverged ones as FAIL, not COMPLETE with a partial score."""
     from optuna.trial import TrialState
 
-    from nas_flex.tune.runner import _optuna_search
+    from nas_flex.tune.searcher import optuna_searcher
 
-    searcher = _optuna_search(SearchSpace(grid4), {"val_acc": "max"}, "tpe", 0, "unit")
+    searcher = optuna_searcher(SearchSpace(grid4), {"val_acc": "max"}, "tpe", 0, "unit")
     for t in ("stopped", "diverged", "done"):
         assert "nas_flex_config" in searcher.suggest(t)
     searcher.on_trial_complete("stopped", {"val_acc": 0.4, "epoch": 1, "epochs": 3, "status": "running"})
     searcher.on_trial_complete("diverged", {"val_acc": 0.1, "epoch": 1, "epochs": 3, "status": "diverged"})
     searcher.on_trial_complete("done", {"val_acc": 0.9, "epoch": 3, "epochs": 3, "status": "completed"})
-    states = [t.state for t in searcher._ot_study.trials]
+    states = [t.state for t in searcher.study.trials]
     assert states == [TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
 
 
@@ -265,21 +266,27 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_asha_and_two_objectives_leave_no_gap(tmp_path):
-    """Trials ASHA stops early still get a row (status "stopped"); a two-objective search runs end to end."""
+def test_asha_stops_the_worse_trials_and_their_rows_keep_metrics(tmp_path):
+    """ASHA (grace 1 epoch, reduction factor 2) stops trials early, and each still gets a row (status "stopped")
+    with its last epoch's metrics; a two-objective search runs end to end. Half the grid cannot learn (lr 1e-7), the
+    trials run one at a time in the seeded grid order, so the trials stopped are the same on every run."""
     def space(trial):
-        return {**TINY, "epochs": 3, "conv": "conv", "lr": trial.suggest_categorical("lr", [1e-4, 3e-3, 1e-2, 3e-2]),
-                "pooling": trial.suggest_categorical("pooling", ["max", "avg"])}
+        return {**TINY, "epochs": 3, "conv": "conv", "lr": trial.suggest_categorical("lr", [1e-7, 1e-2]),
+                "pooling": trial.suggest_categorical("pooling", ["max", "avg", "none"])}
 
     lb = search(SearchSpace(space, sampler="grid"), storage=tmp_path, experiment="asha", scheduler="asha",
-                objectives={"val_acc": "max", "flops": "min"}, max_concurrent=2, verbose=0)
+                objectives={"val_acc": "max", "flops": "min"}, max_concurrent=1, verbose=0)
     df = lb.to_pandas()
-    assert len(df) == 8 and df["trial_id"].is_unique
-    assert set(df["status"]) <= {"completed", "stopped"}
+    assert len(df) == 6 and df["trial_id"].is_unique
+    assert set(df["status"]) == {"completed", "stopped"}, df[["status", "params_lr", "metrics_val_acc"]]
     stopped = df[df["status"] == "stopped"]
-    assert (stopped["epochs_completed"] < 3).all()
-    assert (df.loc[df["status"] == "completed", "epochs_completed"] == 3).all()
-    assert df["metrics_val_acc"].notna().all()
+    assert stopped["epochs_completed"].between(1, 2).all()
+    for column in ("metrics_val_acc", "metrics_val_loss", "metrics_train_loss", "best_val_acc", "flops"):
+        assert stopped[column].notna().all() and np.isfinite(stopped[column]).all(), column
+    assert (stopped["params"] > 0).all()
+    completed = df[df["status"] == "completed"]
+    assert (completed["epochs_completed"] == 3).all() and completed["metrics_val_acc"].notna().all()
+    assert not list((tmp_path / "_running").rglob("*"))  # stopped trials' scratch folders are swept too
 
 
 # ------------------------------------------------------------------ bad input: one line, before Ray or any training
@@ -358,16 +365,12 @@ def test_a_corrupt_parquet_file_in_the_storage_is_named_before_training(tmp_path
 GRID4 = [{"conv": c, "pooling": p} for c in ("conv", "mixed") for p in ("max", "avg")]
 
 
-def _row(point: dict, status: str = "completed", val_acc: float = 0.5) -> dict:
-    from nas_flex.tune.runner import _error_result
-
-    row = _error_result({**TINY, **point}, None, "2000-01-01T00:00:00+00:00")
-    nan = float("nan")
+def _row(point: dict, status: str = "completed", val_acc: float = 0.5) -> TrialRecord:
     metrics = {"train_loss": 1.0, "train_acc": val_acc, "val_loss": 1.0, "val_acc": val_acc}
-    row.update(status=status, search_params=point, epochs_completed=TINY["epochs"], params=100, flops=1000.0,
-               metrics=metrics if status == "completed" else dict.fromkeys(metrics, nan),
-               error="boom" if status == "error" else None)
-    return row
+    record = TrialRecord.failed({**TINY, **point}, "boom" if status == "error" else None,
+                                started="2000-01-01T00:00:00+00:00", status=TrialStatus(status), search_params=point,
+                                epochs_completed=TINY["epochs"], params=100, flops=1000.0)
+    return record.replace(metrics=metrics) if status == "completed" else record
 
 
 def _experiment(storage: Path, name: str, num_samples: int, space_name: str) -> None:
@@ -392,7 +395,8 @@ def test_resume_plan_reseeds_optuna_from_rows_and_scratch_folders(tmp_path):
     from optuna.trial import TrialState
 
     from nas_flex.leaderboard import write_trial
-    from nas_flex.tune.runner import _optuna_search, _plan_resume
+    from nas_flex.tune import plan_resume
+    from nas_flex.tune.searcher import optuna_searcher
 
     space = SearchSpace(grid4, sampler="grid")
     write_trial(tmp_path, _row(GRID4[0], val_acc=0.75), experiment="e", trial_id="t0", sync=False)
@@ -403,13 +407,14 @@ def test_resume_plan_reseeds_optuna_from_rows_and_scratch_folders(tmp_path):
     (tmp_path / "_running" / "e" / "t9").mkdir()  # killed before it wrote its config: never started
     write_trial(tmp_path, _row(GRID4[3]), experiment="other", trial_id="t0", sync=False)  # another experiment
 
-    finished, unfinished = _plan_resume(tmp_path, "e")
+    plan = plan_resume(tmp_path, "e")
+    finished, unfinished = plan.finished, plan.unfinished
     assert list(finished["trial_id"]) == ["t0"] and not leftover.exists()
     assert [u["trial_id"] for u in unfinished] == ["t1", "t2"]
 
-    searcher = _optuna_search(space, {"val_acc": "max"}, "grid", 1, "e", finished=finished.to_dict("records"),
+    searcher = optuna_searcher(space, {"val_acc": "max"}, "grid", 1, "e", finished=finished.to_dict("records"),
                               resumed=unfinished)
-    seeded = searcher._ot_study.trials[0]
+    seeded = searcher.study.trials[0]
     assert seeded.state == TrialState.COMPLETE and seeded.value == 0.75 and seeded.params == GRID4[0]
     first, second, third = (searcher.suggest(t) for t in ("ray_a", "ray_b", "ray_c"))
     assert (first["nas_flex_trial_id"], second["nas_flex_trial_id"]) == ("t1", "t2")
@@ -436,3 +441,75 @@ def test_resume_unpickles_nothing_from_the_storage(tmp_path):
     assert len(lb.to_pandas()) == 4 and not ray.is_initialized()
     with pytest.raises(SearchSpaceError, match="`sampler` 'random' differs from experiment 'e'"):
         search(space, storage=tmp_path, resume=True, experiment="e", sampler="random", verbose=0)
+
+
+# ------------------------------------------------------------------------------------- a duplicate's wait
+def _wait(storage: Path, **kwargs) -> tuple[dict | None, list[float]]:
+    """``wait_for_owner`` of trial t0 in a thread: a wait that never ends fails the test instead of hanging it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nas_flex.tune.trainable import wait_for_owner
+
+    pauses: list[float] = []
+    act = kwargs.pop("on_pause", lambda n: None)
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        act(len(pauses))
+        time.sleep(min(seconds, 0.01))
+
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(wait_for_owner, storage, "e", "t0", sleep=sleep, **kwargs)
+        return future.result(timeout=60), pauses
+
+
+def test_a_duplicate_waits_for_its_owners_row_and_no_longer_than_the_owner_runs(tmp_path):
+    from nas_flex.leaderboard import write_trial
+    from nas_flex.leaderboard.layout import StorageLayout
+
+    layout = StorageLayout(tmp_path)
+    # the owner ended without a row (its scratch folder is gone): no wait at all, whatever the timeout
+    assert _wait(tmp_path, timeout=3600) == (None, [])
+    scratch = layout.running("e", "t0")
+    scratch.mkdir(parents=True)
+    # the owner still runs and never finishes: the wait ends at the timeout, its pauses doubling to the cap
+    row, pauses = _wait(tmp_path, timeout=0.3, poll=(0.01, 0.04))
+    assert row is None and pauses[:4] == [0.01, 0.02, 0.04, 0.04]
+    # the owner finishes while the duplicate waits: its row comes back (only the owner's row is returned)
+    write_trial(tmp_path, _row(GRID4[1], val_acc=0.25), experiment="e", trial_id="t1", sync=False)
+    row, pauses = _wait(tmp_path, timeout=3600, on_pause=lambda n: n == 2 and write_trial(
+        tmp_path, _row(GRID4[0], val_acc=0.75), experiment="e", trial_id="t0", sync=False))
+    assert row["status"] == "completed" and row["metrics_val_acc"] == 0.75 and len(pauses) == 2
+    # an owner that failed: no metrics to copy, the duplicate trains itself
+    write_trial(tmp_path, _row(GRID4[0], status="error"), experiment="e", trial_id="t0", sync=False)
+    assert _wait(tmp_path, timeout=3600) == (None, [])
+    # the claim was handed on (the owner's row is not coming): the wait ends although the scratch folder is left
+    for row_file in tmp_path.glob("e--t0*.parquet"):
+        row_file.unlink()
+    claim = layout.claim("e", "k")
+    claim.parent.mkdir(parents=True)
+    claim.write_text("t0")
+    row, pauses = _wait(tmp_path, timeout=3600, claim=claim, on_pause=lambda n: claim.write_text("t7"))
+    assert row is None and len(pauses) == 1
+
+
+def test_search_options_group_into_tune_and_run_configs(tmp_path):
+    from nas_flex.tune import RunConfig, TuneConfig
+    from nas_flex.tune.options import split_options
+
+    flat = split_options(None, None, {"scheduler": "asha", "max_concurrent": 2, "max_failures": 0, "verbose": 0})
+    assert flat == (TuneConfig(scheduler="asha", max_concurrent=2), RunConfig(max_failures=0, verbose=0))
+    grouped = split_options(TuneConfig(seed=3), None, {"address": "auto"})
+    assert grouped == (TuneConfig(seed=3), RunConfig(address="auto"))
+    assert TuneConfig(objectives=["val_acc", "flops"]).objective_modes == {"val_acc": "max", "flops": "min"}
+    assert RunConfig(resources_per_trial={"GPU": 0.5}).resources == {"cpu": 1.0, "gpu": 0.5}
+    space = SearchSpace(grid4, sampler="grid")
+    with pytest.raises(SearchSpaceError, match=r"unknown search option\(s\) \['schedular'\]"):
+        search(space, storage=tmp_path / "lb", schedular="asha", verbose=0)
+    with pytest.raises(SearchSpaceError, match=r"\['seed'\] given both as keywords and in a TuneConfig"):
+        search(space, storage=tmp_path / "lb", tune_config=TuneConfig(seed=1), seed=2)
+    with pytest.raises(SearchSpaceError, match="`run_config` must be a RunConfig"):
+        search(space, storage=tmp_path / "lb", run_config={"verbose": 0})
+    with pytest.raises(SearchSpaceError, match="`max_concurrent` must be an integer >= 1"):
+        TuneConfig(max_concurrent=0)
+    assert not (tmp_path / "lb").exists()

@@ -23,7 +23,6 @@ classes, in torchvision's own folder layout; they are downloaded only with ``dow
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
@@ -31,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nas_flex.data.base import DatasetNotFoundError, DatasetSplits, check_image_size
-from nas_flex.errors import HyperparameterError, unknown_name
+from nas_flex.errors import HyperparameterError, check_known, unknown_name
 
 __all__ = ["get_dataset", "dataset_from_config", "available_datasets", "describe_dataset", "clear_cache",
            "DatasetSplits", "DatasetNotFoundError"]
@@ -95,11 +94,7 @@ def _canonical(name: Any) -> str:
     key = name.lower() if isinstance(name, str) else name
     if key in _DATASETS:
         return key
-    err = unknown_name("dataset", name, _DATASETS)
-    close = difflib.get_close_matches(str(key), _DATASETS, n=1)
-    if close:
-        err = type(err)(f"{err} (did you mean {close[0]!r}?)")
-    raise err
+    raise unknown_name("dataset", name, _DATASETS)
 
 
 def get_dataset(
@@ -148,11 +143,7 @@ def get_dataset(
         raise HyperparameterError(f"`seed` must be an int >= 0, but got seed={seed!r}")
     if not isinstance(download, bool):
         raise HyperparameterError(f"`download` must be a bool, but got download={download!r}")
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        valid = ", ".join(defaults) or "none"
-        raise HyperparameterError(f"unknown option(s) {', '.join(map(repr, unknown))} for dataset {key!r}; "
-                                  f"its options are: {valid}")
+    check_known(options, defaults, f"option(s) of dataset {key!r}")
     resolved: Mapping[str, Any] = {**defaults, **options}
     module, attr = target.split(":")
     build = getattr(importlib.import_module(module), attr)

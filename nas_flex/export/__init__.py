@@ -44,29 +44,3 @@ __all__ = [
     "EquivalenceError",
 ]
 
-
-def export(leaderboard, out, *, trial: str | None = None, metric: str = "metrics_val_acc", **kwargs) -> ExportResult:
-    """``nas_flex.export(path, out)``: export the best trial by ``metric`` (or the trial ``trial``) of a leaderboard.
-
-    The same as ``export_trial`` / ``export_best``; see them for the keyword arguments.
-    """
-    if trial is not None:
-        return export_trial(leaderboard, trial, out, **kwargs)
-    return export_best(leaderboard, out, metric=metric, **kwargs)
-
-
-def _make_callable() -> None:
-    # `nas_flex.export` is this package and also the function `nas_flex.export(path, out, ...)`: the module's class
-    # gets a __call__, so `from nas_flex.export import discretise` and `nas_flex.export(...)` both work
-    import sys
-    import types
-
-    class _CallableModule(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return export(*args, **kwargs)
-
-    sys.modules[__name__].__class__ = _CallableModule
-
-
-_make_callable()
-__all__.append("export")

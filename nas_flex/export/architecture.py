@@ -65,12 +65,10 @@ def row_config(config_or_row: Any) -> tuple[dict[str, Any], list[dict[str, Any]]
 
 def dataset_dims(config: Mapping[str, Any]) -> tuple[int, int, tuple[int, ...]]:
     """(in_channels, num_classes, input_size) of a trial config's dataset (loads the dataset's splits)."""
-    from nas_flex.data import get_dataset
+    from nas_flex.data import dataset_from_config
     from nas_flex.train.config import resolve_config
 
-    cfg = resolve_config(config)
-    splits = get_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
-                         download=cfg["download"], **cfg["data_options"])
+    splits = dataset_from_config(resolve_config(config))
     return int(splits.input_shape[0]), int(splits.num_classes), tuple(int(s) for s in splits.input_shape[1:])
 
 
@@ -122,44 +120,67 @@ def discretise(config_or_row: Any, learned_sizes: Sequence[Mapping[str, Any]] | 
         )
     if config.get("backbone") == "tcn":
         raise ExportError("discretise supports the 2-D backbones (simple, resnet, flexnet), not 'tcn'")
-    new = {k: v for k, v in config.items()}
+    new = _plain_config(config)
+    in_channels, num_classes, input_size = _dims_or_dataset(config, in_channels, num_classes, input_size)
+    # the plain model's convolutions and their input grids, from a 1x1-kernel build of the same backbone
+    probe = build({**new, "kernel_size": 1}, in_channels=in_channels, num_classes=num_classes, input_size=input_size)
+    grids = _conv_grids(probe, input_size, in_channels)
+    new["kernel_size"] = _odd_sizes(_match_records(records, grids), grids)
+    resolve_config(new)
+    model = build(new, in_channels=in_channels, num_classes=num_classes, input_size=input_size)
+    _conv_grids(model, input_size, in_channels)  # runs once: every kernel fits its grid
+    return new
+
+
+def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with plain convolutions (no kernel size yet) and N-Jet's safe pooling as average pooling."""
+    from nas_flex.train.config import resolve_config
+
+    new = {k: v for k, v in config.items() if k != "kernel_size"}
     new.update(conv="conv", conv_hparams={})
     pooling = new.get("pooling")
     if isinstance(pooling, list):
         new["pooling"] = ["avg" if m == "safe" else m for m in pooling]
     elif pooling == "safe":
         new["pooling"] = "avg"
-    new.pop("kernel_size", None)
     resolve_config(new)
+    return new
+
+
+def _dims_or_dataset(config: Mapping[str, Any], in_channels: int | None, num_classes: int | None,
+                     input_size: Sequence[int] | None) -> tuple[int, int, tuple[int, ...]]:
+    """The given dataset dims, the missing ones read from the config's dataset; the input size as (H, W)."""
     if in_channels is None or num_classes is None or input_size is None:
         c, k, s = dataset_dims(config)
         in_channels = c if in_channels is None else in_channels
         num_classes = k if num_classes is None else num_classes
         input_size = s if input_size is None else input_size
-    input_size = tuple(input_size)[-2:]
-    # the plain model's convolutions and their input grids, from a 1x1-kernel build of the same backbone
-    probe = build({**new, "kernel_size": 1}, in_channels=in_channels, num_classes=num_classes, input_size=input_size)
-    grids = _conv_grids(probe, input_size, in_channels)
+    return in_channels, num_classes, tuple(input_size)[-2:]
+
+
+def _match_records(records: Sequence[Mapping[str, Any]],
+                   grids: Sequence[tuple[str, tuple[int, int]]]) -> list[Mapping[str, Any]]:
+    """One learned-size record per convolution of the plain model: by layer name, else by position."""
     by_name = {str(r.get("name")): r for r in records}
     if all(name in by_name for name, _ in grids):
-        matched = [by_name[name] for name, _ in grids]
-    elif len(records) == len(grids):
-        matched = list(records)
-    else:
-        raise ExportError(
-            f"the learned sizes name layers {sorted(by_name)}, but the plain model's convolutions are "
-            f"{[n for n, _ in grids]}; pass one learned-size record per convolution"
-        )
+        return [by_name[name] for name, _ in grids]
+    if len(records) == len(grids):
+        return list(records)
+    raise ExportError(
+        f"the learned sizes name layers {sorted(by_name)}, but the plain model's convolutions are "
+        f"{[n for n, _ in grids]}; pass one learned-size record per convolution"
+    )
+
+
+def _odd_sizes(matched: Sequence[Mapping[str, Any]], grids: Sequence[tuple[str, tuple[int, int]]]) -> list[Any]:
+    """Each learned (height, width) rounded to odd, capped at the largest odd side that fits the layer's grid; an
+    int when square, ``[h, w]`` otherwise."""
     sizes: list[Any] = []
     for rec, (_, (gh, gw)) in zip(matched, grids):
         kh = min(round_odd(rec["height"]), _largest_odd_at_most(gh))
         kw = min(round_odd(rec["width"]), _largest_odd_at_most(gw))
         sizes.append(kh if kh == kw else [kh, kw])
-    new["kernel_size"] = sizes
-    resolve_config(new)
-    model = build(new, in_channels=in_channels, num_classes=num_classes, input_size=input_size)
-    _conv_grids(model, input_size, in_channels)  # runs once: every kernel fits its grid
-    return new
+    return sizes
 
 
 # ------------------------------------------------------------------------------------------------------- loading

@@ -1,8 +1,10 @@
 """``export_trial`` / ``export_best``: a leaderboard trial -> architecture JSON + weights + deployable model.
 
-**Weights.** Search trials do not keep their trained weights (a trial's checkpoint folder is temporary). Unless a
-state_dict is given (``weights=``), export *retrains* the trial from its stored config with
-``nas_flex.train.run_trial`` into ``<out>/training/`` (deterministic on the CPU for a given seed; on a GPU it may
+**Weights.** ``nas_flex.search`` keeps every trial's trained weights in the storage
+(``<storage>/_weights/<experiment>--<trial_id>.pt``, see ``nas_flex.leaderboard.layout``); ``export_trial`` and
+``export_best`` use them. A state_dict given with ``weights=`` takes precedence. Only when neither exists (a row
+written by hand, or a storage whose weights were deleted) does export *retrain* the trial from its stored config
+with ``nas_flex.train.run_trial`` into ``<out>/training/`` (deterministic on the CPU for a given seed; on a GPU it may
 differ slightly from the search's run). Exporting again into the same folder reuses that checkpoint.
 
 Files written to ``out``:
@@ -46,7 +48,8 @@ from nas_flex.export.architecture import (
     row_config,
 )
 from nas_flex.export.deploy import ExportError, check_outputs_match, to_deployable
-from nas_flex.record import TrialStatus
+from nas_flex.leaderboard.layout import TRIAL_STATE_FILE, StorageLayout
+from nas_flex.record import TrialStatus, to_jsonable
 
 __all__ = ["ExportResult", "export_trial", "export_best", "export_row", "find_row", "TORCHSCRIPT_FILE",
            "EXPORTED_PROGRAM_FILE", "ONNX_FILE", "ONNX_PACKAGES", "run_onnx"]
@@ -112,8 +115,8 @@ def export_best(leaderboard: Any, out: str | os.PathLike, *, metric: str = "metr
                 **kwargs: Any) -> ExportResult:
     """Export the best completed trial of a leaderboard by ``metric`` (in its recorded direction).
 
-    Retrains it from its config unless ``weights=`` is given (see the module docstring); other keyword arguments
-    as ``export_row``.
+    Uses the weights its search kept (or ``weights=``), retraining it from its config only when there are none (see
+    the module docstring); other keyword arguments as ``export_row``.
     """
     from nas_flex.leaderboard import Leaderboard
 
@@ -125,8 +128,8 @@ def export_best(leaderboard: Any, out: str | os.PathLike, *, metric: str = "metr
 
 def export_trial(leaderboard: Any, trial_id: str, out: str | os.PathLike, *, experiment: str | None = None,
                  **kwargs: Any) -> ExportResult:
-    """Export one trial of a leaderboard by id. Retrains it from its config unless ``weights=`` is given (see the
-    module docstring); other keyword arguments as ``export_row``.
+    """Export one trial of a leaderboard by id, with the weights its search kept (or ``weights=``), retraining it
+    from its config only when there are none (see the module docstring); other keyword arguments as ``export_row``.
 
     Raises:
         ExportError: the trial id is unknown (the valid ones are listed) or ambiguous.
@@ -138,7 +141,7 @@ def export_trial(leaderboard: Any, trial_id: str, out: str | os.PathLike, *, exp
 
 def kept_weights_path(leaderboard_path: str | os.PathLike, experiment: str, trial_id: str) -> Path:
     """Where a search keeps a trial's trained weights (``nas_flex.search`` writes them when the trial ends)."""
-    return Path(leaderboard_path) / "_weights" / f"{experiment}--{trial_id}.pt"
+    return StorageLayout(leaderboard_path).weights(experiment, trial_id)
 
 
 def _kept_weights(leaderboard_path: Any, row: Any, kwargs: dict[str, Any]) -> None:
@@ -177,7 +180,7 @@ def _trained_state(cfg: dict[str, Any], out: Path, weights: Any, log: Log) -> tu
     result = run_trial(cfg, checkpoint_dir=ckpt_dir)
     if result.status is not TrialStatus.COMPLETED:
         raise ExportError(f"retraining the trial did not complete: status {result.status.value!r}: {result.error}")
-    state = torch.load(ckpt_dir / "trial_state.pt", map_location="cpu", weights_only=True)["model"]
+    state = torch.load(ckpt_dir / TRIAL_STATE_FILE, map_location="cpu", weights_only=True)["model"]
     log(f"retrained: val_acc {result.metrics['val_acc']:.4f}")
     return state, {"weights": "retrained with nas_flex.train.run_trial", "retrained_metrics": dict(result.metrics)}
 
@@ -285,18 +288,6 @@ def _layer_records(model: nn.Module, plain: nn.Module) -> list[dict[str, Any]]:
     return out
 
 
-def _json_safe(value: Any) -> Any:
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_examples: int = 64,
                rtol: float = 1e-4, source: Mapping[str, Any] | None = None, log: Log | None = None,
                onnx: bool = True) -> ExportResult:
@@ -341,7 +332,7 @@ def _remove_partial_export(out: Path) -> None:
     import shutil
 
     keep = out / "training"
-    if not (keep / "trial_state.pt").is_file():
+    if not (keep / TRIAL_STATE_FILE).is_file():
         shutil.rmtree(out, ignore_errors=True)
         return
     for entry in out.iterdir():
@@ -349,26 +340,20 @@ def _remove_partial_export(out: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
-def _export_row(row: Any, out: Path, *, weights: Any, check_examples: int, rtol: float,
-                source: Mapping[str, Any] | None, log: Log, onnx: bool) -> ExportResult:
-    from nas_flex.data import get_dataset
-    from nas_flex.models import build
-    from nas_flex.train.config import resolve_config
+def _given_weights(weights: Any, log: Log) -> tuple[Any, str | None]:
+    """(state_dict or None, the file it came from): a bad file fails here, before anything is written."""
+    if weights is None or isinstance(weights, Mapping):
+        return weights, None
+    log(f"using the weights in {weights}")
+    return load_state_dict_file(weights), str(weights)
 
-    weights_file = None
-    if weights is not None and not isinstance(weights, Mapping):
-        weights_file = str(weights)
-        log(f"using the weights in {weights_file}")
-        weights = load_state_dict_file(weights)  # a bad file fails here, before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    config, _ = row_config(row)
-    cfg = resolve_config(config)
-    splits = get_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
-                         download=cfg["download"], **cfg["data_options"])
-    in_channels, num_classes = int(splits.input_shape[0]), int(splits.num_classes)
-    input_size = tuple(int(s) for s in splits.input_shape[1:])
-    if len(input_size) != 2:
-        raise ExportError(f"export supports image models (C, H, W inputs), not input shape {splits.input_shape}")
+
+def _trained_model(cfg: dict[str, Any], splits: Any, out: Path, weights: Any, weights_file: str | None,
+                   log: Log) -> tuple[nn.Module, dict[str, Any]]:
+    """(the trial's model with its trained weights, in eval mode; where the weights came from)."""
+    from nas_flex.models import build
+
+    in_channels, num_classes, input_size = _dims(splits)
     state, provenance = _trained_state(cfg, out, weights, log)
     if weights_file is not None:
         provenance = {"weights": weights_file}
@@ -378,18 +363,22 @@ def _export_row(row: Any, out: Path, *, weights: Any, check_examples: int, rtol:
     except (RuntimeError, KeyError, ValueError) as err:  # torch lists every missing / unexpected key, many lines
         what = f"the weights file {weights_file!r}" if weights_file else "the given weights"
         raise ExportError(f"{what} do not fit the trial's model: {str(err).strip().splitlines()[0][:300]}") from None
-    model.eval()
+    return model.eval(), provenance
 
-    n = max(1, min(check_examples, len(splits.val)))
-    x = torch.stack([splits.val[i][0] for i in range(n)]).float()
-    with torch.no_grad():
-        reference = model(x)  # also sets every layer's grid to the deployment size
-        plain = to_deployable(model, x)
-        diffs = {"deployable": check_outputs_match(reference, plain(x), rtol=rtol)}
 
-    files: dict[str, Path] = {}
-    files["safetensors"], files["state_dict"] = _save_weights(model, out)
-    notes: dict[str, str] = {}
+def _dims(splits: Any) -> tuple[int, int, tuple[int, ...]]:
+    """(in_channels, num_classes, input size (H, W)) of an image dataset's splits."""
+    input_size = tuple(int(s) for s in splits.input_shape[1:])
+    if len(input_size) != 2:
+        raise ExportError(f"export supports image models (C, H, W inputs), not input shape {splits.input_shape}")
+    return int(splits.input_shape[0]), int(splits.num_classes), input_size
+
+
+def _write_deployables(plain: nn.Module, x: torch.Tensor, reference: torch.Tensor, out: Path, rtol: float,
+                       onnx: bool) -> tuple[dict[str, Path], dict[str, str], dict[str, float]]:
+    """Write the deployable model in each format and check each file's outputs against ``reference``:
+    (files, how each was written, max relative difference of each)."""
+    files, notes, diffs = {}, {}, {}
     ts = out / TORCHSCRIPT_FILE
     notes["torchscript"] = _torchscript(plain, x, ts)
     with torch.no_grad(), warnings.catch_warnings():
@@ -411,42 +400,72 @@ def _export_row(row: Any, out: Path, *, weights: Any, check_examples: int, rtol:
         files["onnx"] = onnx_path
     else:
         notes["onnx"] = "not written (onnx=False)"
+    return files, notes, diffs
+
+
+def _row_info(row: Any) -> dict[str, Any]:
+    """The identity and headline metrics of a leaderboard row (nothing for a plain config)."""
+    if not (hasattr(row, "get") and isinstance(row.get("config"), str)):
+        return {}
+    keys = ("experiment", "trial_id", "metrics_val_acc", "best_val_acc", "flops", "params", "params_conv")
+    return {key: to_jsonable(row[key]) for key in keys if key in row}
+
+
+def _discrete_config(cfg: dict[str, Any], layers: list[dict[str, Any]], dims: tuple[int, int, tuple[int, ...]],
+                     notes: dict[str, str]) -> dict[str, Any] | None:
+    """The plain-CNN config of the learned sizes (``discretise``), or None with the reason in ``notes``."""
+    in_channels, num_classes, input_size = dims
+    try:
+        return discretise(cfg, [r for r in layers if r["learned"]], in_channels=in_channels,
+                          num_classes=num_classes, input_size=input_size)
+    except ExportError as err:
+        notes["discretise"] = str(err)
+        return None
+
+
+def _write_architecture(file: Path, arch: dict[str, Any]) -> None:
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(to_jsonable(arch), indent=2, allow_nan=False))
+    os.replace(tmp, file)
+
+
+def _export_row(row: Any, out: Path, *, weights: Any, check_examples: int, rtol: float,
+                source: Mapping[str, Any] | None, log: Log, onnx: bool) -> ExportResult:
+    from nas_flex import __version__
+    from nas_flex.data import dataset_from_config
+    from nas_flex.train.config import resolve_config
+
+    weights, weights_file = _given_weights(weights, log)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_config(row_config(row)[0])
+    splits = dataset_from_config(cfg)
+    dims = _dims(splits)
+    model, provenance = _trained_model(cfg, splits, out, weights, weights_file, log)
+
+    n = max(1, min(check_examples, len(splits.val)))
+    x = torch.stack([splits.val[i][0] for i in range(n)]).float()
+    with torch.no_grad():
+        reference = model(x)  # also sets every layer's grid to the deployment size
+        plain = to_deployable(model, x)
+        deployable_diff = check_outputs_match(reference, plain(x), rtol=rtol)
+    files = dict(zip(("safetensors", "state_dict"), _save_weights(model, out)))
+    written, notes, diffs = _write_deployables(plain, x, reference, out, rtol, onnx)
+    files.update(written)
+    diffs = {"deployable": deployable_diff, **diffs}
     log(f"deployable models ({', '.join(diffs)}) checked on {n} validation examples: max relative difference "
         f"{max(diffs.values()):.2g} (tolerance {rtol:g})")
 
     layers = _layer_records(model, plain)
-    try:
-        discrete = discretise(cfg, [r for r in layers if r["learned"]], in_channels=in_channels,
-                              num_classes=num_classes, input_size=input_size)
-    except ExportError as err:
-        discrete = None
-        notes["discretise"] = str(err)
-    row_info = {}
-    if hasattr(row, "get") and isinstance(row.get("config"), str):
-        for key in ("experiment", "trial_id", "metrics_val_acc", "best_val_acc", "flops", "params", "params_conv"):
-            if key in row:
-                row_info[key] = _json_safe(row[key])
-    from nas_flex import __version__
-
+    discrete = _discrete_config(cfg, layers, dims, notes)
     files["architecture"] = out / ARCHITECTURE_FILE
     arch = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "nas_flex_version": __version__,
-        "torch_version": torch.__version__,
-        "source": {**(source or {}), **row_info, **_json_safe(provenance)},
-        "config": cfg,
-        "in_channels": in_channels,
-        "num_classes": num_classes,
-        "input_size": list(input_size),
-        "layers": layers,
-        "discrete_config": discrete,
-        "check": {"examples": n, "rtol": rtol, "max_rel_diff": diffs},
-        "notes": notes,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "nas_flex_version": __version__,
+        "torch_version": torch.__version__, "source": {**(source or {}), **_row_info(row), **to_jsonable(provenance)},
+        "config": cfg, "in_channels": dims[0], "num_classes": dims[1], "input_size": list(dims[2]),
+        "layers": layers, "discrete_config": discrete,
+        "check": {"examples": n, "rtol": rtol, "max_rel_diff": diffs}, "notes": notes,
         "files": {k: p.name for k, p in files.items()},
     }
-    tmp = files["architecture"].with_suffix(".tmp")
-    tmp.write_text(json.dumps(_json_safe(arch), indent=2, allow_nan=False))
-    os.replace(tmp, files["architecture"])
+    _write_architecture(files["architecture"], arch)
     log(f"exported to {out}: " + ", ".join(p.name for p in files.values()))
     return ExportResult(out=out, architecture=arch, files=files, model=model, deployable=plain, max_rel_diff=diffs)

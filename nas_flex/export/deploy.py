@@ -158,8 +158,8 @@ class FixedSubsample2d(nn.Module):
 def _frozen(module: nn.Module) -> nn.Module | None:
     """The plain replacement of one module, or None to keep it (and look inside it)."""
     from nas_flex.layers.base import KernelLayer
-    from nas_flex.layers.conv import Pool2d
     from nas_flex.layers.njet import SafeSubsample2d
+    from nas_flex.layers.pooling import Pool2d
 
     if isinstance(module, KernelLayer):
         if module.domain == "frequency":

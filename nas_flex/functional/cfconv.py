@@ -31,6 +31,7 @@ __all__ = [
     "pair_index",
     "fourier_encode",
     "pairwise_mlp",
+    "pairwise_mlp_grid",
     "ema_merge",
     "state_to_spectrum",
 ]
@@ -143,7 +144,32 @@ def pairwise_mlp(coords: Tensor, pairs: Tensor, weights: list[Tensor], biases: l
     return h
 
 
-def ema_merge(state: Tensor, positions: Tensor, values: Tensor, decay: float) -> tuple[Tensor, Tensor]:
+def pairwise_mlp_grid(coords: Tensor, weights: list[Tensor], biases: list[Tensor], activation: str) -> Tensor:
+    """``pairwise_mlp`` at every (coordinate row, pair) combination, by broadcasting instead of gathering each
+    position's weights: what the per-pair MLPs give when every position of a block of frequencies is evaluated
+    (a state that 2^15 samples cover whole, eval at a new size, ``sampled_positions=None``).
+
+    Args:
+        coords: (F, D) coordinates, one row per frequency.
+        weights: per layer (2, pairs, out, in).
+        biases: per layer (2, pairs, out).
+        activation: "relu" or "silu", between layers.
+
+    Returns:
+        (2, F * pairs, out_last), frequency-major and pair-minor: the flat position order of the state, so row
+        f * pairs + q equals ``pairwise_mlp(coords[f:f + 1], tensor([q]), ...)``.
+    """
+    act = ACTIVATIONS[activation]
+    h = coords[None, :, None, :]  # (1, F, 1, D): one row per frequency, shared by every pair and part
+    for layer, (w, b) in enumerate(zip(weights, biases)):
+        if layer:
+            h = act(h)
+        # (., F, ., 1, in) * (2, 1, pairs, out, in), summed over in -> (2, F, pairs, out)
+        h = (h.unsqueeze(-2) * w.unsqueeze(1)).sum(-1) + b.unsqueeze(1)
+    return h.flatten(1, 2)
+
+
+def ema_merge(state: Tensor, positions: Tensor | None, values: Tensor, decay: float) -> tuple[Tensor, Tensor]:
     """The sparse EMA step: merge MLP values into the state at sampled positions.
 
     ``new = decay * state[positions] + (1 - decay) * values`` at the sampled positions (``decay`` is the share of
@@ -152,7 +178,8 @@ def ema_merge(state: Tensor, positions: Tensor, values: Tensor, decay: float) ->
 
     Args:
         state: (H, Wf, C_in, C_out, 2) the stored state (not modified).
-        positions: (P,) distinct flat positions.
+        positions: (P,) distinct flat positions, or None for every position in flat order (a step that samples
+            the whole state: the same result without the gather and scatter).
         values: (P, 2) the MLP's (real, imaginary) values there.
         decay: the share of the old value kept, in [0, 1).
 
@@ -160,9 +187,13 @@ def ema_merge(state: Tensor, positions: Tensor, values: Tensor, decay: float) ->
         (kernel, new): the full kernel (H, Wf, C_in, C_out, 2) to convolve with, and the (P, 2) new values to write
         into the state (detached).
     """
-    if values.shape != (positions.numel(), 2):
-        raise ShapeError(f"ema_merge: `values` must have shape ({positions.numel()}, 2), but got {tuple(values.shape)}")
     flat = state.detach().reshape(-1, 2)  # (H*Wf*C_in*C_out, 2)
+    count = flat.shape[0] if positions is None else positions.numel()
+    if values.shape != (count, 2):
+        raise ShapeError(f"ema_merge: `values` must have shape ({count}, 2), but got {tuple(values.shape)}")
+    if positions is None:
+        new = decay * flat + (1.0 - decay) * values.to(flat.dtype)
+        return new.reshape(state.shape), new.detach()
     new = decay * flat[positions] + (1.0 - decay) * values.to(flat.dtype)
     kernel = flat.index_put((positions,), new)  # out of place: a full copy with the sampled rows replaced
     return kernel.reshape(state.shape), new.detach()

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError, NonFiniteError, ShapeError, check_shape
 
-__all__ = ["KernelLayer", "SizeRecipe", "check_positive_int", "check_finite"]
+__all__ = ["KernelLayer", "SizeRecipe", "check_positive_int", "check_finite", "clamp_straight_through", "conv_init_"]
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -41,6 +41,27 @@ def check_finite(name: str, tensor: Tensor, where: str) -> Tensor:
             f"probably driven there by a too-large learning rate. Lower the learning rate or size_lr_factor."
         )
     return tensor
+
+
+def clamp_straight_through(x: Tensor, lo: float, hi: float) -> Tensor:
+    """``x.clamp(lo, hi)`` in value, identity in gradient (a projection's gradient, taken at the projected point).
+
+    Plain clamp has zero gradient on and beyond a bound, so a parameter initialised or clipped onto a bound would
+    never move again. The value is exact (no ``x + (c - x)`` cancellation); ``x`` must be finite.
+    """
+    return x.clamp(lo, hi).detach() + (x - x.detach())
+
+
+def conv_init_(weight: Tensor, bias: Tensor | None) -> None:
+    """``nn.Conv2d``'s initialisation, in place: Kaiming-uniform weights (a = sqrt(5)) and biases
+    U(+-1 / sqrt(fan_in)), fan_in = ``weight[0].numel()`` (C_in times the taps or basis functions per filter).
+
+    The spatial layers start where the ``nn.Conv2d`` people compare against starts.
+    """
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1 / math.sqrt(weight[0].numel())
+        nn.init.uniform_(bias, -bound, bound)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Harper, Wood, Gerstoft, Larson, "Scaling Continuous Kernels with Sparse Fourier Domain Learning". The kernel lives in
 the Fourier domain, G_o = sum_i F_i K_{i,o}, with complex K (real and imaginary part, the "split kernel"). Its values
-come from an MLP over normalised (h, w, c_in, c_out) positions (the paper's recommended Phi(H, W, C_in, C_out),
-one MLP per part), or from one small MLP per (c_in, c_out) pair over (h, w) (Phi(H, W)). Evaluating the MLP at all
+come from one small MLP per (c_in, c_out) pair over (h, w) (the paper's Phi(H, W), nas_flex's default), or from one
+MLP over normalised (h, w, c_in, c_out) positions (Phi(H, W, C_in, C_out), the paper's recommendation, one MLP per
+part: it collapses a layer's output channels at nas_flex's widths, see ``CFConv``). Evaluating the MLP at all
 H x W x C_in x C_out positions with gradients is what exhausts memory, so training evaluates it only at uniformly
 sampled positions and merges those values into a stored kernel state by an exponential moving average; the other
 positions keep their state. Activations are left to the caller, in the spatial domain: the layer ends with an
@@ -28,6 +29,7 @@ from nas_flex.functional.cfconv import (
     fourier_encode,
     pair_index,
     pairwise_mlp,
+    pairwise_mlp_grid,
     position_coords,
     sample_positions,
     state_shape,
@@ -36,7 +38,8 @@ from nas_flex.functional.cfconv import (
 from nas_flex.functional.niff import circular_conv2d_rfft, compute_dtype
 from nas_flex.kernels.frequency import hermitian_project
 from nas_flex.layers.base import check_finite, check_positive_int
-from nas_flex.layers.niff import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, _size_repr, he_init_
+from nas_flex.layers.frequency import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, he_init_
+from nas_flex.layers.frequency import size_repr as _size_repr
 from nas_flex.layers.registry import register
 
 __all__ = ["CFConv", "CFCONV_ENCODINGS", "CFCONV_PARAMETERIZATIONS", "DEFAULT_HIDDEN"]
@@ -70,6 +73,12 @@ class _PairMLP(nn.Module):
             coords.to(dtype), pairs, [w.to(dtype) for w in self.weights], [b.to(dtype) for b in self.biases], "relu"
         )
 
+    def grid(self, coords: Tensor, dtype: torch.dtype) -> Tensor:
+        """Every pair's MLP at each coordinate row: (F, 2) -> (2, F * pairs, 1), frequency-major, pair-minor."""
+        return pairwise_mlp_grid(
+            coords.to(dtype), [w.to(dtype) for w in self.weights], [b.to(dtype) for b in self.biases], "relu"
+        )
+
 
 @register("cfconv")
 class CFConv(FrequencyKernelLayer):
@@ -77,12 +86,15 @@ class CFConv(FrequencyKernelLayer):
 
     **Kernel.** Complex, on the rfft2 layout of the input: entry (h, w, c_in, c_out) for the H x (W // 2 + 1)
     non-negative-column frequencies (the other half follows from Hermitian symmetry, which is enforced, so the
-    layer is exactly a circular convolution with the real kernel ``spatial_kernel()``). The MLP (ReLU, one per
-    real / imaginary part) sees normalised coordinates: frequencies in [-1, 1) of the full fft2 plane (1 = Nyquist)
-    and channel indices mapped linearly to [-1, 1]. The kernel value at frequency f is the Hermitian part
+    layer is exactly a circular convolution with the real kernel ``spatial_kernel()``). The MLPs (ReLU, one per
+    real / imaginary part, per channel pair by default) see normalised coordinates: frequencies in [-1, 1) of the
+    full fft2 plane (1 = Nyquist), and for the joint MLP the channel indices mapped linearly to [-1, 1]. Per pair,
+    the MLPs are evaluated by broadcasting over every pair when a step covers whole frequencies (a state that
+    ``sampled_positions`` covers whole, eval at a new size, ``sampled_positions=None``) and by gathering each
+    sampled position's pair otherwise; both give the same values. The kernel value at frequency f is the Hermitian part
     (M(f) + conj(M(-f))) / 2 of the MLP M, as NIFF's authors build theirs (what an ``ifft2(...).real`` applies), so
-    the kernel is the same whichever half-plane is stored. The MLP starts variance-preserving (``he_init_``: He
-    fan-in weights, zero biases): with nn.Linear's default the paper's ten ReLU layers shrink the input-dependent
+    the kernel is the same whichever half-plane is stored. The MLPs start variance-preserving (``he_init_``: He
+    fan-in weights, zero biases): with nn.Linear's default the paper's ten joint ReLU layers shrink the input-dependent
     part of the output to 5e-5 of its mean, every channel pair gets the same constant kernel and the first layer's
     gradient is 2000x smaller than the last's (measured; ``tests/test_cfconv.py`` checks the init). The convolution
     uses the kernel times 1 / sqrt(C_in) (fan-in scaling, our addition: with U[-1, 1] entries the output variance is
@@ -125,16 +137,23 @@ class CFConv(FrequencyKernelLayer):
             every position. Default 2**15.
         decay: the share of the old state kept per update, in [0, 1) (see above). Default 0.1 (the paper's "decay
             rate"; the MLP's share is 0.9).
-        parameterization: "joint" (one MLP over (h, w, c_in, c_out), recommended) or "per_pair" (one MLP per
-            (c_in, c_out) pair over (h, w)).
+        parameterization: "per_pair" (default: one MLP per (c_in, c_out) pair over (h, w), the paper's
+            Phi(H, W), which it evaluates as the alternative) or "joint" (one MLP over (h, w, c_in, c_out), the
+            paper's recommended Phi(H, W, C_in, C_out)). The default deviates from the paper's recommendation on a
+            measurement: at 16 channels (the main job's width; nas_flex's backbones use 16-64) the joint MLP drives
+            a layer's output channels onto one, the effective rank of its (C_out, C_in x H x W) kernel falling from
+            ~16 (the U[-1, 1] state) to about 2 within 20 Adam steps, at lr 1e-2 as at 1e-3, because the MLP itself
+            is nearly rank-deficient across channels (evaluated everywhere at init: ranks 1.8-3.8 of 16), and the
+            main job's CF-Conv stays near chance; per pair the ranks stay near 15 and the main job reaches about
+            0.64 (``experiments/frequency_layers.py``; README, "NIFF and CF-Conv at the main job's config").
         hidden_features: the MLP's hidden widths; default the paper's (32, 32, 32, 16, 16, 16, 8, 8, 8) for
             "joint", (2,) for "per_pair" (its [2, 1] neurons). The output width is 1 per part.
-        encoding: the joint MLP's input encoding (the paper does not give one): "none" (default: the normalised
-            coordinates themselves), "channels" (c_in, c_out also as sinusoids, ``fourier_encode``; Tancik et al.
-            2020, the remedy for spectral bias the paper cites) or "all" (every coordinate). Measured on the main
-            job's config (``experiments/frequency_layers.py``, max pool, 6 epochs): "none" 0.128, "all" 0.245,
-            "channels" with 8 octaves 0.092; it does not remove the channel collapse described in the README, so
-            it stays off.
+        encoding: the joint MLP's input encoding (the paper does not give one; "joint" only): "none" (default:
+            the normalised coordinates themselves), "channels" (c_in, c_out also as sinusoids,
+            ``fourier_encode``; Tancik et al. 2020, the remedy for spectral bias the paper cites) or "all" (every
+            coordinate). Measured on the main job's config (``experiments/frequency_layers.py``, max pool, 6
+            epochs): "none" 0.128, "all" 0.245, "channels" with 8 octaves 0.092; it does not remove the channel
+            collapse described in the README, so it stays off.
         encoding_octaves: sinusoid frequencies per encoded coordinate, 2^k pi for k < encoding_octaves. Default 4.
         bias: add a learnable bias per output channel (spatial domain; nn.Conv2d's default; not in the paper).
 
@@ -151,6 +170,11 @@ class CFConv(FrequencyKernelLayer):
     """
 
     domain: ClassVar[str] = "frequency"
+    # Per pair, a step whose sample covers at least this share of the state evaluates every pair's MLP at every
+    # frequency by broadcasting and picks the sampled positions from that: per position 2-3x cheaper than gathering
+    # each position's weights (measured on the main job's layers, CPU, one thread), so cheaper from about half on.
+    # An instance attribute so a benchmark can compare both paths (``experiments/frequency_layers.py step``).
+    broadcast_share: float = 0.5
     example_hparams: ClassVar[dict[str, Any]] = {"sampled_positions": None}
 
     def __init__(
@@ -160,7 +184,7 @@ class CFConv(FrequencyKernelLayer):
         *,
         sampled_positions: int | None = 2**15,
         decay: float = 0.1,
-        parameterization: str = "joint",
+        parameterization: str = "per_pair",
         hidden_features: Sequence[int] | None = None,
         encoding: str = "none",
         encoding_octaves: int = 4,
@@ -188,6 +212,11 @@ class CFConv(FrequencyKernelLayer):
             )
         if encoding not in CFCONV_ENCODINGS:
             raise HyperparameterError(f"`encoding` must be one of {list(CFCONV_ENCODINGS)}, but got {encoding=!r}")
+        if encoding != "none" and parameterization != "joint":
+            raise HyperparameterError(
+                f"`encoding` applies to the joint MLP only, but got {encoding=!r} with {parameterization=!r}; "
+                "pass parameterization='joint' with it"
+            )
         if isinstance(encoding_octaves, bool) or not isinstance(encoding_octaves, int) or encoding_octaves < 0:
             raise HyperparameterError(f"`encoding_octaves` must be an int >= 0, but got {encoding_octaves=!r}")
         if not isinstance(bias, bool):
@@ -308,11 +337,35 @@ class CFConv(FrequencyKernelLayer):
         dtype = compute_dtype(self._ref().dtype)
         device = self._ref().device
         step = total if chunk is None else chunk
-        parts = [
-            self._mlp_at(torch.arange(s, min(s + step, total), device=device), h, w, dtype)
-            for s in range(0, total, step)
-        ]
+        if self.parameterization == "per_pair":  # whole frequencies at a time, every pair by broadcasting
+            pairs = self.in_channels * self.out_channels
+            freqs = total // pairs
+            rows = max(1, step // pairs)
+            parts = [self._pairs_at_frequencies(torch.arange(s, min(s + rows, freqs), device=device), h, w, dtype)
+                     for s in range(0, freqs, rows)]
+        else:
+            parts = [
+                self._mlp_at(torch.arange(s, min(s + step, total), device=device), h, w, dtype)
+                for s in range(0, total, step)
+            ]
         return torch.cat(parts).reshape(shape)
+
+    def _pairs_at_frequencies(self, freqs: Tensor, h: int, w: int, dtype: torch.dtype) -> Tensor:
+        """Per-pair parameterization: the Hermitian part of every pair's MLP at flat frequency indices (row * Wf +
+        col): (F,) -> (F * C_in * C_out, 2), in the state's flat order. The same values as ``_mlp_at`` at those
+        positions, without gathering each position's weights."""
+        pairs = self.in_channels * self.out_channels
+        first = freqs * pairs  # the position of pair 0 at each frequency: its coordinates are the frequency's
+        coords = torch.cat([
+            position_coords(first, h, w, self.in_channels, self.out_channels, dtype=dtype, channels=False),
+            position_coords(first, h, w, self.in_channels, self.out_channels, dtype=dtype, channels=False,
+                            mirror=True),
+        ])
+        out = self.kernel_mlp.grid(coords, dtype)[..., 0]  # (2, 2F * pairs): at f (first F * pairs), at -f
+        n = freqs.numel() * pairs
+        at, mirrored = out[:, :n], out[:, n:]
+        values = 0.5 * torch.stack([at[0] + mirrored[0], at[1] - mirrored[1]], dim=-1)  # (F * pairs, 2)
+        return check_finite("kernel", values, type(self).__name__)
 
     def _spectrum(self, kernel: Tensor, w: int) -> Tensor:
         """Real (H, Wf, C_in, C_out, 2) kernel -> its Hermitian complex spectrum (H, Wf, C_in, C_out), unscaled."""
@@ -371,12 +424,24 @@ class CFConv(FrequencyKernelLayer):
             )
         state = self.kernel_state
         total = math.prod(state.shape[:-1])
-        positions = sample_positions(total, self.sampled_positions, device=state.device)
+        dense = self.sampled_positions >= total  # every position is sampled (a small layer)
+        positions = (torch.arange(total, device=state.device) if dense
+                     else sample_positions(total, self.sampled_positions, device=state.device))
         self.last_positions = positions
-        values = self._mlp_at(positions, h, w, compute_dtype(state.dtype))  # (P, 2), with gradients
-        kernel, new = ema_merge(state, positions, values, self.decay)
+        if dense or (self.parameterization == "per_pair" and self.sampled_positions >= self.broadcast_share * total):
+            # every pair's MLP at every frequency by broadcasting, then the sampled positions picked from it: the same
+            # values and gradients, cheaper than gathering each position's weights once the sample covers this share
+            everywhere = self._mlp_everywhere(h, w).reshape(-1, 2)  # (total, 2), with gradients
+            values = everywhere if dense else everywhere[positions]
+        else:
+            values = self._mlp_at(positions, h, w, compute_dtype(state.dtype))  # (P, 2), with gradients
+        # a dense step needs no gather and scatter: positions=None is every position in order
+        kernel, new = ema_merge(state, None if dense else positions, values, self.decay)
         with torch.no_grad():
-            state.view(-1, 2)[positions] = new.to(state.dtype)
+            if dense:
+                state.copy_(new.reshape(state.shape))
+            else:
+                state.view(-1, 2)[positions] = new.to(state.dtype)
         return kernel
 
     def extra_repr(self) -> str:
@@ -385,7 +450,7 @@ class CFConv(FrequencyKernelLayer):
             s += f", sampled_positions={self.sampled_positions}"
         if self.decay != 0.1:
             s += f", decay={self.decay}"
-        if self.parameterization != "joint":
+        if self.parameterization != "per_pair":
             s += f", parameterization={self.parameterization!r}"
         if self.encoding != "none":
             s += f", encoding={self.encoding!r}, encoding_octaves={self.encoding_octaves}"

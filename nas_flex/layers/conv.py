@@ -1,18 +1,18 @@
-"""The discrete baseline: a plain convolution of a fixed, searched-over kernel size, and the pooling choices a grid
-searches over between stages.
-"""
+"""The discrete baseline: a plain convolution of a fixed, searched-over kernel size."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from nas_flex.errors import HyperparameterError, unknown_name
+from nas_flex.errors import HyperparameterError
 from nas_flex.functional.conv import conv2d_same
-from nas_flex.layers.base import KernelLayer, check_positive_int
+from nas_flex.layers.base import KernelLayer, conv_init_
+
+# Pool2d and POOLING_MODES moved to nas_flex.layers.pooling; imported here so their public path keeps working
+from nas_flex.layers.pooling import POOLING_MODES, Pool2d
 from nas_flex.layers.registry import register
 
 __all__ = ["Conv", "Pool2d", "POOLING_MODES", "check_kernel_size"]
@@ -76,12 +76,7 @@ class Conv(KernelLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # nn.Conv2d's initialisation, so the baseline is exactly the layer people compare against
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-            bound = 1 / math.sqrt(fan_in)
-            nn.init.uniform_(self.bias, -bound, bound)
+        conv_init_(self.weight, self.bias)  # nn.Conv2d's, so the baseline is exactly the layer people compare against
 
     @property
     def effective_kernel_size(self) -> tuple[float, float]:
@@ -99,61 +94,3 @@ class Conv(KernelLayer):
         kh, kw = self.kernel_size
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={kh if kh == kw else (kh, kw)}"
         return s + ("" if self.bias is not None else ", bias=False")
-
-
-POOLING_MODES = ("max", "avg", "conv", "none")
-
-
-class Pool2d(nn.Module):
-    """The downsampling step a grid search places between stages: max, avg, strided conv, or none.
-
-    Args:
-        mode: "max" / "avg" (kernel ``factor``, stride ``factor``), "conv" (a ``factor`` x ``factor`` convolution
-            with stride ``factor``, needs ``channels``), or "none" (identity: the layers keep full resolution,
-            as in FlexNet). N-Jet's safe-subsampling is ``nas_flex.layers.njet.SafeSubsample2d``.
-        channels: channels in and out; required for "conv".
-        factor: the downsampling factor (>= 1).
-
-    Shape:
-        (N, C, H, W) -> (N, C, ceil(H / factor), ceil(W / factor)), or unchanged for "none". Odd sides round up
-        (ceil_mode), so no row or column of the input is dropped.
-    """
-
-    def __init__(
-        self,
-        mode: str,
-        channels: int | None = None,
-        *,
-        factor: int = 2,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        if mode not in POOLING_MODES:
-            raise unknown_name("pooling mode", mode, POOLING_MODES)
-        self.mode = mode
-        self.factor = check_positive_int("factor", factor)
-        self.channels = channels
-        if mode == "conv":
-            if channels is None:
-                raise HyperparameterError("Pool2d(mode='conv') needs `channels` (the channel count in and out)")
-            check_positive_int("channels", channels)
-            self.op: nn.Module = nn.Conv2d(channels, channels, factor, stride=factor, device=device, dtype=dtype)
-        elif mode == "max":
-            self.op = nn.MaxPool2d(factor, stride=factor, ceil_mode=True)
-        elif mode == "avg":
-            self.op = nn.AvgPool2d(factor, stride=factor, ceil_mode=True, count_include_pad=False)
-        else:
-            self.op = nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.mode == "conv":
-            # pad bottom/right so odd sides round up like the pooling modes do
-            h, w = x.shape[-2:]
-            ph, pw = (-h) % self.factor, (-w) % self.factor
-            if ph or pw:
-                x = nn.functional.pad(x, (0, pw, 0, ph))
-        return self.op(x)
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}" + (f", factor={self.factor}" if self.factor != 2 else "")

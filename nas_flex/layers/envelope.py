@@ -31,19 +31,10 @@ from torch import Tensor, nn
 from nas_flex.errors import HyperparameterError, NasFlexError, NonFiniteError
 from nas_flex.functional.envelope import envelope_conv2d, envelope_weight
 from nas_flex.kernels.envelope import envelope_mass_side, envelope_side
-from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite
+from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite, clamp_straight_through, conv_init_
 from nas_flex.layers.registry import register
 
-__all__ = ["EnvelopeConv", "clamp_straight_through"]
-
-
-def clamp_straight_through(x: Tensor, lo: float, hi: float) -> Tensor:
-    """``x.clamp(lo, hi)`` in value, identity in gradient (a projection's gradient, taken at the projected point).
-
-    Plain clamp has zero gradient on and beyond a bound, so a parameter initialised or clipped onto a bound would
-    never move again. The value is exact (no ``x + (c - x)`` cancellation); ``x`` must be finite.
-    """
-    return x.clamp(lo, hi).detach() + (x - x.detach())
+__all__ = ["EnvelopeConv"]
 
 
 def _aperture_init(sigma_init: Any, out_channels: int) -> list[float]:
@@ -151,10 +142,7 @@ class EnvelopeConv(KernelLayer):
         return 1 / self.kernel_size, float(self.kernel_size)
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.kernel_size**2)
-            nn.init.uniform_(self.bias, -bound, bound)
+        conv_init_(self.weight, self.bias)
         lo, hi = self.sigma_bounds
         with torch.no_grad():
             init = torch.tensor(self._sigma_init_values, dtype=torch.float64).clamp(lo, hi)

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nas_flex.errors import HyperparameterError, ShapeError, unknown_name
+from nas_flex.errors import HyperparameterError, ShapeError, check_known, unknown_name
 from nas_flex.layers.base import check_positive_int
 
 __all__ = [
@@ -513,12 +513,7 @@ def build_kernel_net(
     cls = KERNEL_NETS.get(name) if isinstance(name, str) else None
     if cls is None:
         raise unknown_name("kernel_net", name, KERNEL_NETS)
-    valid = kernel_net_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise HyperparameterError(
-            f"kernel net {name!r} got unknown option(s) {unknown}; valid ones: {', '.join(valid)}"
-        )
+    check_known(options, kernel_net_options(name), f"option(s) of kernel net {name!r}")
     return cls(in_features, out_features, hidden_channels, num_layers, **options)
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError
 from nas_flex.functional.conv import conv2d_same
-from nas_flex.layers.base import KernelLayer, SizeRecipe, check_finite
+from nas_flex.layers.base import KernelLayer, SizeRecipe, check_finite, conv_init_
 from nas_flex.layers.registry import register
 
 __all__ = ["MixedConv", "mixed_kernel_mask"]
@@ -109,10 +109,7 @@ class MixedConv(KernelLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.kernel_sizes[-1] ** 2)
-            nn.init.uniform_(self.bias, -bound, bound)
+        conv_init_(self.weight, self.bias)  # fan-in of the largest kernel, which holds all the smaller ones
         nn.init.normal_(self.alpha, std=1e-3)  # DARTS: alphas start near uniform
 
     # ------------------------------------------------------------------------------------------------- size

@@ -36,8 +36,7 @@ from nas_flex.functional.njet import (
     safe_subsample_size,
 )
 from nas_flex.kernels.gaussian import _check_order, _check_positive_real, num_basis
-from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite
-from nas_flex.layers.envelope import clamp_straight_through
+from nas_flex.layers.base import KernelLayer, SizeRecipe, _fmt, check_finite, clamp_straight_through, conv_init_
 from nas_flex.layers.registry import register
 
 __all__ = ["NJetConv", "SafeSubsample2d"]
@@ -120,11 +119,8 @@ class NJetConv(KernelLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # nn.Conv2d's rule; for the 3-D alphas torch counts fan_in = C_in * B, the coefficients per output filter
-        nn.init.kaiming_uniform_(self.alphas, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.alphas.shape[-1])
-            nn.init.uniform_(self.bias, -bound, bound)
+        # nn.Conv2d's rule; for the 3-D alphas the fan-in is C_in * B, the coefficients per output filter
+        conv_init_(self.alphas, self.bias)
         with torch.no_grad():
             self.log_sigma.fill_(math.log(self.sigma_init))
 

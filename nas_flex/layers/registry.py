@@ -1,4 +1,5 @@
-"""The layer registry: ``build(name, in_channels, out_channels, **hparams)``, ``available()``, ``register(name)``.
+"""The layer registry: ``build(name, in_channels, out_channels, **hparams)``, ``available()``, ``register(name)``,
+``unregister(name)``.
 
 Built-in layers are listed by import path and imported on first use, so ``import nas_flex.layers`` stays cheap and a
 layer's module is only loaded when a model asks for it (the same idea as Ray Tune's ``SEARCH_ALG_IMPORT``).
@@ -13,9 +14,9 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from nas_flex.errors import HyperparameterError, NasFlexError, unknown_name
+from nas_flex.errors import NasFlexError, check_known, unknown_name
 
-__all__ = ["register", "build", "available", "get", "hparam_names"]
+__all__ = ["register", "unregister", "build", "available", "get", "hparam_names"]
 
 T = TypeVar("T", bound=type[nn.Module])
 
@@ -59,6 +60,26 @@ def register(name: str) -> Callable[[T], T]:
     return decorator
 
 
+def unregister(name: str) -> None:
+    """Remove the layer ``register(name)`` added (e.g. a test's layer), so the name is free again.
+
+    Raises:
+        NasFlexError: for a built-in layer (they are part of the package and stay).
+        UnknownNameError: if no layer was registered under ``name``, listing the ones that were.
+
+    Example:
+        >>> from nas_flex.layers import KernelLayer, register, unregister
+        >>> @register("my_conv")  # doctest: +SKIP
+        ... class MyConv(KernelLayer): ...
+        >>> unregister("my_conv")  # doctest: +SKIP
+    """
+    if name in _BUILTIN:
+        raise NasFlexError(f"{name!r} is a built-in layer and cannot be unregistered; only names given to register()")
+    if name not in _REGISTERED:
+        raise unknown_name("registered layer", name, sorted(set(_REGISTERED) - set(_BUILTIN)))
+    del _REGISTERED[name]
+
+
 def available() -> list[str]:
     """Names of every registered layer, built-in and user-registered, sorted."""
     return sorted(set(_BUILTIN) | set(_REGISTERED))
@@ -91,6 +112,10 @@ def build(name: str, in_channels: int, out_channels: int, **hparams: Any) -> nn.
         out_channels: C_out.
         **hparams: the layer's hyperparameters (papers' names); unknown ones are rejected by name.
 
+    Raises:
+        UnknownNameError: an unknown layer name. HyperparameterError: an unknown hyperparameter (with the closest
+            valid one), or, from the layer, a value out of range.
+
     Example:
         >>> from nas_flex.layers import build
         >>> layer = build("conv", 3, 8, kernel_size=5)
@@ -98,10 +123,5 @@ def build(name: str, in_channels: int, out_channels: int, **hparams: Any) -> nn.
         (5.0, 5.0)
     """
     cls = get(name)
-    valid = hparam_names(name)
-    unknown = sorted(set(hparams) - set(valid))
-    if unknown:
-        raise HyperparameterError(
-            f"layer {name!r} got unknown hyperparameter(s) {unknown}; valid ones: {', '.join(valid) or 'none'}"
-        )
+    check_known(hparams, hparam_names(name), f"hyperparameter(s) of layer {name!r}")
     return cls(in_channels, out_channels, **hparams)

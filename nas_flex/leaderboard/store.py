@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nas_flex.errors import CorruptLeaderboardError, LeaderboardSchemaError
+from nas_flex.leaderboard.layout import HISTORY_DIR, MERGE_DIR  # noqa: F401 - re-exported (merge.py)
 from nas_flex.leaderboard.schema import HISTORY_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, history_table, trial_table
 from nas_flex.record import TrialRecord
 
@@ -61,8 +62,6 @@ __all__ = [
     "compact",
 ]
 
-HISTORY_DIR = "_history"
-MERGE_DIR = "_merge"
 #: row files that make a writer merge them into one file (0: never merge; see nas_flex.leaderboard.merge)
 MERGE_AT = 16
 _SUFFIX = ".parquet"

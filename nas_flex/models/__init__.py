@@ -22,17 +22,15 @@ from typing import Any
 
 from torch import nn
 
-from nas_flex.errors import HyperparameterError, unknown_name
+from nas_flex.errors import HyperparameterError, check_known, unknown_name
 from nas_flex.layers import build as build_layer
 from nas_flex.layers import hparam_names
 from nas_flex.models.backbones import TCN, CIFARResNet, FlexNet, SimpleCNN
 from nas_flex.models.common import POOLINGS, ConvFactory, make_pool
 
-__all__ = ["build", "convert", "BACKBONES", "POOLINGS", "MODEL_KEYS", "make_pool"]
+__all__ = ["build", "convert", "BACKBONES", "POOLINGS", "make_pool"]
 
 BACKBONES = {"simple": SimpleCNN, "resnet": CIFARResNet, "flexnet": FlexNet, "tcn": TCN}
-MODEL_KEYS = ("backbone", "conv", "conv_hparams", "kernel_size", "pooling", "width", "depth", "dropout", "head",
-              "in_channels", "num_classes", "input_size")
 
 
 def build(config: Mapping[str, Any], *, in_channels: int | None = None, num_classes: int | None = None,
@@ -103,9 +101,7 @@ def convert(model: nn.Module, to: str, **hparams: Any) -> list[dict[str, Any]]:
         >>> report = convert(model, to="njet")  # doctest: +SKIP
     """
     valid = hparam_names(to)  # unknown layer names fail here, listing the valid ones
-    bad = sorted(set(hparams) - set(valid))
-    if bad:
-        raise HyperparameterError(f"{bad} are not hyperparameters of {to!r}; valid: {valid}")
+    check_known(hparams, valid, f"hyperparameter(s) of layer {to!r}")
     records: list[dict[str, Any]] = []
     targets: list[tuple[nn.Module, str, str, nn.Conv2d]] = []
     for parent_name, parent in model.named_modules():

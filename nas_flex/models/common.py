@@ -7,11 +7,11 @@ from typing import Any
 
 from torch import nn
 
-from nas_flex.errors import HyperparameterError, unknown_name
+from nas_flex.errors import HyperparameterError, check_known, unknown_name
 from nas_flex.layers import build as build_layer
 from nas_flex.layers import get as get_layer
 from nas_flex.layers import hparam_names
-from nas_flex.layers.conv import POOLING_MODES, Pool2d
+from nas_flex.layers.pooling import POOLING_MODES, Pool2d
 
 __all__ = ["ConvFactory", "make_pool", "pooling_plan", "POOLINGS"]
 
@@ -32,9 +32,7 @@ class ConvFactory:
         self.conv = conv
         self.hparams = dict(conv_hparams or {})
         names = hparam_names(conv)  # raises UnknownNameError for an unknown layer, listing the valid ones
-        bad = sorted(set(self.hparams) - set(names))
-        if bad:
-            raise HyperparameterError(f"conv_hparams {bad} are not hyperparameters of {conv!r}; valid: {names}")
+        check_known(self.hparams, names, f"hyperparameter(s) of layer {conv!r} in conv_hparams")
         self.takes_kernel_size = "kernel_size" in names and "kernel_size" not in self.hparams
         self.kernel_size = kernel_size
         self.built: list[nn.Module] = []

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from nas_flex.errors import NasFlexError, SearchSpaceError
+from nas_flex.errors import NasFlexError, SearchSpaceError, check_known, unknown_name
 from nas_flex.spaces.space import SearchSpace
 
 __all__ = ["validate_space", "validate_config", "replay", "sample_configs", "grid_size"]
@@ -53,19 +53,20 @@ def validate_config(config: Any, params: Mapping[str, Any] | None = None, *, bui
         raise SearchSpaceError(f"invalid trial config {where}: {err}") from None
     checks = [
         ("backbone", cfg["backbone"], list(BACKBONES)),
-        ("conv", cfg["conv"], available()),
+        ("layer", cfg["conv"], available()),
         ("dataset", cfg["dataset"].lower(), available_datasets()),
     ]
     pooling = cfg["pooling"]
     for mode in [] if pooling is None else [pooling] if isinstance(pooling, str) else pooling:
         checks.append(("pooling", mode, list(POOLINGS)))
-    for key, value, valid in checks:
-        if value not in valid:
-            raise SearchSpaceError(f"config {key}={value!r} {where} is unknown; expected one of: {', '.join(valid)}")
-    names = hparam_names(cfg["conv"])
-    bad = sorted(set(cfg["conv_hparams"]) - set(names))
-    if bad:
-        raise SearchSpaceError(f"conv_hparams {bad} {where} are not hyperparameters of {cfg['conv']!r}; valid: {names}")
+    try:
+        for key, value, valid in checks:
+            if value not in valid:
+                raise unknown_name(key, value, valid)
+        check_known(cfg["conv_hparams"], hparam_names(cfg["conv"]),
+                    f"hyperparameter(s) of layer {cfg['conv']!r} in conv_hparams")
+    except NasFlexError as err:
+        raise SearchSpaceError(f"invalid trial config {where}: {err}") from None
     if build:
         _dry_build(cfg, where)
     return cfg
@@ -75,12 +76,11 @@ def _dry_build(cfg: dict[str, Any], where: str) -> None:
     """Build the model and run one zero example of the dataset's shape (catches kernels larger than a stage)."""
     import torch
 
-    from nas_flex.data import get_dataset
+    from nas_flex.data import dataset_from_config
     from nas_flex.models import build
 
     try:
-        splits = get_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
-                             **cfg["data_options"])
+        splits = dataset_from_config(cfg)
         model = build(cfg, in_channels=splits.input_shape[0], num_classes=splits.num_classes,
                       input_size=tuple(splits.input_shape[1:]))
         model.eval()
