@@ -32,13 +32,9 @@ from nas_flex.train.metering import FlopCount, count_flops, count_parameters
 from nas_flex.train.optim import TrialOptimizers, make_optimizers
 
 __all__ = ["run_trial", "setup_trial", "train_one_epoch", "evaluate", "save_checkpoint", "load_checkpoint",
-           "summarise", "TrialSetup", "TrialProgress", "warmup_cosine", "resolve_device", "format_exception",
-           "CHECKPOINT_FILE"]
+           "summarise", "TrialSetup", "TrialProgress", "warmup_cosine", "resolve_device", "format_exception"]
 
 Report = Callable[[dict[str, Any]], None]
-
-#: the file ``run_trial`` keeps its state in, inside ``checkpoint_dir`` (export reads its ``model`` entry)
-CHECKPOINT_FILE = "trial_state.pt"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -414,10 +410,12 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
         >>> result = run_trial({"dataset": "digits", "epochs": 1})  # doctest: +SKIP
         >>> result.status, result.metrics["val_acc"]  # doctest: +SKIP
     """
+    from nas_flex.leaderboard.layout import TRIAL_STATE_FILE  # the storage layout names the checkpoint file
+
     cfg = resolve_config(config)
     started = utc_now()
     trial, flops = setup_trial(cfg)
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+    ckpt_path = Path(checkpoint_dir) / TRIAL_STATE_FILE if checkpoint_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
         progress = load_checkpoint(ckpt_path, trial)
     else:
