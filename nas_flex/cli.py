@@ -24,16 +24,60 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_fit(layer, x, target, steps: int) -> None:
+    """``steps`` Adam steps of ``layer`` towards ``target``; the size parameters train by the layer's own recipe
+    (``KernelLayer.size_recipe``, through ``nas_flex.train.optim``), as in a trial."""
+    import torch
+
+    from nas_flex.train.config import resolve_config
+    from nas_flex.train.optim import make_optimizers
+
+    opts = make_optimizers(layer, resolve_config({"lr": 1e-2}), schedule=lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    for _ in range(steps):
+        opts.zero_grad()
+        loss = (layer(x) - target).pow(2).mean() + layer.regularization()
+        loss.backward()
+        opts.step(scaler)
+        layer.constrain_()
+
+
+def _demo_row(name: str, layer, x, args: argparse.Namespace) -> str:
+    """The demo's line of one fitted layer: its kernel size, parameters, and forward+backward time next to an
+    nn.Conv2d 3x3 and one of the nearest odd size."""
+    from torch import nn
+
+    from nas_flex.bench import compare, fwd_bwd
+
+    c, hw, device = args.channels, args.size, args.device
+    kh, kw = layer.effective_kernel_size
+    k_same = 2 * round((max(kh, kw) - 1) / 2) + 1  # nearest odd side
+    k_same = max(1, min(k_same, hw if hw % 2 else hw - 1))
+    conv3 = nn.Conv2d(c, c, 3, padding=1).to(device)
+    conv_k = nn.Conv2d(c, c, k_same, padding=k_same // 2).to(device)
+    xg = x.clone().requires_grad_(True)
+    t = compare(
+        {
+            "layer": fwd_bwd(lambda m=layer, x=xg: m(x)),
+            "c3": fwd_bwd(lambda m=conv3, x=xg: m(x)),
+            "ck": fwd_bwd(lambda m=conv_k, x=xg: m(x)),
+        },
+        rounds=args.rounds,
+        device=device,
+    )
+    params = sum(p.numel() for p in layer.parameters())
+    size = f"{kh:.1f} x {kw:.1f}" + ("  (fixed)" if not layer.learns_size else "")
+    return (f"{name:<9} {size:<24} {params:>8} {t['layer'] * 1e3:>7.1f} {t['layer'] / t['c3']:>9.2f} "
+            f"{t['layer'] / t['ck']:>7.2f} (k={k_same})")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Every registry layer: a short fit, its learned size, and its speed next to nn.Conv2d."""
     import torch
     from torch import nn
 
     import nas_flex
-    from nas_flex.bench import compare, fwd_bwd
     from nas_flex.layers import available, build, get
-    from nas_flex.train.config import resolve_config
-    from nas_flex.train.optim import make_optimizers
 
     torch.manual_seed(0)
     n, c, hw, device = args.batch, args.channels, args.size, args.device
@@ -52,37 +96,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for name in available():
         hparams = dict(get(name).example_hparams) if args.small else {}
         layer = build(name, c, c, **hparams).to(device)
-        # the size parameters train by the layer's own recipe (KernelLayer.size_recipe), as in a trial
-        opts = make_optimizers(layer, resolve_config({"lr": 1e-2}), schedule=lambda step: 1.0)
-        scaler = torch.amp.GradScaler("cuda", enabled=False)
-        for _ in range(args.steps):
-            opts.zero_grad()
-            loss = (layer(x) - target).pow(2).mean() + layer.regularization()
-            loss.backward()
-            opts.step(scaler)
-            layer.constrain_()
-        kh, kw = layer.effective_kernel_size
-        k_same = 2 * round((max(kh, kw) - 1) / 2) + 1  # nearest odd side
-        k_same = max(1, min(k_same, hw if hw % 2 else hw - 1))
-        conv3 = nn.Conv2d(c, c, 3, padding=1).to(device)
-        conv_k = nn.Conv2d(c, c, k_same, padding=k_same // 2).to(device)
-        xg = x.clone().requires_grad_(True)
-        t = compare(
-            {
-                "layer": fwd_bwd(lambda m=layer, x=xg: m(x)),
-                "c3": fwd_bwd(lambda m=conv3, x=xg: m(x)),
-                "ck": fwd_bwd(lambda m=conv_k, x=xg: m(x)),
-            },
-            rounds=args.rounds,
-            device=device,
-        )
-        params = sum(p.numel() for p in layer.parameters())
-        size = f"{kh:.1f} x {kw:.1f}" + ("  (fixed)" if not layer.learns_size else "")
-        print(
-            f"{name:<9} {size:<24} {params:>8} {t['layer'] * 1e3:>7.1f} {t['layer'] / t['c3']:>9.2f} "
-            f"{t['layer'] / t['ck']:>7.2f} (k={k_same})",
-            flush=True,
-        )
+        _demo_fit(layer, x, target, args.steps)
+        print(_demo_row(name, layer, x, args), flush=True)
     print(
         "\nms: forward+backward, median of interleaved rounds (nas_flex.bench). The nn.Conv2d baselines run "
         "spatially;\nnas_flex layers switch to FFT convolution where that is cheaper (nas_flex.functional.conv2d_same)."
@@ -116,7 +131,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 def _parse_objectives(items: list[str] | None) -> dict[str, str] | None:
     if not items:
         return None
-    from nas_flex.tune.runner import METRICS
+    from nas_flex.record import METRICS
 
     out = {}
     for item in items:
@@ -142,7 +157,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     experiment = args.experiment or (df.sort_values("written_at")["experiment"].iloc[-1] if len(df) else None)
     print(f"\nLeaderboard {args.storage} (experiment {experiment}):")
     print(format_leaderboard(args.storage, sort="metrics_val_acc", where=f"experiment == {experiment!r}"))
-    learned = df[(df["experiment"] == experiment) & (df["status"] == "completed") & (df["params_conv"] != "conv")]
+    from nas_flex.record import TrialStatus
+
+    done = (df["experiment"] == experiment) & (df["status"] == TrialStatus.COMPLETED.value)
+    learned = df[done & (df["params_conv"] != "conv")]
     if len(learned):
         from nas_flex.leaderboard.sizes import format_size_changes, size_changes
 
@@ -226,20 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="run a search space (.py defining space(trial)) as Ray Tune trials")
     p.add_argument("space", help="a .py file defining space(trial) -> trial config (see search_spaces/)")
     p.add_argument("--storage", required=True, help="the leaderboard folder (a shared path on a cluster)")
-    p.add_argument("--num-samples", type=int, default=None, help="trials to run (a grid counts itself)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="trials to run (default: a grid's size; required otherwise); with --resume the experiment's "
+                        "new total (default: its recorded one)")
     p.add_argument("--dataset", default=None, help="override the space's dataset")
     p.add_argument("--epochs", type=int, default=None, help="override the space's epochs")
     p.add_argument("--experiment", default=None, help="experiment name (default: space name + time)")
-    p.add_argument("--resume", action="store_true", help="continue the latest (or --experiment) experiment")
-    p.add_argument("--address", default=None, help="join a Ray cluster: auto or ray://host:10001")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue this space's latest (or the --experiment) experiment in --storage: finished trials "
+                        "are kept, unfinished ones go on from their last epoch")
+    p.add_argument("--address", default=None,
+                   help="join a Ray cluster: auto or ray://host:10001 (default: a local Ray on this machine's CPUs)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial reserves (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.5")
-    p.add_argument("--scheduler", choices=["asha"], default=None, help="early stopping (stopped = PRUNED)")
+    p.add_argument("--scheduler", choices=["asha"], default=None,
+                   help="early stopping on the first objective; stopped trials reach Optuna as PRUNED")
     p.add_argument("--objective", action="append", metavar="METRIC[:max|min]",
                    help="repeat for multi-objective, e.g. --objective val_acc:max --objective flops:min")
     p.add_argument("--sampler", choices=["tpe", "grid", "random"], default=None, help="default: the space's")
-    p.add_argument("--max-concurrent", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     p.set_defaults(func=_cmd_search)
 
@@ -253,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="the experiment of --trial, where ids repeat")
     p.add_argument("--out", required=True, help="the export directory")
     p.add_argument("--weights", default=None, metavar="FILE",
-                   help="trained weights (.safetensors, a torch state_dict or a run_trial trial_state.pt) instead "
-                        "of retraining the trial from its config")
+                   help="trained weights (.safetensors, a torch state_dict or a run_trial trial_state.pt); default: "
+                        "the weights the search kept for the trial, else it is retrained from its config")
     p.add_argument("--check-examples", type=int, default=64, metavar="N",
                    help="validation examples the deployable model is checked on (default 64)")
     p.add_argument("--rtol", type=float, default=1e-4, help="tolerance of that check, relative to the output scale")
@@ -269,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=1, help="trials per learned-size method in the size-per-layer figure")
     kernels = p.add_mutually_exclusive_group()
     kernels.add_argument("--trial", default=None, metavar="ID",
-                         help="plot this trial's kernels (retrains it from its config into OUT/export_ID)")
+                         help="plot this trial's kernels: exports it into OUT/export_ID with the weights its "
+                              "search kept (else retrained from its config)")
     kernels.add_argument("--export", default=None, metavar="DIR", help="plot the kernels of this export directory")
     p.add_argument("--layer", default=None, help="the layer (module name) to plot; default the first learned one")
     p.set_defaults(func=_cmd_report)

@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,7 +29,7 @@ from nas_flex.leaderboard import (
     trial_file_name,
     write_trial,
 )
-from nas_flex.record import RESULT_FIELDS, TrialRecord
+from nas_flex.record import RESULT_FIELDS, TrialRecord, TrialStatus
 from nas_flex.train.config import KEY_DOCS, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +176,14 @@ def test_schema_columns_types_and_metadata(tmp_path):
         write_trial(tmp_path, {**res, "val_top5": 0.99}, experiment="e", trial_id="u")
     with pytest.raises(LeaderboardSchemaError, match="params.*must be an integer"):
         write_trial(tmp_path, {**res, "params": "many"}, experiment="e", trial_id="u")
+    with pytest.raises(LeaderboardSchemaError, match=r"result\['search_params'\] must be JSON-serialisable.*set"):
+        write_trial(tmp_path, {**res, "search_params": {"k": {3, 5}}}, experiment="e", trial_id="u")
     assert not list(tmp_path.glob("e--u*"))
+    # NumPy scalars (a sampler's values) are stored as Python numbers, inf as null
+    write_trial(tmp_path, {**res, "search_params": {"k": np.int64(5), "lr": np.float32(0.5), "x": math.inf}},
+                experiment="e", trial_id="n")
+    stored = pq.read_table(tmp_path / "e--n.parquet")["search_params"][0].as_py()
+    assert json.loads(stored) == {"k": 5, "lr": 0.5, "x": None}
 
 
 def test_read_parquet_on_the_directory_and_crash_leftovers_are_invisible(tmp_path, monkeypatch):
@@ -261,6 +269,10 @@ def test_best_and_top_follow_recorded_directions(ranked):
         ranked.best("accuracy")
     with pytest.raises(LeaderboardSchemaError, match="no 'oom' trial"):
         ranked.best(status="oom")
+    # a TrialStatus member selects the rows of its string value (the Parquet column holds the plain string)
+    assert ranked.best(status=TrialStatus.DIVERGED).trial_id == ranked.best(status="diverged").trial_id == "g"
+    with pytest.raises(LeaderboardSchemaError, match="no 'oom' trial"):
+        ranked.best(status=TrialStatus.OOM)
 
 
 def test_pareto_front(ranked):

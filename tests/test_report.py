@@ -67,6 +67,28 @@ def test_report_kernels_from_export(board, tmp_path):
     assert "features.3" in text and "frequency" in text
 
 
+
+def test_report_trial_uses_the_weights_its_search_kept(board, tmp_path):
+    """``--trial`` exports with the weights the search kept (``<storage>/_weights/<experiment>--<trial>.pt``) and
+    says so; nothing is retrained and no text claims it was."""
+    import shutil
+
+    import torch
+
+    from nas_flex.report import make_report
+
+    lb = tmp_path / "lb"
+    shutil.copytree(board / "lb", lb)
+    kept = lb / "_weights" / "exp--ff.pt"
+    kept.parent.mkdir()
+    torch.save(torch.load(board / "ckpt" / "ff" / "trial_state.pt", weights_only=True)["model"], kept)
+    logged: list[str] = []
+    make_report(lb, tmp_path / "rep", trial_id="ff", log=logged.append)
+    text = _check_report(tmp_path / "rep", (*FIGURES, "kernels.png"))
+    assert not (tmp_path / "rep" / "export_ff" / "training").exists()  # not retrained
+    assert not [line for line in logged if "retrain" in line], logged
+    assert any(str(kept) in line for line in logged) and str(kept) in text
+
 def test_cli_report(board, tmp_path, capsys):
     from nas_flex.cli import main
 

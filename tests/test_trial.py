@@ -9,8 +9,8 @@ import torch
 
 from nas_flex.errors import HyperparameterError
 from nas_flex.layers import KernelLayer, register, unregister
-from nas_flex.record import TrialRecord
-from nas_flex.train import RESULT_KEYS, canonical_key, resolve_config, run_trial
+from nas_flex.record import RESULT_FIELDS, TrialRecord
+from nas_flex.train import canonical_key, resolve_config, run_trial
 
 # the ACONV paper's 2-layer net (conv - conv - pool - dense 256 - classes), narrow
 BASE = {"dataset": "digits", "backbone": "simple", "head": "dense", "width": 8, "depth": 2, "epochs": 2,
@@ -26,7 +26,7 @@ def digits_result():
 
 def test_two_epochs_on_digits(digits_result):
     result, reports = digits_result
-    assert isinstance(result, TrialRecord) and set(result.to_dict()) == set(RESULT_KEYS)
+    assert isinstance(result, TrialRecord) and set(result.to_dict()) == set(RESULT_FIELDS)
     assert result.status == "completed" and result.error is None
     assert result.epochs_completed == 2 and [h["epoch"] for h in result.history] == [0, 1, 2]
     assert result.metrics["val_acc"] > 0.5  # chance is 0.1
@@ -133,6 +133,18 @@ def test_resume_continues_where_it_stopped(tmp_path):
     state = torch.load(tmp_path / "trial_state.pt", weights_only=True)
     assert state["epoch"] == 2
 
+
+
+def test_resume_after_the_last_epoch_reports_the_trained_model(tmp_path):
+    """A trial whose process died after its last checkpoint (before its row was written) is resumed with no epoch
+    left: its record must describe the trained model (N-Jet's cost follows sigma), not the freshly built one."""
+    cfg = {**BASE, "conv": "njet", "conv_hparams": {"order": 2}, "train_subset": 128, "val_subset": 64, "seed": 3}
+    done = run_trial(cfg, checkpoint_dir=tmp_path)
+    again = run_trial(cfg, checkpoint_dir=tmp_path)
+    assert again.history[-1]["flops"] != again.history[0]["flops"]  # sigma moved: the cost changed
+    assert (again.flops, again.flops_fft) == (done.flops, done.flops_fft) == (done.history[-1]["flops"],
+                                                                               done.flops_fft)
+    assert again.learned_sizes == done.learned_sizes and again.metrics == done.metrics
 
 def test_config_errors():
     with pytest.raises(HyperparameterError, match=r"'epoch' \(did you mean 'epochs'\?\)"):

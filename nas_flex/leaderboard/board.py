@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nas_flex.errors import LeaderboardSchemaError
-from nas_flex.leaderboard.schema import METRIC_DIRECTIONS, TRIAL_SCHEMA
+from nas_flex.leaderboard.schema import TRIAL_SCHEMA
 from nas_flex.leaderboard.store import (
     Snapshot,
     compact,
@@ -28,6 +28,7 @@ from nas_flex.leaderboard.store import (
     without_location,
     write_trial,
 )
+from nas_flex.record import METRIC_DIRECTIONS, TrialRecord, TrialStatus
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -186,12 +187,14 @@ class Leaderboard:
         return directions[metric]
 
     @staticmethod
-    def _with_status(snap: Snapshot, status: str | None) -> np.ndarray:
+    def _with_status(snap: Snapshot, status: TrialStatus | str | None) -> np.ndarray:
         if status is None:
             return np.ones(snap.table.num_rows, dtype=bool)
-        return pc.fill_null(pc.equal(snap.table.column("status"), status), False).to_numpy(zero_copy_only=False)
+        # the column holds the plain string value of a TrialStatus
+        return pc.fill_null(pc.equal(snap.table.column("status"), str(status)), False).to_numpy(zero_copy_only=False)
 
-    def top(self, n: int = 10, metric: str = "metrics_val_acc", *, status: str | None = "completed") -> pd.DataFrame:
+    def top(self, n: int = 10, metric: str = "metrics_val_acc", *,
+            status: TrialStatus | str | None = TrialStatus.COMPLETED) -> pd.DataFrame:
         """The ``n`` best rows by ``metric`` in its recorded direction (rows where it is missing left out).
 
         Ties keep (experiment, trial_id) order. ``status=None`` ranks every row, not only completed trials. Reads
@@ -211,7 +214,8 @@ class Leaderboard:
 
         return self._query(read)
 
-    def best(self, metric: str = "metrics_val_acc", *, status: str | None = "completed") -> pd.Series:
+    def best(self, metric: str = "metrics_val_acc", *,
+             status: TrialStatus | str | None = TrialStatus.COMPLETED) -> pd.Series:
         """The best row by ``metric`` in its recorded direction.
 
         Raises:
@@ -221,13 +225,13 @@ class Leaderboard:
         rows = self.top(1, metric, status=status)
         if rows.empty:
             raise LeaderboardSchemaError(
-                f"no {'' if status is None else repr(status) + ' '}trial in {str(self.path)!r} has a value for "
+                f"no {'' if status is None else repr(str(status)) + ' '}trial in {str(self.path)!r} has a value for "
                 f"{metric!r}" + ("" if status is None else "; pass status=None to rank every trial")
             )
         return rows.iloc[0]
 
     def pareto(self, objectives: Mapping[str, str] | Sequence[str], *,
-               status: str | None = "completed") -> pd.DataFrame:
+               status: TrialStatus | str | None = TrialStatus.COMPLETED) -> pd.DataFrame:
         """The non-dominated rows for several objectives: no other row is at least as good in all of them and
         better in one. Equal rows are all kept; rows missing an objective are left out.
 
@@ -280,7 +284,7 @@ class Leaderboard:
         return self._query(read)
 
     # ------------------------------------------------------------------------------------------------- writing
-    def write(self, result: Mapping[str, Any], *, experiment: str, trial_id: str,
+    def write(self, result: TrialRecord | Mapping[str, Any], *, experiment: str, trial_id: str,
               config_key: str | None = None) -> Path:
         """``write_trial(self.path, result, ...)``: add or replace one trial's row and history."""
         return write_trial(self.path, result, experiment=experiment, trial_id=trial_id, config_key=config_key)

@@ -216,6 +216,64 @@ def _recover(root: Path, sub: str, journal: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- merge
+def _readable_inputs(directory: Path, schema: pa.Schema, inputs: Sequence[Path]) -> tuple[list, dict[str, str]]:
+    """Pass 1: the key columns of each readable input ((file, part) pairs) and the metric directions they record.
+
+    Unreadable inputs are reported (a warning) and left out; inputs recording different directions are an error.
+    """
+    keys = [c for c in schema.names if c in ("experiment", "trial_id", "finished", "written_at", "epoch")]
+    parts = read_parts(inputs, schema, keys)
+    report_corrupt(directory, {f: p.error for f, p in zip(inputs, parts) if p.error}, "warn")
+    files = [(f, p) for f, p in zip(inputs, parts) if p.table is not None]
+    directions: dict[str, str] = {}
+    for _, p in files:
+        for metric, way in p.directions.items():
+            if directions.setdefault(metric, way) != way:
+                raise LeaderboardSchemaError(f"files in {directory} record different directions for {metric!r}")
+    return files, directions
+
+
+def _keep_masks(files: list, select: Select) -> list[np.ndarray]:
+    """Per input file, which of its rows the merged file keeps (``select`` over all inputs' key columns)."""
+    sizes = [p.table.num_rows for _, p in files]
+    table = pa.concat_tables([p.table for _, p in files]).append_column(
+        "_file", pa.array(np.repeat(np.arange(len(files), dtype=np.int32), sizes)))
+    keep = np.zeros(table.num_rows, dtype=bool)
+    keep[select(table).to_numpy()] = True
+    return np.split(keep, np.cumsum(sizes)[:-1])
+
+
+def _copy_rows(writer: pq.ParquetWriter, files: list, masks: list[np.ndarray], schema: pa.Schema,
+               meta: dict) -> bool:
+    """Pass 2: the kept rows, row group by row group, into ``writer``. False (nothing complete written) when an
+    input was retired or rewritten since pass 1."""
+    buffer: list[pa.Table] = []
+    buffered = 0
+    for (file, part), mask in zip(files, masks):
+        try:
+            pf, stat = open_parquet(file)
+        except FileNotFoundError:
+            return False  # retired by a merge that ran without the lock: try another time
+        if stat_key(stat) != stat_key(part.stat):
+            return False  # a trial rewrote its row since pass 1: merge another time
+        start = 0
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            take = mask[start:start + n]
+            start += n
+            if not take.any():
+                continue
+            rows = conform(pf.read_row_group(g, use_threads=False), schema, schema.names, file)
+            buffer.append(rows.filter(pa.array(take)).replace_schema_metadata(meta))
+            buffered += int(take.sum())
+            if buffered >= ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(buffer), row_group_size=ROW_GROUP_ROWS)
+                buffer, buffered = [], 0
+    if buffer:
+        writer.write_table(pa.concat_tables(buffer), row_group_size=ROW_GROUP_ROWS)
+    return True
+
+
 def merge_files(root: Path, sub: str, schema: pa.Schema, inputs: Sequence[Path], level: int, select: Select, *,
                 journal: str, sync: bool = True) -> Path | None:
     """Merge ``inputs`` (files of ``root/sub``) into one file of ``level``; return it (None: nothing merged).
@@ -224,56 +282,19 @@ def merge_files(root: Path, sub: str, schema: pa.Schema, inputs: Sequence[Path],
     merged. Call with the merge lock held.
     """
     directory = root / sub
-    keys = [c for c in schema.names if c in ("experiment", "trial_id", "finished", "written_at", "epoch")]
-    parts = read_parts(inputs, schema, keys)  # pass 1: the key columns, to drop superseded versions
-    report_corrupt(directory, {f: p.error for f, p in zip(inputs, parts) if p.error}, "warn")
-    files = [(f, p) for f, p in zip(inputs, parts) if p.table is not None]
+    files, directions = _readable_inputs(directory, schema, inputs)  # pass 1: the key columns
     if len(files) < 2:
         return None
-    directions: dict[str, str] = {}
-    for _, p in files:
-        for metric, way in p.directions.items():
-            if directions.setdefault(metric, way) != way:
-                raise LeaderboardSchemaError(f"files in {directory} record different directions for {metric!r}")
-    sizes = [p.table.num_rows for _, p in files]
-    table = pa.concat_tables([p.table for _, p in files]).append_column(
-        "_file", pa.array(np.repeat(np.arange(len(files), dtype=np.int32), sizes)))
-    keep = np.zeros(table.num_rows, dtype=bool)
-    keep[select(table).to_numpy()] = True
-    masks = np.split(keep, np.cumsum(sizes)[:-1])
-
+    masks = _keep_masks(files, select)  # drops superseded versions of a rewritten trial
     meta = dict(schema.metadata or {})
     if directions:
         meta[b"nas_flex.metric_directions"] = json.dumps(directions).encode()
-    out_schema = schema.with_metadata(meta)
     target = directory / merged_file_name(level)
     tmp = temporary_name(target)
     try:
-        with pq.ParquetWriter(tmp, out_schema, **write_options(schema)) as writer:  # pass 2: row group by row group
-            buffer: list[pa.Table] = []
-            buffered = 0
-            for (file, part), mask in zip(files, masks):
-                try:
-                    pf, stat = open_parquet(file)
-                except FileNotFoundError:
-                    return None  # retired by a merge that ran without the lock: try another time
-                if stat_key(stat) != stat_key(part.stat):
-                    return None  # a trial rewrote its row since pass 1: merge another time
-                start = 0
-                for g in range(pf.num_row_groups):
-                    n = pf.metadata.row_group(g).num_rows
-                    take = mask[start:start + n]
-                    start += n
-                    if not take.any():
-                        continue
-                    rows = conform(pf.read_row_group(g, use_threads=False), schema, schema.names, file)
-                    buffer.append(rows.filter(pa.array(take)).replace_schema_metadata(meta))
-                    buffered += int(take.sum())
-                    if buffered >= ROW_GROUP_ROWS:
-                        writer.write_table(pa.concat_tables(buffer), row_group_size=ROW_GROUP_ROWS)
-                        buffer, buffered = [], 0
-            if buffer:
-                writer.write_table(pa.concat_tables(buffer), row_group_size=ROW_GROUP_ROWS)
+        with pq.ParquetWriter(tmp, schema.with_metadata(meta), **write_options(schema)) as writer:
+            if not _copy_rows(writer, files, masks, schema, meta):  # pass 2: row group by row group
+                return None
         if sync:
             _fsync(tmp)
         record = {"target": target.name, "inputs": [[f.name, *stat_key(p.stat)] for f, p in files]}

@@ -6,7 +6,8 @@ Two tables, both explicit pyarrow schemas carrying their version in a column and
   into ``params_*`` columns of fixed types, final and best metrics, compute, learned sizes, versions);
 * ``HISTORY_SCHEMA``: one row per trial and epoch (the per-epoch metrics and learned sizes).
 
-Each metric's direction ("max" or "min") is recorded in ``METRIC_DIRECTIONS``, in the schema metadata
+Each metric's direction ("max" or "min") is recorded in ``METRIC_DIRECTIONS`` (``nas_flex.record``'s), in the schema
+metadata
 (``nas_flex.metric_directions``) and on the metric's field (``direction``), so ranking never guesses.
 
 pyarrow and the standard library only: a trial process writes its row without pandas or torch.
@@ -14,17 +15,16 @@ pyarrow and the standard library only: a trial process writes its row without pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 
 from nas_flex.errors import LeaderboardSchemaError
-from nas_flex.record import RESULT_FIELDS, TrialRecord
+from nas_flex.record import METRIC_DIRECTIONS, RESULT_FIELDS, TASK_METRICS, TrialRecord, config_hash, to_jsonable
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -49,22 +49,6 @@ LEARNED_SIZE_TYPE = pa.struct(
 
 # a list of learned sizes; "element" is the item name Parquet gives lists, so a file reads back as it was written
 _SIZES_LIST = pa.list_(pa.field("element", LEARNED_SIZE_TYPE))
-
-#: ranking direction of every metric column of the trial table
-METRIC_DIRECTIONS: dict[str, str] = {
-    "metrics_val_acc": "max",
-    "metrics_val_loss": "min",
-    "metrics_train_acc": "max",
-    "metrics_train_loss": "min",
-    "best_val_acc": "max",
-    "best_val_loss": "min",
-    "params": "min",
-    "flops": "min",
-    "flops_fft": "min",
-    "train_seconds": "min",
-    "examples_per_second": "max",
-    "peak_memory_bytes": "min",
-}
 
 #: ranking direction of the per-epoch metric columns of the history table
 HISTORY_METRIC_DIRECTIONS: dict[str, str] = {
@@ -119,10 +103,17 @@ CONFIG_COLUMNS: dict[str, Any] = {
 _UTC = pa.timestamp("us", tz="UTC")
 
 # (name, type, nullable, doc)
-_TRIAL_FIELDS: list[tuple[str, Any, bool, str]] = [
+Field = tuple[str, Any, bool, str]
+
+#: the first columns of both tables: which trial of which experiment a row belongs to
+_IDENTITY_FIELDS: list[Field] = [
     ("schema_version", pa.int32(), False, "version of this schema (nas_flex.leaderboard.SCHEMA_VERSION)"),
     ("experiment", pa.string(), False, "experiment name"),
     ("trial_id", pa.string(), False, "trial id, unique within the experiment"),
+]
+
+_TRIAL_FIELDS: list[Field] = [
+    *_IDENTITY_FIELDS,
     ("status", pa.string(), False, "completed | diverged | oom | error | ..."),
     ("error", pa.string(), True, "error text when the trial did not complete"),
     ("started", _UTC, True, "when the trial started (UTC)"),
@@ -166,10 +157,8 @@ _TRIAL_FIELDS: list[tuple[str, Any, bool, str]] = [
     ("torch_version", pa.string(), True, "torch version that ran the trial"),
 ]
 
-_HISTORY_FIELDS: list[tuple[str, Any, bool, str]] = [
-    ("schema_version", pa.int32(), False, "version of this schema (nas_flex.leaderboard.SCHEMA_VERSION)"),
-    ("experiment", pa.string(), False, "experiment name"),
-    ("trial_id", pa.string(), False, "trial id, unique within the experiment"),
+_HISTORY_FIELDS: list[Field] = [
+    *_IDENTITY_FIELDS,
     ("written_at", _UTC, False, "written_at of the trial row this history belongs to"),
     ("epoch", pa.int64(), False, "epoch, 1-based; 0 is the state at initialisation (no training metrics)"),
     ("train_loss", pa.float64(), True, "training task loss (cross-entropy) of the epoch, regularization excluded"),
@@ -186,7 +175,7 @@ _HISTORY_FIELDS: list[tuple[str, Any, bool, str]] = [
 ]
 
 
-def _schema(fields: list[tuple[str, Any, bool, str]], table: str, directions: Mapping[str, str]) -> pa.Schema:
+def _schema(fields: list[Field], table: str, directions: Mapping[str, str]) -> pa.Schema:
     out = []
     for name, typ, nullable, doc in fields:
         meta = {"doc": doc}
@@ -203,7 +192,6 @@ def _schema(fields: list[tuple[str, Any, bool, str]], table: str, directions: Ma
 TRIAL_SCHEMA = _schema(_TRIAL_FIELDS, "trials", METRIC_DIRECTIONS)
 HISTORY_SCHEMA = _schema(_HISTORY_FIELDS, "history", HISTORY_METRIC_DIRECTIONS)
 
-_METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 _BEST_KEYS = ("val_acc", "val_loss", "epoch")
 _HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "train_reg", "val_loss", "val_acc", "lr", "seconds", "flops",
                  "learned_sizes")
@@ -274,28 +262,23 @@ def _fit(v: Any, typ: Any) -> Any:
     return v if isinstance(v, str) else None
 
 
-def _plain(v: Any, what: str) -> Any:
-    """A JSON-safe copy of ``v``: non-finite floats become null, tuples lists, NumPy values Python values."""
-    if v is None or isinstance(v, (str, bool, int)):
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x, what) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x, what) for x in v]
-    if hasattr(v, "tolist"):  # NumPy scalars and arrays, without importing NumPy
-        return _plain(v.tolist(), what)
-    raise LeaderboardSchemaError(f"{what} must be JSON-serialisable, but holds {type(v).__name__} {v!r}")
-
-
 def _json(v: Any, what: str, *, sort_keys: bool = True) -> str:
-    return json.dumps(_plain(v, what), sort_keys=sort_keys, separators=(",", ":"), allow_nan=False)
+    """Compact JSON text of ``v`` made JSON-safe by ``nas_flex.record.to_jsonable`` (non-finite floats null)."""
+
+    def refuse(obj: Any) -> Any:
+        raise LeaderboardSchemaError(f"{what} must be JSON-serialisable, but holds {type(obj).__name__} {obj!r}")
+
+    try:
+        plain = to_jsonable(v)
+    except (ValueError, RuntimeError) as err:  # an array of several values has no single ``item()``
+        raise LeaderboardSchemaError(f"{what} must be JSON-serialisable, but holds {err}") from None
+    return json.dumps(plain, sort_keys=sort_keys, separators=(",", ":"), allow_nan=False, default=refuse)
 
 
 def default_config_key(config_json: str) -> str:
-    """The default ``config_key``: the first 16 hex digits of the sha256 of the canonical config JSON."""
-    return hashlib.sha256(config_json.encode()).hexdigest()[:16]
+    """The default ``config_key``: ``nas_flex.record.config_hash`` of the canonical config JSON (16 hex digits of its
+    sha256), the key the tuner dedupes by."""
+    return config_hash(config_json)
 
 
 def _learned_sizes(records: Any, what: str) -> tuple[list[dict[str, Any]] | None, str | None]:
@@ -346,6 +329,72 @@ def _as_mapping(result: TrialRecord | Mapping[str, Any]) -> Mapping[str, Any]:
     return result
 
 
+def _checked(result: TrialRecord | Mapping[str, Any]) -> Mapping[str, Any]:
+    """``result`` as a mapping whose keys are record fields, with a status and a config; else a schema error."""
+    result = _as_mapping(result)
+    unknown = sorted(set(result) - set(RESULT_FIELDS))
+    if unknown:
+        raise LeaderboardSchemaError(
+            f"the trial result has unknown key(s) {unknown}; the leaderboard schema (version {SCHEMA_VERSION}) "
+            f"stores {list(RESULT_FIELDS)}"
+        )
+    status = result.get("status")
+    if not isinstance(status, str) or not status:
+        raise LeaderboardSchemaError(f"result['status'] must be a non-empty string, but got {status!r}")
+    config = result.get("config")
+    if not isinstance(config, Mapping):
+        raise LeaderboardSchemaError(f"result['config'] must be a dict, but got {type(config).__name__}")
+    return result
+
+
+def _config_columns(config: Mapping[str, Any], config_key: str | None) -> dict[str, Any]:
+    """``config``, ``config_key`` and the config's flattened ``params_*`` (and dataset, epochs, seed) columns."""
+    config_json = _json(config, "result['config']")
+    if config_key is None:
+        config_key = default_config_key(config_json)
+    elif not isinstance(config_key, str) or not config_key:
+        raise LeaderboardSchemaError(f"`config_key` must be a non-empty string, but got {config_key!r}")
+    return {
+        "config": config_json,
+        "config_key": config_key,
+        **{f"params_{k}": _fit(config.get(k), t) for k, t in CONFIG_COLUMNS.items()},
+        "dataset": _fit(config.get("dataset"), pa.string()),
+        "epochs": _fit(config.get("epochs"), pa.int64()),
+        "seed": _fit(config.get("seed"), pa.int64()),
+    }
+
+
+#: trial-table column <- the record field of the same name, through its coercion
+_FIELD_COLUMNS: dict[str, Callable[[str, Any], Any]] = {
+    "error": _as_str, "started": _as_timestamp, "finished": _as_timestamp, "epochs_completed": _as_int,
+    "params": _as_int, "flops": _as_float, "flops_fft": _as_float, "train_seconds": _as_float,
+    "examples_per_second": _as_float, "peak_memory_bytes": _as_int, "peak_memory_kind": _as_str, "device": _as_str,
+    "nas_flex_version": _as_str, "torch_version": _as_str,
+}
+
+
+def _result_columns(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns a trial's outcome fills: plain fields, final and best metrics, sizes, recipes, sampler params."""
+    metrics = _sub(result, "metrics", TASK_METRICS)
+    best = _sub(result, "best", _BEST_KEYS)
+    sizes, sizes_json = _learned_sizes(result.get("learned_sizes"), "result['learned_sizes']")
+    init_sizes, init_json = _learned_sizes(result.get("initial_sizes"), "result['initial_sizes']")
+    recipes, params = result.get("size_recipes"), result.get("search_params")
+    return {
+        **{col: coerce(f"result[{col!r}]", result.get(col)) for col, coerce in _FIELD_COLUMNS.items()},
+        **{f"metrics_{k}": _as_float(f"result['metrics'][{k!r}]", metrics.get(k)) for k in TASK_METRICS},
+        "best_val_acc": _as_float("result['best']['val_acc']", best.get("val_acc")),
+        "best_val_loss": _as_float("result['best']['val_loss']", best.get("val_loss")),
+        "best_epoch": _as_int("result['best']['epoch']", best.get("epoch")),
+        "learned_sizes": sizes,
+        "learned_sizes_json": sizes_json,
+        "initial_sizes": init_sizes,
+        "initial_sizes_json": init_json,
+        "size_recipes": None if recipes is None else _json(recipes, "result['size_recipes']", sort_keys=False),
+        "search_params": None if params is None else _json(params, "result['search_params']"),
+    }
+
+
 def trial_table(result: TrialRecord | Mapping[str, Any], *, experiment: str, trial_id: str, written_at: datetime,
                 config_key: str | None = None) -> pa.Table:
     """One trial's row as a one-row table of ``TRIAL_SCHEMA``.
@@ -362,67 +411,15 @@ def trial_table(result: TrialRecord | Mapping[str, Any], *, experiment: str, tri
         LeaderboardSchemaError: an unknown key, a missing status or config, or a value of the wrong type.
     """
     _check_identity(experiment, trial_id)
-    result = _as_mapping(result)
-    unknown = sorted(set(result) - set(RESULT_FIELDS))
-    if unknown:
-        raise LeaderboardSchemaError(
-            f"the trial result has unknown key(s) {unknown}; the leaderboard schema (version {SCHEMA_VERSION}) "
-            f"stores {list(RESULT_FIELDS)}"
-        )
-    status = result.get("status")
-    if not isinstance(status, str) or not status:
-        raise LeaderboardSchemaError(f"result['status'] must be a non-empty string, but got {status!r}")
-    config = result.get("config")
-    if not isinstance(config, Mapping):
-        raise LeaderboardSchemaError(f"result['config'] must be a dict, but got {type(config).__name__}")
-    config_json = _json(config, "result['config']")
-    if config_key is None:
-        config_key = default_config_key(config_json)
-    elif not isinstance(config_key, str) or not config_key:
-        raise LeaderboardSchemaError(f"`config_key` must be a non-empty string, but got {config_key!r}")
-
-    metrics = _sub(result, "metrics", _METRIC_KEYS)
-    best = _sub(result, "best", _BEST_KEYS)
-    sizes, sizes_json = _learned_sizes(result.get("learned_sizes"), "result['learned_sizes']")
-    init_sizes, init_json = _learned_sizes(result.get("initial_sizes"), "result['initial_sizes']")
-    recipes = result.get("size_recipes")
+    result = _checked(result)
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "experiment": experiment,
         "trial_id": trial_id,
-        "status": status,
-        "error": _as_str("result['error']", result.get("error")),
-        "started": _as_timestamp("result['started']", result.get("started")),
-        "finished": _as_timestamp("result['finished']", result.get("finished")),
+        "status": str(result["status"]),
         "written_at": _as_timestamp("written_at", written_at),
-        "config": config_json,
-        "config_key": config_key,
-        "search_params": None if result.get("search_params") is None else _json(result["search_params"],
-                                                                                 "result['search_params']"),
-        **{f"params_{k}": _fit(config.get(k), t) for k, t in CONFIG_COLUMNS.items()},
-        "dataset": _fit(config.get("dataset"), pa.string()),
-        "epochs": _fit(config.get("epochs"), pa.int64()),
-        "seed": _fit(config.get("seed"), pa.int64()),
-        "epochs_completed": _as_int("result['epochs_completed']", result.get("epochs_completed")),
-        **{f"metrics_{k}": _as_float(f"result['metrics'][{k!r}]", metrics.get(k)) for k in _METRIC_KEYS},
-        "best_val_acc": _as_float("result['best']['val_acc']", best.get("val_acc")),
-        "best_val_loss": _as_float("result['best']['val_loss']", best.get("val_loss")),
-        "best_epoch": _as_int("result['best']['epoch']", best.get("epoch")),
-        "params": _as_int("result['params']", result.get("params")),
-        "flops": _as_float("result['flops']", result.get("flops")),
-        "flops_fft": _as_float("result['flops_fft']", result.get("flops_fft")),
-        "train_seconds": _as_float("result['train_seconds']", result.get("train_seconds")),
-        "examples_per_second": _as_float("result['examples_per_second']", result.get("examples_per_second")),
-        "peak_memory_bytes": _as_int("result['peak_memory_bytes']", result.get("peak_memory_bytes")),
-        "peak_memory_kind": _as_str("result['peak_memory_kind']", result.get("peak_memory_kind")),
-        "device": _as_str("result['device']", result.get("device")),
-        "learned_sizes": sizes,
-        "learned_sizes_json": sizes_json,
-        "initial_sizes": init_sizes,
-        "initial_sizes_json": init_json,
-        "size_recipes": None if recipes is None else _json(recipes, "result['size_recipes']", sort_keys=False),
-        "nas_flex_version": _as_str("result['nas_flex_version']", result.get("nas_flex_version")),
-        "torch_version": _as_str("result['torch_version']", result.get("torch_version")),
+        **_config_columns(result["config"], config_key),
+        **_result_columns(result),
     }
     return pa.Table.from_pylist([row], schema=TRIAL_SCHEMA)
 

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from nas_flex.errors import LeaderboardSchemaError
 from nas_flex.leaderboard.board import Leaderboard, _unknown_column
-from nas_flex.leaderboard.schema import METRIC_DIRECTIONS, TRIAL_SCHEMA
+from nas_flex.leaderboard.schema import TRIAL_SCHEMA
 from nas_flex.leaderboard.store import retry_reads
+from nas_flex.record import METRIC_DIRECTIONS
 
 if TYPE_CHECKING:
     import pandas as pd

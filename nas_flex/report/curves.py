@@ -26,7 +26,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from nas_flex.record import TrialStatus
+
 __all__ = ["GRID_METHODS", "training_compute", "grid_curve", "learned_points", "grid_cost_to_reach", "metric_label"]
+
+_COMPLETED = TrialStatus.COMPLETED.value  # the status column holds the plain string
 
 #: methods whose kernel size is a fixed hyperparameter, searched by a grid of trials
 GRID_METHODS = ("conv",)
@@ -92,11 +96,11 @@ def grid_curve(df: pd.DataFrame, metric: str = "metrics_val_acc", way: str = "ma
     if way not in ("max", "min"):
         raise ValueError(f"`way` must be 'max' or 'min', but got {way!r}")
     grid = training_compute(df[df["params_conv"].isin(GRID_METHODS)])
-    grid = grid[(grid["train_seconds"] > 0) | (grid["status"] == "completed")]
+    grid = grid[(grid["train_seconds"] > 0) | (grid["status"] == _COMPLETED)]
     parts = []
     for _, group in grid.groupby("experiment", sort=True):
         g = _run_order(group).copy()
-        value = pd.to_numeric(g[metric], errors="coerce").where(g["status"] == "completed")
+        value = pd.to_numeric(g[metric], errors="coerce").where(g["status"] == _COMPLETED)
         g["value"] = value
         # cummax / cummin leave NaN where a trial did not complete: the best so far carries over it
         g["best_so_far"] = (value.cummax() if way == "max" else value.cummin()).ffill()
@@ -115,7 +119,7 @@ def grid_curve(df: pd.DataFrame, metric: str = "metrics_val_acc", way: str = "ma
 def learned_points(df: pd.DataFrame, metric: str = "metrics_val_acc") -> pd.DataFrame:
     """Each completed run of a learned-size method (every method not in ``GRID_METHODS``), one row each: method,
     experiment, trial_id, the metric, train_seconds, train_flops; sorted by method and run order."""
-    runs = df[df["params_conv"].notna() & ~df["params_conv"].isin(GRID_METHODS) & (df["status"] == "completed")]
+    runs = df[df["params_conv"].notna() & ~df["params_conv"].isin(GRID_METHODS) & (df["status"] == _COMPLETED)]
     runs = _run_order(training_compute(runs))
     runs = runs[pd.to_numeric(runs[metric], errors="coerce").notna()]
     out = runs.rename(columns={"params_conv": "method"})[

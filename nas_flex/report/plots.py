@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nas_flex.record import TrialStatus
 from nas_flex.report.curves import GRID_METHODS, grid_cost_to_reach, grid_curve, learned_points, metric_label
 
 __all__ = ["make_report", "FIXED_SIZE_METHODS"]
@@ -152,12 +153,35 @@ def _fmt_kernel(value: Any) -> str:
     return str(int(value)) if value is not None and value == value else "-"
 
 
-def _grid_or_learned(df, metric: str, way: str, path: Path) -> list[str]:
-    """The grid's best-so-far ``metric`` against its cumulative training compute, the learned runs as points; the
-    figure and the markdown lines (summary and tables) of its section."""
+def _grid_panel(ax, curve, points, metric: str, cum: str, own: str, *, first: bool) -> None:
+    """One panel: each grid experiment's best-so-far step curve and trials at cumulative cost ``cum``, and each
+    learned run as a point at its own cost ``own``."""
+    for experiment, g in curve.groupby("experiment", sort=True):
+        name = "grid" if curve["experiment"].nunique() == 1 else f"grid {experiment}"
+        ok = g[g["best_so_far"].notna()]
+        ax.step(ok[cum], ok["best_so_far"], where="post", color="k", lw=1.6,
+                label=f"{name} (conv, {len(g)} trials): best so far")
+        done = g[g[metric].notna()]
+        ax.scatter(done[cum], done[metric], facecolors="none", edgecolors="k", s=28, zorder=3,
+                   label=f"{name}: each trial at its cumulative cost" if first else None)
+        for _, t in done.iterrows():
+            ax.annotate(f"k={_fmt_kernel(t['kernel_size'])}", (t[cum], t[metric]), fontsize=6, xytext=(3, -8),
+                        textcoords="offset points")
+    markers = "osD^v<>Ph*X"
+    for i, (method, p) in enumerate(points.groupby("method", sort=True)):
+        ax.scatter(p[own], p[metric], marker=markers[i % len(markers)], s=46, zorder=4, alpha=0.85,
+                   label=f"{method} (learned): one run each")
+    if len(curve) or len(points):
+        positive = [v for v in (*curve[cum].tolist(), *points[own].tolist()) if v and v > 0]
+        if positive and max(positive) / min(positive) > 20:
+            ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no completed trials", ha="center", va="center", transform=ax.transAxes)
+
+
+def _grid_or_learned_figure(curve, points, metric: str, path: Path) -> None:
+    """The grid's best-so-far ``metric`` against its cumulative training time (left) and compute (right)."""
     plt = _plt()
-    curve = grid_curve(df, metric, way)
-    points = learned_points(df, metric)
     label = metric_label(metric)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
     for ax, cum, own, xlabel, what in (
@@ -165,27 +189,7 @@ def _grid_or_learned(df, metric: str, way: str, path: Path) -> list[str]:
         (axes[1], "cum_flops", "train_flops", "forward FLOPs x training examples seen (summed over a grid's trials)",
          "training compute"),
     ):
-        for experiment, g in curve.groupby("experiment", sort=True):
-            name = "grid" if curve["experiment"].nunique() == 1 else f"grid {experiment}"
-            ok = g[g["best_so_far"].notna()]
-            ax.step(ok[cum], ok["best_so_far"], where="post", color="k", lw=1.6,
-                    label=f"{name} (conv, {len(g)} trials): best so far")
-            done = g[g[metric].notna()]
-            ax.scatter(done[cum], done[metric], facecolors="none", edgecolors="k", s=28, zorder=3,
-                       label=f"{name}: each trial at its cumulative cost" if ax is axes[0] else None)
-            for _, t in done.iterrows():
-                ax.annotate(f"k={_fmt_kernel(t['kernel_size'])}", (t[cum], t[metric]), fontsize=6, xytext=(3, -8),
-                            textcoords="offset points")
-        markers = "osD^v<>Ph*X"
-        for i, (method, p) in enumerate(points.groupby("method", sort=True)):
-            ax.scatter(p[own], p[metric], marker=markers[i % len(markers)], s=46, zorder=4, alpha=0.85,
-                       label=f"{method} (learned): one run each")
-        if len(curve) or len(points):
-            positive = [v for v in (*curve[cum].tolist(), *points[own].tolist()) if v and v > 0]
-            if positive and max(positive) / min(positive) > 20:
-                ax.set_xscale("log")
-        else:
-            ax.text(0.5, 0.5, "no completed trials", ha="center", va="center", transform=ax.transAxes)
+        _grid_panel(ax, curve, points, metric, cum, own, first=ax is axes[0])
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(f"{label} (grid: best so far)", fontsize=8)
         ax.set_title(f"Grid or learned: {label} against {what}", fontsize=10)
@@ -197,6 +201,50 @@ def _grid_or_learned(df, metric: str, way: str, path: Path) -> list[str]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+def _grid_lines(experiment: str, g, metric: str) -> list[str]:
+    """The markdown summary and table of one experiment's grid, trial by trial in run order."""
+    label = metric_label(metric)
+    best = g["best_so_far"].iloc[-1]
+    best_text = f"{best:.4f}" if best == best else "-"
+    lines = [f"Grid of experiment `{experiment}`: {len(g)} trials, {g['cum_seconds'].iloc[-1]:.1f} s and "
+             f"{g['cum_flops'].iloc[-1]:.3g} FLOPs x examples of training in all; best {label} {best_text}.", "",
+             f"| # | trial | kernel size | status | {label} | training s | cumulative s | "
+             f"cumulative FLOPs x examples | best so far |", "|---|---|---|---|---|---|---|---|---|"]
+    for _, t in g.iterrows():
+        value = f"{t[metric]:.4f}" if t[metric] == t[metric] else "-"
+        so_far = f"{t['best_so_far']:.4f}" if t["best_so_far"] == t["best_so_far"] else "-"
+        lines.append(f"| {t['order']} | {t['trial_id']} | {_fmt_kernel(t['kernel_size'])} | {t['status']} | "
+                     f"{value} | {t['train_seconds']:.1f} | {t['cum_seconds']:.1f} | {t['cum_flops']:.3g} | "
+                     f"{so_far} |")
+    return [*lines, ""]
+
+
+def _learned_lines(points, curves: dict, metric: str, way: str) -> list[str]:
+    """The markdown table of the learned runs: each one's cost, and what the grid spent to reach its ``metric``."""
+    lines = [f"| learned method | trial | {metric_label(metric)} | training s | FLOPs x examples | "
+             "grid trials to reach it | grid s to reach it | grid FLOPs x examples to reach it |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, p in points.iterrows():
+        g = curves.get(p["experiment"], next(iter(curves.values())) if len(curves) == 1 else None)
+        reach = grid_cost_to_reach(g, float(p[metric]), way) if g is not None else None
+        if g is None:
+            cost = "no grid | - | -"
+        elif reach is None:
+            cost = f"not reached in {len(g)} | - | -"
+        else:
+            cost = f"{reach['trials']} | {reach['seconds']:.1f} | {reach['flops']:.3g}"
+        lines.append(f"| {p['method']} | {p['trial_id']} | {p[metric]:.4f} | {p['train_seconds']:.1f} | "
+                     f"{p['train_flops']:.3g} | {cost} |")
+    return [*lines, ""]
+
+
+def _grid_or_learned(df, metric: str, way: str, path: Path) -> list[str]:
+    """The grid's best-so-far ``metric`` against its cumulative training compute, the learned runs as points; the
+    figure and the markdown lines (summary and tables) of its section."""
+    curve = grid_curve(df, metric, way)
+    points = learned_points(df, metric)
+    _grid_or_learned_figure(curve, points, metric, path)
     lines = ["## Grid or learned?", "", "![grid or learned](grid_or_learned.png)", "",
              "The grid (`conv`: one trial per kernel size and other choice) is charged for every trial in the order "
              "they ran (`started`); each learned-size run (`mixed` included: it learns its choice among the grid's "
@@ -207,34 +255,9 @@ def _grid_or_learned(df, metric: str, way: str, path: Path) -> list[str]:
         lines += ["No grid (`conv`) trials in this leaderboard: nothing to compare the learned runs with.", ""]
     curves = {e: g for e, g in curve.groupby("experiment", sort=True)}
     for experiment, g in curves.items():
-        best = g["best_so_far"].iloc[-1]
-        best_text = f"{best:.4f}" if best == best else "-"
-        lines += [f"Grid of experiment `{experiment}`: {len(g)} trials, {g['cum_seconds'].iloc[-1]:.1f} s and "
-                  f"{g['cum_flops'].iloc[-1]:.3g} FLOPs x examples of training in all; best {label} {best_text}.", "",
-                  f"| # | trial | kernel size | status | {label} | training s | cumulative s | "
-                  f"cumulative FLOPs x examples | best so far |", "|---|---|---|---|---|---|---|---|---|"]
-        for _, t in g.iterrows():
-            value = f"{t[metric]:.4f}" if t[metric] == t[metric] else "-"
-            so_far = f"{t['best_so_far']:.4f}" if t["best_so_far"] == t["best_so_far"] else "-"
-            lines.append(f"| {t['order']} | {t['trial_id']} | {_fmt_kernel(t['kernel_size'])} | {t['status']} | "
-                         f"{value} | {t['train_seconds']:.1f} | {t['cum_seconds']:.1f} | {t['cum_flops']:.3g} | "
-                         f"{so_far} |")
-        lines.append("")
+        lines += _grid_lines(experiment, g, metric)
     if len(points):
-        lines += [f"| learned method | trial | {label} | training s | FLOPs x examples | grid trials to reach it | "
-                  "grid s to reach it | grid FLOPs x examples to reach it |", "|---|---|---|---|---|---|---|---|"]
-        for _, p in points.iterrows():
-            g = curves.get(p["experiment"], next(iter(curves.values())) if len(curves) == 1 else None)
-            reach = grid_cost_to_reach(g, float(p[metric]), way) if g is not None else None
-            if g is None:
-                cost = "no grid | - | -"
-            elif reach is None:
-                cost = f"not reached in {len(g)} | - | -"
-            else:
-                cost = f"{reach['trials']} | {reach['seconds']:.1f} | {reach['flops']:.3g}"
-            lines.append(f"| {p['method']} | {p['trial_id']} | {p[metric]:.4f} | {p['train_seconds']:.1f} | "
-                         f"{p['train_flops']:.3g} | {cost} |")
-        lines.append("")
+        lines += _learned_lines(points, curves, metric, way)
     return lines
 
 
@@ -280,6 +303,50 @@ def _kernels(export_dir: Path, layer: str | None, path: Path) -> str:
     return f"layer `{layer}` ({m.kind}, {m.domain} domain), kernel {kernel.shape[-2]}x{kernel.shape[-1]}"
 
 
+def _kernel_lines(lb, out: Path, export_dir: str | os.PathLike | None, trial_id: str | None, layer: str | None,
+                  log: Any) -> list[str]:
+    """The kernel section: the figure of an export's layer, exporting ``trial_id`` first where asked."""
+    lines = ["## Kernels", ""]
+    weights = None
+    if trial_id is not None and export_dir is None:
+        from nas_flex.export import export_trial
+
+        export_dir = out / f"export_{trial_id}"
+        log(f"exporting trial {trial_id} into {export_dir} for the kernel figure")
+        exported = export_trial(lb, trial_id, export_dir, log=log, onnx=False)  # the figure needs the weights only
+        weights = exported.architecture["source"].get("weights")
+        log(f"trial {trial_id}'s weights: {weights}")
+    if export_dir is None:
+        return [*lines, "Skipped: no trained weights given. Pass `--trial ID` (exports that trial with the weights "
+                "its search kept, or retrains it from its config where none were kept) or `--export DIR` (an "
+                "existing `nas-flex export` folder).", ""]
+    note = _kernels(Path(export_dir), layer, out / "kernels.png")
+    source = f" (weights: {weights})" if weights else ""
+    return [*lines, "![kernels](kernels.png)", "", f"Kernels of {note}, from the export in `{export_dir}`{source}: "
+            "top the spatial kernel (frequency layers: the circular kernel, centred), bottom its magnitude spectrum.",
+            ""]
+
+
+def _comparison_lines(lb, done, history, metric: str, way: str, out: Path, top: int) -> list[str]:
+    """The sections on completed trials: sizes per layer, accuracy against FLOPs, the best trial of each method."""
+    label = metric_label(metric)
+    sizes_note = _sizes_vs_depth(done, metric, way, out / "sizes_vs_depth.png", top, history)
+    front_note = _acc_vs_flops(lb, done, metric, out / "acc_vs_flops.png")
+    best = _grid_vs_learned(done, metric, way, out / "grid_vs_learned.png")
+    return [
+        "## Kernel size per layer", "", "![learned sizes](sizes_vs_depth.png)", "",
+        f"Best learned-size trials: {sizes_note}.", "",
+        "## Accuracy against inference cost", "", "![accuracy against FLOPs](acc_vs_flops.png)", "",
+        f"Pareto front ({label} {way}, FLOPs per example min): {front_note}.", "",
+        "## Best trial of each method", "", "![best trial of each method](grid_vs_learned.png)", "",
+        f"| method | kind | trials | best trial | {label} | MFLOPs per example | params |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {b['conv']} | {b['kind']} | {b['trials']} | {b['trial_id']} | {b[metric]:.4f} | "
+          f"{b['flops'] / 1e6:.3f} | {b['params']} |" for b in best],
+        "",
+    ]
+
+
 def make_report(leaderboard: str | os.PathLike, out: str | os.PathLike, *, metric: str = "metrics_val_acc",
                 top: int = 1, export_dir: str | os.PathLike | None = None, trial_id: str | None = None,
                 layer: str | None = None, log: Any = None) -> Path:
@@ -291,8 +358,9 @@ def make_report(leaderboard: str | os.PathLike, out: str | os.PathLike, *, metri
         metric: the accuracy column (ranked in its recorded direction).
         top: trials per learned-size method in the sizes-against-depth figure.
         export_dir: an export directory (``nas_flex.export``) whose weights give the kernel figure.
-        trial_id: instead, export this trial first into ``out/export_<trial_id>`` (this **retrains** it from its
-            config: search trials keep no weights) and plot its kernels.
+        trial_id: instead, export this trial first into ``out/export_<trial_id>`` and plot its kernels. The export
+            uses the weights the search kept for the trial, and **retrains** it from its config only where none
+            were kept (``nas_flex.export.export_trial``).
         layer: the layer (module name) for the kernel figure; default the first learned-size layer.
         log: called with progress lines.
 
@@ -312,41 +380,12 @@ def make_report(leaderboard: str | os.PathLike, out: str | os.PathLike, *, metri
     way = directions[metric]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    done = df[df["status"] == "completed"]
+    done = df[df["status"] == TrialStatus.COMPLETED.value]
     lines = [f"# nas_flex report: {lb.path}", "",
-             f"{len(df)} trials ({len(done)} completed), ranked by {metric_label(metric)} (`{metric}`, {way}).", ""]
-
-    lines += _grid_or_learned(df, metric, way, out / "grid_or_learned.png")
-    history = lb.history()
-    sizes_note = _sizes_vs_depth(done, metric, way, out / "sizes_vs_depth.png", top, history)
-    lines += ["## Kernel size per layer", "", "![learned sizes](sizes_vs_depth.png)", "",
-              f"Best learned-size trials: {sizes_note}.", ""]
-    front_note = _acc_vs_flops(lb, done, metric, out / "acc_vs_flops.png")
-    lines += ["## Accuracy against inference cost", "", "![accuracy against FLOPs](acc_vs_flops.png)", "",
-              f"Pareto front ({metric_label(metric)} {way}, FLOPs per example min): {front_note}.", ""]
-    best = _grid_vs_learned(done, metric, way, out / "grid_vs_learned.png")
-    lines += ["## Best trial of each method", "", "![best trial of each method](grid_vs_learned.png)", "",
-              f"| method | kind | trials | best trial | {metric_label(metric)} | MFLOPs per example | params |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {b['conv']} | {b['kind']} | {b['trials']} | {b['trial_id']} | {b[metric]:.4f} | "
-              f"{b['flops'] / 1e6:.3f} | {b['params']} |" for b in best]
-    lines.append("")
-
-    lines += ["## Kernels", ""]
-    if trial_id is not None and export_dir is None:
-        from nas_flex.export import export_trial
-
-        export_dir = out / f"export_{trial_id}"
-        log(f"exporting trial {trial_id} (retrained from its config) into {export_dir} for the kernel figure")
-        export_trial(lb, trial_id, export_dir, log=log, onnx=False)  # the figure needs the weights only
-    if export_dir is not None:
-        note = _kernels(Path(export_dir), layer, out / "kernels.png")
-        lines += ["![kernels](kernels.png)", "", f"Kernels of {note}, from the export in `{export_dir}`: top the "
-                  "spatial kernel (frequency layers: the circular kernel, centred), bottom its magnitude spectrum.",
-                  ""]
-    else:
-        lines += ["Skipped: no trained weights. Search trials keep none; pass `--trial ID` (retrains that trial "
-                  "from its config) or `--export DIR` (an existing `nas-flex export` folder).", ""]
+             f"{len(df)} trials ({len(done)} completed), ranked by {metric_label(metric)} (`{metric}`, {way}).", "",
+             *_grid_or_learned(df, metric, way, out / "grid_or_learned.png"),
+             *_comparison_lines(lb, done, lb.history(), metric, way, out, top),
+             *_kernel_lines(lb, out, export_dir, trial_id, layer, log)]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     log(f"report written to {report}")

@@ -1,5 +1,6 @@
 """``run_trial(config, report=None)``: the one training loop every search trial runs. No Ray here: progress goes
-out through the ``report`` callback, and everything the leaderboard records comes back as a plain dict.
+out through the ``report`` callback, and everything the leaderboard records comes back as a
+``nas_flex.record.TrialRecord``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +25,16 @@ from torch import Tensor, nn
 from nas_flex import __version__
 from nas_flex.errors import NonFiniteError
 from nas_flex.layers.base import KernelLayer
-from nas_flex.record import RESULT_FIELDS, TrialRecord, TrialStatus, utc_now
+from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.sizes import learned_size_records
 from nas_flex.train.config import resolve_config
 from nas_flex.train.metering import FlopCount, count_flops, count_parameters
 from nas_flex.train.optim import TrialOptimizers, make_optimizers
 
-__all__ = ["run_trial", "train_one_epoch", "warmup_cosine", "resolve_device", "RESULT_KEYS"]
+__all__ = ["run_trial", "setup_trial", "train_one_epoch", "evaluate", "save_checkpoint", "load_checkpoint",
+           "summarise", "TrialSetup", "TrialProgress", "warmup_cosine", "resolve_device", "format_exception"]
 
 Report = Callable[[dict[str, Any]], None]
-
-#: the fields of the returned ``TrialRecord`` (``search_params`` is the tuner's, left None here)
-RESULT_KEYS = RESULT_FIELDS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,10 +109,10 @@ def _cycle(dataset, cfg: dict[str, Any], loader_args: dict[str, Any], epoch: int
 
 
 def _loaders(cfg: dict[str, Any], device: torch.device):
-    from nas_flex.data import get_dataset
+    """(splits, training set, validation loader, DataLoader arguments) of the config's dataset and subsets."""
+    from nas_flex.data import dataset_from_config
 
-    splits = get_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
-                         download=cfg["download"], **cfg["data_options"])
+    splits = dataset_from_config(cfg)
     train, val = splits.train, splits.val
     if cfg["train_subset"]:
         g = torch.Generator().manual_seed(cfg["seed"])
@@ -125,7 +125,8 @@ def _loaders(cfg: dict[str, Any], device: torch.device):
     return splits, train, val_loader, common
 
 
-def _evaluate(model: nn.Module, loader, device: torch.device, autocast: dict[str, Any]) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader, device: torch.device, autocast: dict[str, Any]) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` over ``loader`` in eval mode; leaves the model in train mode."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad(), torch.autocast(**autocast):
@@ -146,9 +147,247 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
 
 
+# ------------------------------------------------------------------------------------------------------- setup
+def _meter(model: nn.Module, sample: Tensor) -> FlopCount:
+    """FLOPs of one example in eval mode, FFTs counted. Learned sizes change the cost (a FlexConv crop grows, an
+    N-Jet kernel follows sigma), so a trial measures it after every epoch and records the trained model's."""
+    was_training = model.training
+    model.eval()
+    try:
+        return count_flops(model, sample)
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class TrialSetup:
+    """What setup builds for one trial: config, device, data, model and its optimisation, fixed for the run."""
+
+    cfg: dict[str, Any]
+    device: torch.device
+    model: nn.Module
+    params: int
+    sample: Tensor  # one validation example, batch of 1: what FLOPs are counted on
+    train_set: Any
+    size_set: Any  # bilevel: the held-out part the size parameters step on; else None
+    val_loader: Any
+    loader_args: dict[str, Any]
+    opts: TrialOptimizers
+    scaler: torch.amp.GradScaler
+    autocast: dict[str, Any]
+
+    def meter(self) -> FlopCount:
+        """The model's FLOPs now (``_meter``)."""
+        return _meter(self.model, self.sample)
+
+
+@dataclass
+class TrialProgress:
+    """What a trial has produced so far; a checkpoint holds it and a resumed trial continues from it."""
+
+    flops: FlopCount
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    train_seconds: float = 0.0
+    examples: int = 0
+    status: TrialStatus = TrialStatus.COMPLETED
+    error: str | None = None
+
+
+def _optimisation(cfg: dict[str, Any], model: nn.Module, train_set, device: torch.device):
+    """(weights' training set, size parameters' set or None, optimizers, AMP scaler, autocast arguments)."""
+    bilevel = cfg["size_update"] == "bilevel" and any(True for m in _kernel_layers(model) for _ in m.size_parameters())
+    train_set, size_set = _split_for_bilevel(train_set, cfg) if bilevel else (train_set, None)
+    steps_per_epoch = math.ceil(len(train_set) / cfg["batch_size"])
+    total_steps = steps_per_epoch * cfg["epochs"]
+    warmup_steps = int(min(cfg["warmup_epochs"], max(cfg["epochs"] - 1, 0)) * steps_per_epoch)
+    opts = make_optimizers(model, {**cfg, "size_update": "bilevel" if bilevel else "joint"},
+                           lambda s: warmup_cosine(s, total_steps, warmup_steps))
+    use_amp = cfg["amp"] and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    autocast = {"device_type": device.type, "dtype": amp_dtype, "enabled": use_amp}
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return train_set, size_set, opts, scaler, autocast
+
+
+def setup_trial(cfg: dict[str, Any]) -> tuple[TrialSetup, FlopCount]:
+    """Seed, data, model and optimizers of a resolved config, and the model's FLOPs at initialisation.
+
+    The order (seed, data, model, FLOPs, optimizers) fixes the random stream: a trial is a function of its config.
+    """
+    device = resolve_device(cfg["device"])
+    _seed_everything(cfg["seed"], cfg["deterministic"])
+    splits, train_set, val_loader, loader_args = _loaders(cfg, device)
+
+    from nas_flex.models import build as build_model
+
+    model = build_model(cfg, in_channels=splits.input_shape[0], num_classes=splits.num_classes,
+                        input_size=tuple(splits.input_shape[1:]))
+    params = count_parameters(model)
+    model.to(device)
+    sample = splits.val[0][0].unsqueeze(0).to(device)
+    flops = _meter(model, sample)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_set, size_set, opts, scaler, autocast = _optimisation(cfg, model, train_set, device)
+    trial = TrialSetup(cfg=cfg, device=device, model=model, params=params, sample=sample, train_set=train_set,
+                   size_set=size_set, val_loader=val_loader, loader_args=loader_args, opts=opts, scaler=scaler,
+                   autocast=autocast)
+    return trial, flops
+
+
+# -------------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, trial: TrialSetup, progress: TrialProgress, epoch: int) -> None:
+    """The trial's state after ``epoch``, written atomically; tensors and plain values (``weights_only`` loads it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": trial.model.state_dict(), "optimizers": trial.opts.state_dict(),
+                "scaler": trial.scaler.state_dict(), "epoch": epoch, "history": progress.history,
+                "train_seconds": progress.train_seconds, "examples": progress.examples,
+                "rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, trial: TrialSetup) -> TrialProgress:
+    """Restore model, optimizers, scaler and torch's RNG from ``save_checkpoint``'s file; the progress it holds.
+
+    The FLOPs are measured on the restored model: a trial resumed after its last epoch reports the trained model's
+    cost, not the initial one's.
+    """
+    state = torch.load(path, map_location=trial.device, weights_only=True)
+    trial.model.load_state_dict(state["model"])
+    trial.opts.load_state_dict(state["optimizers"])
+    trial.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"].cpu())  # dropout and sampling continue as if never interrupted
+    return TrialProgress(flops=trial.meter(), history=list(state["history"]), start_epoch=int(state["epoch"]) + 1,
+                     train_seconds=float(state["train_seconds"]), examples=int(state["examples"]))
+
+
+def _initial_progress(trial: TrialSetup, flops: FlopCount) -> TrialProgress:
+    """A fresh trial's progress: the epoch-0 record (validation metrics and sizes, raw size parameters included, at
+    initialisation), so "moved from X to Y" can be read off."""
+    val_loss, val_acc = evaluate(trial.model, trial.val_loader, trial.device, trial.autocast)
+    epoch0 = {"epoch": 0, "train_loss": None, "train_acc": None, "train_reg": None, "val_loss": val_loss,
+              "val_acc": val_acc, "lr": trial.opts.weights.param_groups[0]["lr"], "seconds": 0.0,
+              "flops": flops.per_sample, "learned_sizes": learned_size_records(trial.model)}
+    return TrialProgress(flops=flops, history=[epoch0])
+
+
+# ----------------------------------------------------------------------------------------------------- epochs
+def _epoch_loaders(trial: TrialSetup, epoch: int):
+    """(training batches, held-out size batches or None) of ``epoch``; the order depends on (seed, epoch) only."""
+    g = torch.Generator().manual_seed(trial.cfg["seed"] * 1000003 + epoch)
+    loader = torch.utils.data.DataLoader(trial.train_set, shuffle=True, generator=g, drop_last=False,
+                                         **trial.loader_args)
+    size_batches = None if trial.size_set is None else _cycle(trial.size_set, trial.cfg, trial.loader_args, epoch)
+    return loader, size_batches
+
+
+def _guarded_epoch(trial: TrialSetup, epoch: int, loader, size_batches
+                   ) -> tuple[dict[str, float] | None, TrialStatus, str | None]:
+    """``train_one_epoch`` with divergence and out-of-memory caught: (stats or None, status, error)."""
+    try:
+        stats = train_one_epoch(trial.model, loader, trial.opts, trial.scaler, trial.cfg, epoch=epoch,
+                                device=trial.device, autocast=trial.autocast, size_batches=size_batches)
+    except NonFiniteError as err:
+        return None, TrialStatus.DIVERGED, str(err)
+    except torch.cuda.OutOfMemoryError as err:
+        return None, TrialStatus.OOM, str(err).splitlines()[0]
+    if bad := _non_finite_state(trial.model):
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        return None, TrialStatus.DIVERGED, f"non-finite values in {shown} after epoch {epoch + 1} (the loss was finite)"
+    return stats, TrialStatus.COMPLETED, None
+
+
+def _epoch_record(trial: TrialSetup, epoch: int, stats: dict[str, float], seconds: float
+                  ) -> tuple[dict[str, Any], FlopCount]:
+    """(the history record after ``epoch`` (0-based) trained: its metrics, validation, FLOPs and learned sizes;
+    the FLOPs)."""
+    val_loss, val_acc = evaluate(trial.model, trial.val_loader, trial.device, trial.autocast)
+    flops = trial.meter()
+    return {
+        "epoch": epoch + 1,
+        "train_loss": stats["loss"],
+        "train_acc": stats["acc"],
+        "train_reg": stats["reg"],
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": trial.opts.weights.param_groups[0]["lr"],
+        "seconds": seconds,
+        "flops": flops.per_sample,
+        "learned_sizes": learned_size_records(trial.model),
+    }, flops
+
+
+def _train_epochs(trial: TrialSetup, progress: TrialProgress, report: Report | None, ckpt_path: Path | None) -> None:
+    """Train from ``progress.start_epoch`` to the configured epochs, or until the trial diverges or runs out of
+    memory; updates ``progress``, saves a checkpoint and reports after every epoch."""
+    for epoch in range(progress.start_epoch, trial.cfg["epochs"]):
+        loader, size_batches = _epoch_loaders(trial, epoch)
+        t0 = time.perf_counter()
+        stats, status, error = _guarded_epoch(trial, epoch, loader, size_batches)
+        if trial.device.type == "cuda":
+            torch.cuda.synchronize(trial.device)
+        seconds = time.perf_counter() - t0
+        progress.train_seconds += seconds
+        if stats is None:
+            progress.status, progress.error = status, error
+            return
+        progress.examples += stats["count"]
+        record, progress.flops = _epoch_record(trial, epoch, stats, seconds)
+        progress.history.append(record)
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, trial, progress, epoch)
+        if report is not None:
+            report({**record, "params": trial.params})
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+def summarise(trial: TrialSetup, progress: TrialProgress, *, started: str) -> TrialRecord:
+    """The ``TrialRecord`` of a trial that stopped training: final and best metrics, compute, sizes, versions."""
+    trained = [h for h in progress.history if h["epoch"] >= 1]  # epoch 0 is the state at initialisation
+    last = trained[-1] if trained else {}
+    best = {
+        "val_acc": max((h["val_acc"] for h in trained), default=float("nan")),
+        "val_loss": min((h["val_loss"] for h in trained), default=float("nan")),
+        "epoch": max(trained, key=lambda h: h["val_acc"])["epoch"] if trained else 0,
+    }
+    history, flops, seconds = progress.history, progress.flops, progress.train_seconds
+    peak, peak_kind = _peak_memory(trial.device)
+    return TrialRecord(
+        status=progress.status,
+        error=progress.error,
+        config=trial.cfg,
+        started=started,
+        finished=utc_now(),
+        epochs_completed=len(trained),
+        metrics={k: last.get(k, float("nan")) for k in TASK_METRICS},
+        best=best,
+        history=history,
+        params=trial.params,
+        flops=flops.per_sample,  # of the trained model (the last epoch's learned sizes)
+        flops_fft=flops.fft / max(flops.batch_size, 1),
+        train_seconds=seconds,
+        examples_per_second=progress.examples / seconds if seconds > 0 else float("nan"),
+        peak_memory_bytes=peak,
+        peak_memory_kind=peak_kind,
+        device=_device_name(trial.device),
+        learned_sizes=learned_size_records(trial.model),
+        initial_sizes=history[0]["learned_sizes"] if history and history[0]["epoch"] == 0 else None,
+        size_recipes=trial.opts.recipes,
+        nas_flex_version=__version__,
+        torch_version=torch.__version__,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- trial
 def run_trial(config: dict[str, Any], report: Report | None = None, *,
-              checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+              checkpoint_dir: str | os.PathLike | None = None) -> TrialRecord:
     """Build the model and data a trial config describes, train it, and return what the leaderboard records.
+
+    The steps, as in timm's and torchvision's reference scripts: ``setup_trial`` (seed, data, model, optimizers),
+    resume from ``load_checkpoint`` or evaluate the initial model, ``train_one_epoch`` + ``evaluate`` per epoch
+    (``save_checkpoint`` after each), ``summarise``.
 
     Args:
         config: a trial config (``nas_flex.train.config.KEY_DOCS`` lists the keys and defaults).
@@ -171,157 +410,18 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
         >>> result = run_trial({"dataset": "digits", "epochs": 1})  # doctest: +SKIP
         >>> result.status, result.metrics["val_acc"]  # doctest: +SKIP
     """
+    from nas_flex.leaderboard.layout import TRIAL_STATE_FILE  # the storage layout names the checkpoint file
+
     cfg = resolve_config(config)
     started = utc_now()
-    device = resolve_device(cfg["device"])
-    _seed_everything(cfg["seed"], cfg["deterministic"])
-    splits, train_set, val_loader, loader_args = _loaders(cfg, device)
-
-    from nas_flex.models import build as build_model
-
-    model = build_model(cfg, in_channels=splits.input_shape[0], num_classes=splits.num_classes,
-                        input_size=tuple(splits.input_shape[1:]))
-    params = count_parameters(model)
-    model.to(device)
-    sample = splits.val[0][0].unsqueeze(0).to(device)
-
-    def meter() -> FlopCount:
-        # one example in eval mode, FFTs counted. Learned sizes change the cost (a FlexConv crop grows, an N-Jet
-        # kernel follows sigma), so the cost is measured after every epoch, and the final figure is the trained
-        # model's.
-        was_training = model.training
-        model.eval()
-        try:
-            return count_flops(model, sample)
-        finally:
-            model.train(was_training)
-
-    flops = meter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    bilevel = cfg["size_update"] == "bilevel" and any(True for m in _kernel_layers(model) for _ in m.size_parameters())
-    train_set, size_set = _split_for_bilevel(train_set, cfg) if bilevel else (train_set, None)
-    steps_per_epoch = math.ceil(len(train_set) / cfg["batch_size"])
-    total_steps = steps_per_epoch * cfg["epochs"]
-    warmup_steps = int(min(cfg["warmup_epochs"], max(cfg["epochs"] - 1, 0)) * steps_per_epoch)
-    opts = make_optimizers(model, {**cfg, "size_update": "bilevel" if bilevel else "joint"},
-                           lambda s: warmup_cosine(s, total_steps, warmup_steps))
-    use_amp = cfg["amp"] and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    autocast = {"device_type": device.type, "dtype": amp_dtype, "enabled": use_amp}
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    history: list[dict[str, Any]] = []
-    start_epoch, train_seconds, examples = 0, 0.0, 0
-    ckpt_path = Path(checkpoint_dir) / "trial_state.pt" if checkpoint_dir is not None else None
+    trial, flops = setup_trial(cfg)
+    ckpt_path = Path(checkpoint_dir) / TRIAL_STATE_FILE if checkpoint_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opts.load_state_dict(state["optimizers"])
-        scaler.load_state_dict(state["scaler"])
-        history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
-        train_seconds, examples = float(state["train_seconds"]), int(state["examples"])
-        torch.set_rng_state(state["rng"].cpu())  # dropout and sampling continue as if never interrupted
+        progress = load_checkpoint(ckpt_path, trial)
     else:
-        # epoch 0: the sizes (and raw size parameters) at initialisation, so "moved from X to Y" can be read off
-        val_loss, val_acc = _evaluate(model, val_loader, device, autocast)
-        history.append({"epoch": 0, "train_loss": None, "train_acc": None, "train_reg": None, "val_loss": val_loss,
-                        "val_acc": val_acc, "lr": opts.weights.param_groups[0]["lr"], "seconds": 0.0,
-                        "flops": flops.per_sample, "learned_sizes": learned_size_records(model)})
-
-    status, error = TrialStatus.COMPLETED, None
-    for epoch in range(start_epoch, cfg["epochs"]):
-        g = torch.Generator().manual_seed(cfg["seed"] * 1000003 + epoch)  # order depends on (seed, epoch) only
-        loader = torch.utils.data.DataLoader(train_set, shuffle=True, generator=g, drop_last=False, **loader_args)
-        size_batches = _cycle(size_set, cfg, loader_args, epoch) if size_set is not None else None
-        t0 = time.perf_counter()
-        try:
-            stats = train_one_epoch(model, loader, opts, scaler, cfg, epoch=epoch, device=device,
-                                    autocast=autocast, size_batches=size_batches)
-        except NonFiniteError as err:
-            status, error, stats = TrialStatus.DIVERGED, str(err), None
-        except torch.cuda.OutOfMemoryError as err:
-            status, error, stats = TrialStatus.OOM, str(err).splitlines()[0], None
-        if stats is not None and (bad := _non_finite_state(model)):
-            shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
-            status = TrialStatus.DIVERGED
-            error = f"non-finite values in {shown} after epoch {epoch + 1} (the loss was finite)"
-            stats = None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        if stats is None:
-            break
-        examples += stats["count"]
-        val_loss, val_acc = _evaluate(model, val_loader, device, autocast)
-        flops = meter()
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": stats["loss"],
-            "train_acc": stats["acc"],
-            "train_reg": stats["reg"],
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": opts.weights.param_groups[0]["lr"],
-            "seconds": seconds,
-            "flops": flops.per_sample,
-            "learned_sizes": learned_size_records(model),
-        }
-        history.append(record)
-        if ckpt_path is not None:
-            _save_checkpoint(ckpt_path, model=model, opts=opts, scaler=scaler, epoch=epoch, history=history,
-                             train_seconds=train_seconds, examples=examples)
-        if report is not None:
-            report({**record, "params": params})
-
-    trained = [h for h in history if h["epoch"] >= 1]  # epoch 0 is the state at initialisation
-    metric_keys = ("train_loss", "train_acc", "val_loss", "val_acc")
-    last = trained[-1] if trained else {}
-    metrics = {k: last.get(k, float("nan")) for k in metric_keys}
-    best = {
-        "val_acc": max((h["val_acc"] for h in trained), default=float("nan")),
-        "val_loss": min((h["val_loss"] for h in trained), default=float("nan")),
-        "epoch": max(trained, key=lambda h: h["val_acc"])["epoch"] if trained else 0,
-    }
-    peak, peak_kind = _peak_memory(device)
-    initial = history[0]["learned_sizes"] if history and history[0]["epoch"] == 0 else None
-    return TrialRecord(
-        status=status,
-        error=error,
-        config=cfg,
-        started=started,
-        finished=utc_now(),
-        epochs_completed=len(trained),
-        metrics=metrics,
-        best=best,
-        history=history,
-        params=params,
-        flops=flops.per_sample,  # of the trained model (the last epoch's learned sizes)
-        flops_fft=flops.fft / max(flops.batch_size, 1),
-        train_seconds=train_seconds,
-        examples_per_second=examples / train_seconds if train_seconds > 0 else float("nan"),
-        peak_memory_bytes=peak,
-        peak_memory_kind=peak_kind,
-        device=_device_name(device),
-        learned_sizes=learned_size_records(model),
-        initial_sizes=initial,
-        size_recipes=opts.recipes,
-        nas_flex_version=__version__,
-        torch_version=torch.__version__,
-    )
-
-
-def _save_checkpoint(path: Path, *, model: nn.Module, opts: TrialOptimizers, scaler, epoch: int,
-                     history: list[dict[str, Any]], train_seconds: float, examples: int) -> None:
-    """The trial's state after ``epoch``, written atomically; tensors and plain values (``weights_only`` loads it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizers": opts.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "history": history, "train_seconds": train_seconds, "examples": examples,
-                "rng": torch.get_rng_state()}, tmp)
-    os.replace(tmp, path)
+        progress = _initial_progress(trial, flops)
+    _train_epochs(trial, progress, report, ckpt_path)
+    return summarise(trial, progress, started=started)
 
 
 def _training_step(model: nn.Module, layers: list[KernelLayer], x: Tensor, y: Tensor, opts: TrialOptimizers, scaler,
