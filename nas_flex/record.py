@@ -173,9 +173,10 @@ def utc_now() -> str:
 
 
 def to_jsonable(value: Any) -> Any:
-    """``value`` with numpy / torch scalars as Python numbers, NaN / inf as None, tuples as lists, keys as str."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str, bytes)):
-        value = value.item()
+    """``value`` with numpy / torch scalars as Python numbers (arrays as lists), NaN / inf as None, tuples as lists,
+    keys as str."""
+    if hasattr(value, "tolist") and not isinstance(value, (list, dict, str, bytes)):
+        value = value.tolist()  # numpy / torch: a scalar becomes a Python number, an array nested lists
     if isinstance(value, Enum):
         value = value.value
     if isinstance(value, float) and not math.isfinite(value):

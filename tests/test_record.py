@@ -64,6 +64,7 @@ def test_config_hash_now_and_json_helpers():
     text = json.dumps({"a": 1}, sort_keys=True)
     assert config_hash(text) == hashlib.sha256(text.encode()).hexdigest()[:16]
     assert utc_now().endswith("+00:00")
-    value = {1: (np.float32(0.5), float("nan")), "s": TrialStatus.STOPPED, "i": np.int64(3)}
-    assert to_jsonable(value) == {"1": [0.5, None], "s": "stopped", "i": 3}
+    value = {1: (np.float32(0.5), float("nan")), "s": TrialStatus.STOPPED, "i": np.int64(3),
+             "a": np.array([[1.0, np.inf]])}
+    assert to_jsonable(value) == {"1": [0.5, None], "s": "stopped", "i": 3, "a": [[1.0, None]]}
     json.dumps(to_jsonable(value), allow_nan=False)
