@@ -28,6 +28,8 @@ _LAZY = {
     "leaderboard": "nas_flex.leaderboard",
     "record": "nas_flex.record",
     "search": "nas_flex.tune.runner",
+    "TuneConfig": "nas_flex.tune.options",
+    "RunConfig": "nas_flex.tune.options",
     "Leaderboard": "nas_flex.leaderboard",
     "export": "nas_flex.export",
     "report": "nas_flex.report",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     )
     from nas_flex.leaderboard import Leaderboard  # noqa: F401
     from nas_flex.sizes import learned_sizes  # noqa: F401
+    from nas_flex.tune.options import RunConfig, TuneConfig  # noqa: F401
     from nas_flex.tune.runner import search  # noqa: F401
 
 __all__ = ["__version__", *_LAZY]

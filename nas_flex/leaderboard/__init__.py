@@ -12,6 +12,7 @@ Example:
 """
 
 from nas_flex.leaderboard.board import Leaderboard
+from nas_flex.leaderboard.layout import StorageLayout
 from nas_flex.leaderboard.schema import (
     CONFIG_COLUMNS,
     HISTORY_METRIC_DIRECTIONS,
@@ -34,6 +35,7 @@ from nas_flex.leaderboard.table import format_leaderboard
 
 __all__ = [
     "Leaderboard",
+    "StorageLayout",
     "write_trial",
     "compact",
     "check_storage",
