@@ -79,6 +79,41 @@ class _PairMLP(nn.Module):
         )
 
 
+def _checked_options(sampled_positions: int | None, decay: float, parameterization: str,
+                     hidden_features: Sequence[int] | None, encoding: str, encoding_octaves: int,
+                     bias: bool) -> tuple[int, ...]:
+    """Validate CFConv's options (one clear error each); returns the MLP's hidden widths."""
+    if sampled_positions is not None:
+        check_positive_int("sampled_positions", sampled_positions)
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        raise HyperparameterError(
+            f"`0 <= decay < 1` must hold (the share of the old state kept), but got {decay=!r}"
+        )
+    if parameterization not in CFCONV_PARAMETERIZATIONS:
+        raise HyperparameterError(
+            f"`parameterization` must be one of {list(CFCONV_PARAMETERIZATIONS)}, but got {parameterization=!r}"
+        )
+    hidden = DEFAULT_HIDDEN[parameterization] if hidden_features is None else hidden_features
+    if not isinstance(hidden, (tuple, list)) or any(
+        isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in hidden
+    ):
+        raise HyperparameterError(
+            f"`hidden_features` must be a sequence of positive ints (or None), but got {hidden_features=!r}"
+        )
+    if encoding not in CFCONV_ENCODINGS:
+        raise HyperparameterError(f"`encoding` must be one of {list(CFCONV_ENCODINGS)}, but got {encoding=!r}")
+    if encoding != "none" and parameterization != "joint":
+        raise HyperparameterError(
+            f"`encoding` applies to the joint MLP only, but got {encoding=!r} with {parameterization=!r}; "
+            "pass parameterization='joint' with it"
+        )
+    if isinstance(encoding_octaves, bool) or not isinstance(encoding_octaves, int) or encoding_octaves < 0:
+        raise HyperparameterError(f"`encoding_octaves` must be an int >= 0, but got {encoding_octaves=!r}")
+    if not isinstance(bias, bool):
+        raise HyperparameterError(f"`bias` must be a bool, but got {bias=!r}")
+    return tuple(hidden)
+
+
 @register("cfconv")
 class CFConv(FrequencyKernelLayer):
     """Continuous Fourier convolution (CF-Conv) with sparse EMA updates of a stored kernel state.
@@ -192,34 +227,8 @@ class CFConv(FrequencyKernelLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_channels, out_channels)
-        if sampled_positions is not None:
-            check_positive_int("sampled_positions", sampled_positions)
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
-            raise HyperparameterError(
-                f"`0 <= decay < 1` must hold (the share of the old state kept), but got {decay=!r}"
-            )
-        if parameterization not in CFCONV_PARAMETERIZATIONS:
-            raise HyperparameterError(
-                f"`parameterization` must be one of {list(CFCONV_PARAMETERIZATIONS)}, but got {parameterization=!r}"
-            )
-        hidden = DEFAULT_HIDDEN[parameterization] if hidden_features is None else hidden_features
-        if not isinstance(hidden, (tuple, list)) or any(
-            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in hidden
-        ):
-            raise HyperparameterError(
-                f"`hidden_features` must be a sequence of positive ints (or None), but got {hidden_features=!r}"
-            )
-        if encoding not in CFCONV_ENCODINGS:
-            raise HyperparameterError(f"`encoding` must be one of {list(CFCONV_ENCODINGS)}, but got {encoding=!r}")
-        if encoding != "none" and parameterization != "joint":
-            raise HyperparameterError(
-                f"`encoding` applies to the joint MLP only, but got {encoding=!r} with {parameterization=!r}; "
-                "pass parameterization='joint' with it"
-            )
-        if isinstance(encoding_octaves, bool) or not isinstance(encoding_octaves, int) or encoding_octaves < 0:
-            raise HyperparameterError(f"`encoding_octaves` must be an int >= 0, but got {encoding_octaves=!r}")
-        if not isinstance(bias, bool):
-            raise HyperparameterError(f"`bias` must be a bool, but got {bias=!r}")
+        hidden = _checked_options(sampled_positions, decay, parameterization, hidden_features, encoding,
+                                  encoding_octaves, bias)
         self.encoding = encoding
         self.encoding_octaves = encoding_octaves
         self.sampled_positions = sampled_positions

@@ -111,6 +111,15 @@ class _FlexBase(KernelLayer):
             "regularization_weight", regularization_weight, 0.0, math.inf, open_low=False
         )
         self.kernel_net_options = dict(kernel_net_options or {})
+        self.kernel_net: KernelNet = self._make_kernel_net(out_channels * in_channels, device, dtype)
+        factory = {"device": device, "dtype": dtype}
+        self.mask_mean = nn.Parameter(torch.empty(self.dims, **factory))
+        self.mask_sigma = nn.Parameter(torch.empty(self.dims, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def _make_kernel_net(self, out_features: int, device: Any, dtype: Any) -> KernelNet:
+        """The kernel net, its sampling region initialised to where the initial mask is wide."""
         reserved = sorted(set(self.kernel_net_options) & {"init_region", "device", "dtype"})
         if reserved:
             raise HyperparameterError(
@@ -119,22 +128,8 @@ class _FlexBase(KernelLayer):
             )
         spread = INIT_SPATIAL_FACTOR * self.mask_sigma_init
         init_region = (max(-1.0, self.mask_mean_init - spread), min(1.0, self.mask_mean_init + spread))
-        self.kernel_net: KernelNet = build_kernel_net(
-            kernel_net,
-            self.dims,
-            out_channels * in_channels,
-            hidden_channels,
-            num_layers,
-            init_region=init_region,
-            device=device,
-            dtype=dtype,
-            **self.kernel_net_options,
-        )
-        factory = {"device": device, "dtype": dtype}
-        self.mask_mean = nn.Parameter(torch.empty(self.dims, **factory))
-        self.mask_sigma = nn.Parameter(torch.empty(self.dims, **factory))
-        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self.reset_parameters()
+        return build_kernel_net(self.kernel_net_name, self.dims, out_features, self.hidden_channels, self.num_layers,
+                                init_region=init_region, device=device, dtype=dtype, **self.kernel_net_options)
 
     def reset_parameters(self) -> None:
         """Mask centre ``mask_mean_init``, width ``mask_sigma_init``; zero bias; the kernel net's own init, with its
