@@ -290,7 +290,8 @@ class Check:
 
         storage = self.out / "search"
         if self.smoke:
-            base = {**SMOKE_TRIAL, "epochs": 3, "train_subset": 256, "device": "cpu"}
+            # long enough (a few seconds per trial) for an overlap at the timestamps' one-second resolution
+            base = {**SMOKE_TRIAL, "epochs": 60, "train_subset": 256, "device": "cpu"}
             resources = {"cpu": 0.5, "gpu": 0.0}  # two trials fit even on one core
         else:
             base = {**TRIAL, "conv": "conv", "epochs": self.args.search_epochs, "amp": True, "device": "auto"}
