@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from leaderboard_writers import concurrent_writers
 
 from nas_flex.cli import main
 from nas_flex.errors import LeaderboardSchemaError, NasFlexError
@@ -329,34 +330,10 @@ def test_a_rewrite_during_compaction_is_kept(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".*"))
 
 
-_WORKER = """
-import sys, time
-from pathlib import Path
-from nas_flex.leaderboard import write_trial
-path, worker, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-Path(f"{go}.ready{worker}").touch()
-while not go.exists():
-    time.sleep(0.002)
-for i in range(n):
-    result = {"status": "completed", "config": {"seed": i}, "metrics": {"val_acc": i / n},
-              "history": [{"epoch": 1, "val_acc": i / n}]}
-    write_trial(path, result, experiment=f"w{worker}", trial_id=f"t{i:03d}", history=i % 2 == 0, sync=False)
-"""
-
-
 def test_concurrent_writers_and_compaction(tmp_path):
-    board, go = tmp_path / "board", tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(board), str(w), "50", str(go)], env=env)
-             for w in range(8)]
-    try:
-        deadline = time.monotonic() + 60
-        while len(list(tmp_path.glob("go.ready*"))) < 8:
-            assert time.monotonic() < deadline, "workers did not start"
-            assert all(p.poll() is None for p in procs), "a worker died on start"
-            time.sleep(0.01)
-        go.touch()
-        lb, seen = Leaderboard(board), [0]
+    board = tmp_path / "board"
+    lb, seen = Leaderboard(board), [0]
+    with concurrent_writers(tmp_path, board, 8, 50, history_every_other=True) as procs:
         # compact (a few times: it is not free) while they write: no row may go missing
         while any(p.poll() is None for p in procs) and len(seen) < 4:
             time.sleep(0.3)  # leave the CPUs to the writers most of the time
@@ -364,12 +341,6 @@ def test_concurrent_writers_and_compaction(tmp_path):
                 compact(board)
                 seen.append(len(lb))
                 assert seen[-1] >= seen[-2]
-    finally:
-        for p in procs:
-            if not go.exists():  # failed before the start: the workers would wait for ever
-                p.kill()
-            p.wait(timeout=60)
-    assert [p.returncode for p in procs] == [0] * 8
     df = lb.to_pandas()
     assert len(df) == 400 and df.groupby("experiment").size().tolist() == [50] * 8
     assert len(lb.history()) == 200

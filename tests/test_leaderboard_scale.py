@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from leaderboard_writers import concurrent_writers
 from test_leaderboard import make_result
 
 import nas_flex.leaderboard.merge as merge
@@ -212,38 +213,11 @@ def test_queries_on_merged_and_row_files_match_a_naive_reference(tmp_path, small
     assert len(lb) == len(ref) and lb.experiments() == ["a", "b"]
 
 
-_WORKER = """
-import sys, time, warnings
-from pathlib import Path
-import nas_flex.leaderboard.merge as merge
-from nas_flex.leaderboard import MergeWarning, write_trial
-warnings.simplefilter("error", MergeWarning)
-merge.MERGE_FANOUT, merge.MAX_LEVEL = 2, 3
-path, worker, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-Path(f"{go}.ready{worker}").touch()
-while not go.exists():
-    time.sleep(0.002)
-for i in range(n):
-    result = {"status": "completed", "config": {"seed": i}, "metrics": {"val_acc": i / n},
-              "history": [{"epoch": 1, "val_acc": i / n}]}
-    write_trial(path, result, experiment=f"w{worker}", trial_id=f"t{i:03d}", sync=False, merge_at=4)
-"""
-
-
 def test_concurrent_writers_merging_with_a_reader_and_compaction(tmp_path, small_levels):
-    board, go = tmp_path / "board", tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    board = tmp_path / "board"
     workers, per = 4, 40
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(board), str(w), str(per), str(go)], env=env)
-             for w in range(workers)]
-    try:
-        deadline = time.monotonic() + 60
-        while len(list(tmp_path.glob("go.ready*"))) < workers:
-            assert time.monotonic() < deadline, "workers did not start"
-            assert all(p.poll() is None for p in procs), "a worker died on start"
-            time.sleep(0.01)
-        go.touch()
-        lb, seen, reads = Leaderboard(board), [0], 0
+    lb, seen, reads = Leaderboard(board), [0], 0
+    with concurrent_writers(tmp_path, board, workers, per, merge_at=small_levels, small_levels=True) as procs:
         while any(p.poll() is None for p in procs):
             time.sleep(0.05)
             if board.exists():
@@ -255,12 +229,6 @@ def test_concurrent_writers_merging_with_a_reader_and_compaction(tmp_path, small
                 reads += 1
                 if reads % 10 == 5:
                     compact(board)
-    finally:
-        for p in procs:
-            if not go.exists():  # failed before the start: the workers would wait for ever
-                p.kill()
-            p.wait(timeout=120)
-    assert [p.returncode for p in procs] == [0] * workers
     assert reads >= 3
     df = lb.to_pandas()
     assert len(df) == workers * per and df.groupby("experiment").size().tolist() == [per] * workers
