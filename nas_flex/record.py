@@ -37,11 +37,6 @@ class TrialStatus(str, Enum):
     def __str__(self) -> str:
         return self.value
 
-    @property
-    def has_metrics(self) -> bool:
-        """Whether a row in this state carries a trained model's metrics (what a ranking may use)."""
-        return self in (TrialStatus.COMPLETED, TrialStatus.DUPLICATE, TrialStatus.STOPPED)
-
 
 #: the per-epoch task metrics of a trial (``TrialRecord.metrics`` keys)
 TASK_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
