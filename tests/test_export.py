@@ -176,7 +176,7 @@ def test_cli_export(board, tmp_path, capsys):
                "--weights", str(ckpts["njet"] / "trial_state.pt")])
     assert rc == 0
     assert (tmp_path / "o" / "model.torchscript.pt").stat().st_size > 0
-    # ONNX by default: written and checked with onnxruntime (a learned-size trial, the "done when")
+    # ONNX by default: written and checked with onnxruntime (a learned-size trial)
     assert (tmp_path / "o" / "model.onnx").stat().st_size > 0
     arch = json.loads((tmp_path / "o" / "architecture.json").read_text())
     assert arch["files"]["onnx"] == "model.onnx" and arch["check"]["max_rel_diff"]["onnx"] <= 1e-4

@@ -1,4 +1,4 @@
-"""The layer contract (DESIGN.md), run over every registered layer.
+"""The layer contract (``nas_flex.layers.base``, docs/layers.md), run over every registered layer.
 
 Parametrised over ``nas_flex.layers.available()``: a layer is covered by these tests as soon as it registers. Each
 layer's ``example_hparams`` gives a small, fast instance.

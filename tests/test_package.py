@@ -1,4 +1,5 @@
-"""Packaging invariants: the dependency directions of DESIGN.md, and a light ``import nas_flex``."""
+"""Packaging invariants: the dependency directions (import-linter contracts in pyproject.toml), and a light
+``import nas_flex``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The adaptive Gaussian-envelope convolution (ACONV) as a stateless op.
 
-Tek, Cam, Karli, "Adaptive convolution kernel for artificial neural networks" (papers/adaptive_envelope.txt):
+Tek, Cam, Karli, "Adaptive convolution kernel for artificial neural networks", J. Vis. Commun. Image Represent. 2021
+(arXiv:2009.06385):
 O = X cross-correlated with (W o U), U a per-filter Gaussian envelope on the n x n base grid, normalised so its
 mean squared coefficient is 1 (``nas_flex.kernels.envelope.gaussian_envelope``).
 """

@@ -1,7 +1,7 @@
 """The N-Jet convolution and safe-subsampling as stateless ops.
 
 Pintea et al., "Resolution learning in deep convolutional networks using scale-space theory", IEEE TIP 2021
-(papers/njet.txt): a filter is a learned combination of scale-normalised Gaussian derivatives of one learned scale
+(arXiv:2106.03412): a filter is a learned combination of scale-normalised Gaussian derivatives of one learned scale
 sigma (Eq. 5), of side 2 * ceil(k * sigma) + 1 (Sec. 3.3); safe-subsampling shrinks a feature map of side s to
 s * (1/2)^(sigma / r) (Sec. 4.1).
 """

@@ -1,7 +1,7 @@
 """Gaussian derivatives in Hermite form and the N-Jet basis built from them (pure functions, torch only).
 
 Pintea, Tomen, Goes, Loog, van Gemert, "Resolution learning in deep convolutional networks using scale-space
-theory", IEEE TIP 2021 (papers/njet.txt, Sec. 3). The 1-D Gaussian derivative of order m is (Eq. 2)
+theory", IEEE TIP 2021 (arXiv:2106.03412, Sec. 3). The 1-D Gaussian derivative of order m is (Eq. 2)
 
     G^m(x; s) = (-1 / (s sqrt 2))^m  H_m(x / (s sqrt 2))  G(x; s),
 
@@ -187,7 +187,7 @@ class _GaussianBasis(torch.autograd.Function):
     """The basis as one autograd node with an analytic derivative in sigma.
 
     Built from tensor ops, the basis would cost ~40 tiny ops forward and as many autograd nodes backward, whose
-    dispatch overhead would dominate a small N-Jet layer's time (the issue's budget: 1.1x a plain conv).
+    dispatch overhead would dominate a small N-Jet layer's time (the target: at most 1.1x a plain conv).
     """
 
     @staticmethod

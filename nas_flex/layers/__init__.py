@@ -1,6 +1,7 @@
 """The layer library: discrete baselines and learned-size convolutions behind one registry.
 
-Knows nothing of models, search, Ray or Parquet. See DESIGN.md, "The layer contract".
+Knows nothing of models, search, Ray or Parquet. The contract every layer keeps: ``nas_flex.layers.base`` and
+docs/layers.md.
 """
 
 from nas_flex.layers.base import KernelLayer

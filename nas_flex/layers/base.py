@@ -1,4 +1,4 @@
-"""The layer contract every registry layer implements (see DESIGN.md, "The layer contract").
+"""The layer contract every registry layer implements (docs/layers.md, "The layer contract").
 
 A registry layer maps ``(N, C_in, H, W) -> (N, C_out, H, W)`` with stride 1 and 'same' output size for any H, W,
 and reports the size it has learned. ``KernelLayer`` holds what all of them share: the channel bookkeeping, the

@@ -1,6 +1,7 @@
 """The adaptive Gaussian-envelope convolution, ACONV: per-filter apertures that grow or shrink on a fixed base grid.
 
-Tek, Cam, Karli, "Adaptive convolution kernel for artificial neural networks" (papers/adaptive_envelope.txt). The
+Tek, Cam, Karli, "Adaptive convolution kernel for artificial neural networks", J. Vis. Commun. Image Represent. 2021
+(arXiv:2009.06385). The
 kernel is W o U: U is a Gaussian envelope centred on the n x n base grid (centre fixed, not learned), one aperture
 sigma_u per output filter, on the normalised coordinates (k / n, l / n), scaled so that its mean squared coefficient
 is 1 (Eq. 21), which keeps the output variance independent of the aperture (Theorem 3.1). Apertures start linearly

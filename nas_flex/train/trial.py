@@ -69,7 +69,7 @@ def _kernel_layers(model: nn.Module) -> Iterator[KernelLayer]:
 def _non_finite_state(model: nn.Module) -> list[str]:
     """Names of the parameters and buffers that hold a NaN or inf. The loss alone misses some divergences: at lr 1e6
     with SGD a BatchNorm's ``running_var`` overflows to inf while the training loss, computed with batch statistics,
-    stays finite (issue 11)."""
+    stays finite."""
     named = [*model.named_parameters(), *model.named_buffers()]
     floats = [(n, t) for n, t in named if t.is_floating_point() or t.is_complex()]
     if not floats:
