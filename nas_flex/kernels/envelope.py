@@ -4,7 +4,8 @@ Tek, Cam, Karli, "Adaptive convolution kernel for artificial neural networks", J
 (arXiv:2009.06385, Sec. 3.2-3.3). A filter's weights W (n x n) are multiplied by an envelope
 U = s exp(-||g - mu||^2 / (2 sigma_u^2)) on the n x n base grid: g are the normalised grid coordinates
 (k / n, l / n), mu the grid centre (fixed), and the scale s makes sum_{k,l} u_{k,l}^2 = n^2 (Eq. 21). Then the
-mean squared coefficient is 1 and, by Theorem 3.1, MVar[W o U] = MVar[W] for every aperture sigma_u: changing the envelope does not change the output variance.
+mean squared coefficient is 1 and, by Theorem 3.1, MVar[W o U] = MVar[W] for every aperture sigma_u: changing the
+envelope does not change the output variance.
 
 Units: sigma_u is in units of the base grid side n (one pixel is 1 / n); sigma_u * n is the aperture in pixels.
 The paper's coordinates k / n are used (spacing 1 / n), centred exactly on the middle pixel; the authors' Keras
