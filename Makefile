@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 bench: setup
-	$(BIN)/python experiments/bench_layers.py
+	$(BIN)/python -m experiments.bench_layers   # rows to experiments/results/bench_layers.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -4,7 +4,9 @@ For batch 16, 32 -> 32 channels, square inputs, forward + backward, times ``F.co
 ``fft_conv2d`` side by side for odd kernel sides, prints fft/spatial, the flop model's estimate of spatial/fft
 work, and what ``choose_conv_method`` picks. A good calibration puts the switch where the measured ratio crosses 1.
 
-    python experiments/bench_fft_crossover.py [--sizes 32 64] [--device cpu]
+    python -m experiments.bench_fft_crossover [--sizes 32 64] [--device cpu]
+
+The rows go to ``experiments/results/bench_fft_crossover.json`` (``--json``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from experiments.common import write_json
 from nas_flex.bench import compare, fwd_bwd
-from nas_flex.functional.conv import _fft_cost, _spatial_cost, choose_conv_method, fft_conv2d
+from nas_flex.functional.conv import choose_conv_method, fft_conv2d, fft_conv_flops, spatial_conv_flops
 
 KERNELS = [3, 5, 7, 9, 11, 13, 15, 17, 21, 25, 33]
 
@@ -44,7 +47,7 @@ def measure(device: str, *, sizes: list[int], kernels: list[int], batch: int = 1
                 rounds=rounds,
                 device=device,
             )
-            model = _spatial_cost(n, c, c, hw, hw, k, k) / _fft_cost(n, c, c, hw, hw, k, k)  # flops, no penalty
+            model = spatial_conv_flops(n, c, c, hw, hw, k, k) / fft_conv_flops(n, c, c, hw, hw, k, k)  # no penalty
             chosen = choose_conv_method(tuple(x.shape), tuple(w.shape), x.device.type)
             log(f"{hw:>4} {k:>3} {t['fft'] / t['spatial']:>11.2f} {model:>17.2f} {chosen:>8}")
             rows.append({"hw": hw, "k": k, "spatial_s": t["spatial"], "fft_s": t["fft"], "model_ratio": model,
@@ -60,9 +63,11 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", default="bench_fft_crossover", help="rows file (a bare name: experiments/results/)")
     args = ap.parse_args()
-    measure(args.device, sizes=args.sizes, kernels=args.kernels, batch=args.batch, channels=args.channels,
-            rounds=args.rounds, log=lambda line: print(line, flush=True))
+    rows = measure(args.device, sizes=args.sizes, kernels=args.kernels, batch=args.batch, channels=args.channels,
+                   rounds=args.rounds, log=lambda line: print(line, flush=True))
+    print(f"rows: {write_json(args.json, {'args': vars(args), 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -13,17 +13,19 @@ views and in-place results, which share an input's storage): a tracemalloc for t
 exact. Times are medians of interleaved rounds (``nas_flex.bench.compare``), so load on a shared machine hits all
 candidates alike; report the ratios. On a shared CPU use ``--threads 1 --clock cpu`` (CPU time of the work itself).
 
-    python experiments/bench_frequency.py [--batch 8] [--channels 16] [--device cpu] [--full] [--threads 1 --clock cpu]
+    python -m experiments.bench_frequency [--batch 8] [--channels 16] [--device cpu] [--full] [--threads 1 --clock cpu]
+
+The figures go to ``experiments/results/bench_frequency.json`` (``--json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 import torch.nn.functional as F
 
+from experiments.common import write_json
 from nas_flex.bench import compare, fwd_bwd
 from nas_flex.functional.niff import circular_conv2d_rfft
 from nas_flex.layers import build
@@ -134,7 +136,7 @@ def main() -> None:
     ap.add_argument("--sampled", type=int, default=2**12, help="CF-Conv sampled positions per step")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--json", default=None, help="write the figures to this JSON file")
+    ap.add_argument("--json", default="bench_frequency", help="figures file (a bare name: experiments/results/)")
     ap.add_argument("--skip", choices=["niff", "cfconv"], default=None)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: process CPU time (with --threads 1, robust to other jobs on a shared CPU)")
@@ -149,9 +151,7 @@ def main() -> None:
         out["niff"] = bench_niff(args)
     if args.skip != "cfconv":
         out["cfconv"] = bench_cfconv(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    print(f"figures: {write_json(args.json, {'args': vars(args), **out})}")
 
 
 if __name__ == "__main__":

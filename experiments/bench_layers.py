@@ -1,6 +1,6 @@
 """Speed of every registry layer against the cheaper of nn.Conv2d and an FFT convolution of the same kernel size.
 
-The issue's target: forward + backward of each layer at most 1.1x min(nn.Conv2d, fft_conv2d) with a kernel of the
+The target: forward + backward of each layer at most 1.1x min(nn.Conv2d, fft_conv2d) with a kernel of the
 size the layer actually convolves with (batch 16, 32 -> 32 channels, 32x32 input), at a small and a large learned
 size. Everything is timed side by side in one run (interleaved rounds, medians; nas_flex.bench.compare).
 
@@ -9,8 +9,10 @@ softmax-expected side; envelope: the aperture's extent), the layer's time, the t
 the layer, and layer / min(baselines). "vs spatial" is what a spatial-only implementation (the authors' FlexConv)
 pays for the same kernel, relative to the layer.
 
-    python experiments/bench_layers.py                  # wall clock, all threads
-    python experiments/bench_layers.py --clock cpu --threads 1   # CPU time, robust on a loaded machine
+    python -m experiments.bench_layers                  # wall clock, all threads
+    python -m experiments.bench_layers --clock cpu --threads 1   # CPU time, robust on a loaded machine
+
+The rows go to ``experiments/results/bench_layers.json`` (``--json``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from experiments.common import write_json
 from nas_flex.bench import compare, fwd_bwd
 from nas_flex.functional import fft_conv2d
 from nas_flex.layers import build
@@ -104,11 +107,13 @@ def main() -> None:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--only", nargs="*", default=None, help="layer names to run")
+    ap.add_argument("--json", default="bench_layers", help="rows file (a bare name: experiments/results/)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    measure(args.device, batch=args.batch, channels=args.channels, size=args.size, rounds=args.rounds,
-            clock=args.clock, only=args.only, log=lambda line: print(line, flush=True))
+    rows = measure(args.device, batch=args.batch, channels=args.channels, size=args.size, rounds=args.rounds,
+                   clock=args.clock, only=args.only, log=lambda line: print(line, flush=True))
+    print(f"rows: {write_json(args.json, {'args': vars(args), 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -31,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from experiments.common import write_json
 from nas_flex.leaderboard import MERGE_AT, merge, write_trial
 from nas_flex.leaderboard.schema import TRIAL_SCHEMA, trial_table
-from nas_flex.leaderboard.store import _write_atomic, merged_file_name
+from nas_flex.leaderboard.store import merged_file_name, write_options
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVS = ["conv", "flexconv", "njet", "envelope", "niff", "cfconv", "mixed"]
@@ -136,7 +138,8 @@ def build_merged(path: Path, trials: int, written: int, rng: np.random.Generator
     t0 = time.perf_counter()
     rows = BulkRows(rng)
     for start in range(0, bulk, chunk):  # level-1 files as a merge of `chunk` row files writes them
-        _write_atomic(rows.rows(start, chunk), path / merged_file_name(1), sync=False)
+        table = rows.rows(start, chunk)  # one process builds the folder: no reader to hide a partial file from
+        pq.write_table(table, path / merged_file_name(1), **write_options(table.schema))
         merge.maybe_merge(path)  # the real merges upwards (levels 2..4)
         if start // chunk % 200 == 0:
             print(f"  {start + chunk:>7} rows bulk-written", flush=True)
@@ -244,6 +247,15 @@ def layout(path: Path) -> str:
     return f"{len(rows)} row/merged files ({len(files)} with history), {size / 2**20:.0f} MiB on disk"
 
 
+def _save(args: argparse.Namespace, built: dict, results: dict, same: bool) -> Path:
+    """Write the run's figures to ``--json`` (by default experiments/results/bench_leaderboard.json)."""
+    queries = {name: {op: {"seconds": sec, "peak_rss_mib": peak, "rss_after_import_mib": after}
+                      for op, (sec, peak, after, _) in ops.items()} for name, ops in results.items()}
+    return write_json(args.json, {"args": vars(args), "write_trial_seconds": built["writes"],
+                                  "bulk_seconds": built["bulk_s"], "merges": built["merges"], "queries": queries,
+                                  "same_answers": same})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=100_000, help="trials of the large leaderboard")
@@ -252,6 +264,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="runs of each query (median shown)")
     ap.add_argument("--dir", default=None, help="where to build them (default: a temporary folder, removed)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default="bench_leaderboard", help="figures file (a bare name: experiments/results/)")
     args = ap.parse_args()
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_leaderboard_"))
     rng = np.random.default_rng(args.seed)
@@ -299,6 +312,7 @@ def main() -> None:
         print(f"\nold layout and merged layout give the same answers: {same}")
         ratio = results[names[1]]["top(10)"][0] / results[names[2]]["top(10)"][0]
         print(f"top(10) at {args.old} trials: one file each / merged = {ratio:.0f}x")
+        print(f"figures: {_save(args, built, results, same)}")
     finally:
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)

@@ -3,9 +3,9 @@ paper's recommended parameterization) stays far below a plain convolution there,
 
 Three parts, all single-threaded on the CPU, seed 0:
 
-* ``trials``: ``nas_flex.train.run_trial`` with the config the main job gives each method (``BASE`` below, copied
-  from the space; the main job itself runs ``--epochs 10 --batch-size 32``), optionally more epochs or other layer
-  options; prints val_acc and training seconds per epoch and at the end.
+* ``trials``: ``nas_flex.train.run_trial`` with the config the main job gives each method (its space's ``BASE``:
+  by default its budget, 10 epochs of batch 32), optionally another budget or other layer options; prints val_acc
+  and training seconds per epoch and at the end.
 * ``collapse``: trains the main job's CF-Conv model for a few Adam steps and prints, per CF-Conv layer, the mean
   |cos| between its channel-pair spatial kernels, the mean |cos| between its output channels' kernels (C_in x H x W
   each) and the effective rank of that (C_out, C_in x H x W) matrix (|cos| 1 / rank 1: every output channel is the
@@ -16,16 +16,18 @@ Three parts, all single-threaded on the CPU, seed 0:
 * ``step``: seconds per training step of the main job's model for several layers, medians of interleaved rounds,
   as ratios to the first.
 
-Usage:
-    python experiments/frequency_layers.py trials --method cfconv --epochs 10 --batch-size 32 --pooling avg
-    python experiments/frequency_layers.py trials --method cfconv --hparams '{"parameterization": "joint"}'
-    python experiments/frequency_layers.py trials --method cfconv \\
+Every part appends its figures, with the run's scope, to ``experiments/results/frequency_layers.jsonl``.
+
+Usage (from the repository root):
+    python -m experiments.frequency_layers trials --method cfconv --pooling avg          # the main job's budget
+    python -m experiments.frequency_layers trials --method cfconv --hparams '{"parameterization": "joint"}'
+    python -m experiments.frequency_layers trials --method cfconv --epochs 6 --batch-size 64 \\
         --hparams '{"parameterization": "joint", "encoding": "all"}'
-    python experiments/frequency_layers.py trials --method niff --pooling avg --epochs 18
-    python experiments/frequency_layers.py collapse --steps 40
-    python experiments/frequency_layers.py collapse --steps 20 \\
+    python -m experiments.frequency_layers trials --method niff --pooling avg --epochs 18 --batch-size 64
+    python -m experiments.frequency_layers collapse --steps 40
+    python -m experiments.frequency_layers collapse --steps 20 \\
         --variants '{"parameterization": "joint", "sampled_positions": null}'
-    python experiments/frequency_layers.py step --rounds 15
+    python -m experiments.frequency_layers step --rounds 15
 """
 
 from __future__ import annotations
@@ -37,15 +39,18 @@ import time
 
 import torch
 
-BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 6, "lr": 1e-2}
+from experiments.common import append_jsonl, main_job_base
+
+#: the main job's shared trial config (backbone, data, width, budget, learning rate), from its space file
+BASE = main_job_base()
+RESULTS_NAME = "frequency_layers"
 
 
-def run_trials(method: str, pooling: str, epochs: int, hparams: dict, batch_size: int | None = None) -> None:
+def run_trials(method: str, pooling: str, epochs: int, hparams: dict, batch_size: int, out: str = RESULTS_NAME,
+               ) -> None:
     from nas_flex.train import run_trial
 
-    config = {**BASE, "conv": method, "pooling": pooling, "epochs": epochs}
-    if batch_size is not None:
-        config["batch_size"] = batch_size
+    config = {**BASE, "conv": method, "pooling": pooling, "epochs": epochs, "batch_size": batch_size}
     if hparams:
         config["conv_hparams"] = hparams
 
@@ -61,6 +66,10 @@ def run_trials(method: str, pooling: str, epochs: int, hparams: dict, batch_size
     print(json.dumps(config), "->", result["status"], f"val_acc {result['metrics']['val_acc']:.3f}",
           f"train_seconds {result['train_seconds']:.0f}", "sizes at init", sizes(result.get("initial_sizes") or []),
           "learned", sizes(result["learned_sizes"]))
+    append_jsonl(out, {"part": "trials", "config": config, "status": result["status"],
+                                "val_acc": result["metrics"]["val_acc"], "train_seconds": result["train_seconds"],
+                                "initial_sizes": sizes(result.get("initial_sizes") or []),
+                                "learned_sizes": sizes(result["learned_sizes"])})
 
 
 def _mean_abs_cos(rows: torch.Tensor) -> float:
@@ -86,7 +95,7 @@ def channel_diversity(layer: torch.nn.Module) -> tuple[float, float]:
         return _mean_abs_cos(k), float(s.sum() ** 2 / s.square().sum())
 
 
-def collapse(steps: int, variants: list[dict], lr: float) -> None:
+def collapse(steps: int, variants: list[dict], lr: float, out: str = RESULTS_NAME) -> None:
     from nas_flex.data import get_dataset
     from nas_flex.layers.cfconv import CFConv
     from nas_flex.models import build
@@ -107,18 +116,23 @@ def collapse(steps: int, variants: list[dict], lr: float) -> None:
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             if step % 20 == 0:
                 div = [channel_diversity(m) for m in layers]
-                cos = " ".join(f"{pair_cosine(m):.2f}" for m in layers)
-                out = " ".join(f"{c:.2f}" for c, _ in div)
+                pair = [pair_cosine(m) for m in layers]
+                cos = " ".join(f"{c:.2f}" for c in pair)
+                out_cos = " ".join(f"{c:.2f}" for c, _ in div)
                 rank = " ".join(f"{r:.1f}" for _, r in div)
                 print(f"{name} step {step:3d} loss {loss.item():.3f} by layer: pair |cos| {cos}; output-channel |cos| "
-                      f"{out}; effective rank {rank} (of {layers[-1].out_channels}) "
+                      f"{out_cos}; effective rank {rank} (of {layers[-1].out_channels}) "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
+                append_jsonl(out, {"part": "collapse", "hparams": hparams, "lr": lr, "step": step,
+                                            "loss": loss.item(), "pair_cos": pair,
+                                            "output_channel_cos": [c for c, _ in div],
+                                            "effective_rank": [r for _, r in div]})
             opt.zero_grad()
             loss.backward()
             opt.step()
 
 
-def step_times(variants: list[dict], rounds: int, batch_size: int) -> None:
+def step_times(variants: list[dict], rounds: int, batch_size: int, out: str = RESULTS_NAME) -> None:
     """Seconds per training step (forward, backward, Adam) of the main job's model, per variant, medians of
     interleaved rounds (one step per variant per round, after two warm-up steps each), and each median over the
     first variant's. A variant's ``"gather": true`` makes per-pair CF-Conv gather each sampled position's MLP
@@ -160,6 +174,8 @@ def step_times(variants: list[dict], rounds: int, batch_size: int) -> None:
     for name, _, _, times in runs:
         med = statistics.median(times)
         print(f"{name}: {1e3 * med:.1f} ms per step of batch {batch_size} ({med / first:.2f}x the first)", flush=True)
+    append_jsonl(out, {"part": "step", "batch_size": batch_size, "rounds": rounds,
+                                "median_seconds": {name: statistics.median(times) for name, _, _, times in runs}})
 
 
 def main() -> None:
@@ -168,9 +184,9 @@ def main() -> None:
     t = sub.add_parser("trials")
     t.add_argument("--method", default="cfconv")
     t.add_argument("--pooling", default="max", choices=["max", "avg"])
-    t.add_argument("--epochs", type=int, default=BASE["epochs"])
-    t.add_argument("--batch-size", type=int, default=None,
-                   help="examples per step (default: run_trial's 64); the main job uses --epochs 10 --batch-size 32")
+    t.add_argument("--epochs", type=int, default=BASE["epochs"], help="default: the main job's")
+    t.add_argument("--batch-size", type=int, default=BASE["batch_size"], help="examples per step (default: the main "
+                   "job's; run_trial's own default, used by the earlier 6-epoch runs, is 64)")
     t.add_argument("--hparams", default="{}", help="the layer's conv_hparams as JSON")
     c = sub.add_parser("collapse")
     c.add_argument("--steps", type=int, default=60)
@@ -185,14 +201,16 @@ def main() -> None:
         '{"conv": "niff"}', '{"conv": "cfconv"}', '{"conv": "cfconv", "gather": true}',
         '{"conv": "cfconv", "conv_hparams": {"parameterization": "joint"}}', '{"conv": "conv", "kernel_size": 7}'])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=RESULTS_NAME,
+                        help="figures file, appended (a bare name: experiments/results/)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part == "trials":
-        run_trials(args.method, args.pooling, args.epochs, json.loads(args.hparams), args.batch_size)
+        run_trials(args.method, args.pooling, args.epochs, json.loads(args.hparams), args.batch_size, args.out)
     elif args.part == "step":
-        step_times([json.loads(v) for v in args.variants], args.rounds, args.batch_size)
+        step_times([json.loads(v) for v in args.variants], args.rounds, args.batch_size, args.out)
     else:
-        collapse(args.steps, [json.loads(v) for v in args.variants], args.lr)
+        collapse(args.steps, [json.loads(v) for v in args.variants], args.lr, args.out)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ Steps (``--steps``; all by default):
   interleaved rounds (``nas_flex.bench.compare`` synchronises around every timed call);
 * ``crossover``: ``experiments/bench_fft_crossover.py`` on CUDA, then the CUDA constants of ``conv2d_same``'s
   direct-or-FFT choice (``FFT_CROSSOVER["cuda"]``, optionally a ``WIDE_KERNEL_PENALTY["cuda"]``) fitted to the
-  measurements: the constants whose choices lose the least time against the faster method, case by case. The two
-  constant lines are printed, written to ``OUT/fft_crossover_cuda.py`` to paste into ``nas_flex/functional/conv.py``
-  (``--apply`` rewrites them there in place);
+  measurements: the constants whose choices lose the least time against the faster method, case by case. They are
+  printed and written to ``OUT/conv_constants_cuda.json``; ``--apply`` also writes them into the constants file the
+  package reads at import (``nas_flex.functional.conv.CONSTANTS_FILE``), which overrides the built-in defaults;
 * ``amp``: one ``nas_flex.train.run_trial`` per registry layer kind with ``amp: True`` (bf16 where the GPU has it,
   else fp16 with a gradient scaler) on ``digits-multiscale`` (built in, no download), as the main job configures
   each method: status, accuracy, time, CUDA peak memory;
@@ -18,12 +18,15 @@ Steps (``--steps``; all by default):
   if both trials completed on the GPU and their [started, finished] intervals overlap (the leaderboard's
   timestamps have one-second resolution, so an overlap of at least 2 s is asked for). Needs ray[tune] and optuna.
 
-Every figure is printed and written to ``OUT/gpu_check.json``, the printed lines to ``OUT/gpu_check.log``. The exit
+Every figure is printed and written to ``OUT/gpu_check.json``, the printed lines to ``OUT/gpu_check.log`` (``OUT``:
+``--out``, by default ``experiments/results/gpu_check``; the search step's leaderboard goes to ``OUT/search``). The exit
 status is 0 when every check passed, 1 when one failed (listed at the end), 2 when it could not start (no CUDA, a
 missing package): that is said at once, before any work.
 
-    PYTHONPATH=$PWD python experiments/gpu_check.py --out gpu_check_out            # one CUDA GPU, a few minutes
-    PYTHONPATH=$PWD python experiments/gpu_check.py --smoke --out /tmp/gpu_smoke   # CPU self-test of every step
+    python -m experiments.gpu_check                                # one CUDA GPU, a few minutes
+    python -m experiments.gpu_check --smoke --out /tmp/gpu_smoke   # CPU self-test of every step
+
+(from the repository root).
 
 ``--smoke`` runs every step on the CPU at toy sizes (AMP is a no-op off CUDA; the search asks for half a CPU per
 trial instead of half a GPU): it checks the script, not the GPU. ``tests/test_gpu_check.py`` runs it.
@@ -36,7 +39,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import sys
 import time
 import traceback
@@ -47,19 +49,11 @@ from typing import Any
 
 import torch
 
-STEPS = ("env", "layers", "crossover", "amp", "search")
-CONSTANTS_FILE = "fft_crossover_cuda.py"
-CONV_PY = Path(__file__).resolve().parents[1] / "nas_flex" / "functional" / "conv.py"
+from experiments.common import RESULTS, main_job_base, main_job_config, main_job_methods
 
-# the main job's trial (search_spaces/grid_vs_learned.py), shortened to two epochs
-TRIAL = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 2, "lr": 1e-2,
-         "pooling": "max"}
-KIND_CONFIG = {  # per layer kind, as the main job sets it
-    "conv": {"kernel_size": 5},
-    "mixed": {"conv_hparams": {"kernel_sizes": [3, 5, 7]}},
-    "envelope": {"kernel_size": 7},
-    "flexconv": {"conv_hparams": {"mask_sigma_init": 0.125}},
-}
+STEPS = ("env", "layers", "crossover", "amp", "search")
+CONSTANTS_FILE = "conv_constants_cuda.json"
+
 SMOKE_TRIAL = {"backbone": "simple", "width": 4, "dataset": "digits", "epochs": 1, "train_subset": 64,
                "val_subset": 32}
 
@@ -135,30 +129,38 @@ def fit_crossover(rows: Sequence[Mapping[str, Any]], penalty_factors: Sequence[f
     return {"crossover": crossover, "wide_kernel_penalty": penalty, "regret": choice_regret(rows, crossover, penalty)}
 
 
-def constant_lines(crossover: float, penalty: tuple[int, float] | None, device_type: str = "cuda") -> list[str]:
-    """The two lines of ``nas_flex/functional/conv.py`` with ``device_type``'s constants replaced."""
+def constants_entry(crossover: float, penalty: tuple[int, float] | None, **notes: Any) -> dict[str, Any]:
+    """One device type's entry of a conv constants file (``nas_flex.functional.conv.read_conv_constants``)."""
+    return {"fft_crossover": float(crossover), "wide_kernel_penalty": [int(penalty[0]), float(penalty[1])]
+            if penalty else None, **notes}
+
+
+def write_constants(device_type: str, entry: Mapping[str, Any], path: Path | None = None) -> Path:
+    """Write ``device_type``'s constants into a conv constants file, keeping the other device types' entries.
+
+    Args:
+        device_type: "cuda" (or "cpu").
+        entry: from ``constants_entry``.
+        path: the file; by default the one ``nas_flex.functional.conv`` reads at import (``CONSTANTS_FILE``).
+
+    Returns:
+        The path written. The file is replaced in one step (a temporary file, then ``os.replace``), and read back
+        through ``read_conv_constants`` first, so a bad entry never reaches the package.
+    """
     from nas_flex.functional import conv
 
-    fft = {**conv.FFT_CROSSOVER, device_type: float(crossover)}
-    wide = {k: v for k, v in conv.WIDE_KERNEL_PENALTY.items() if k != device_type}
-    if penalty:
-        wide[device_type] = (int(penalty[0]), float(penalty[1]))
-    fft_text = ", ".join(f'"{k}": {v!r}' for k, v in fft.items())
-    wide_text = ", ".join(f'"{k}": ({w}, {f!r})' for k, (w, f) in wide.items())
-    return [f"FFT_CROSSOVER: dict[str, float] = {{{fft_text}}}",
-            f"WIDE_KERNEL_PENALTY: dict[str, tuple[int, float]] = {{{wide_text}}}"]
-
-
-def apply_constants(lines: Sequence[str], path: Path = CONV_PY) -> None:
-    """Replace the ``FFT_CROSSOVER`` and ``WIDE_KERNEL_PENALTY`` lines of ``path`` (conv.py) with ``lines``."""
-    text = path.read_text()
-    for line in lines:
-        name = line.split(":", 1)[0]
-        pattern = re.compile(rf"^{name}: .*$", re.MULTILINE)
-        if len(pattern.findall(text)) != 1:
-            raise CheckFailed(f"{path} has no single line starting with '{name}: ' to replace")
-        text = pattern.sub(lambda _m, line=line: line, text)
-    path.write_text(text)
+    path = Path(path) if path is not None else conv.CONSTANTS_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[device_type] = dict(entry)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    try:
+        conv.read_conv_constants(tmp)
+    except Exception:
+        tmp.unlink()
+        raise
+    os.replace(tmp, path)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ overlap
@@ -235,32 +237,33 @@ class Check:
                  f"method takes {100 * now:.1f}% longer than the faster one, on average over these cases")
         self.log(f"fitted: crossover {fit['crossover']:g}, wide-kernel penalty {fit['wide_kernel_penalty']}: "
                  f"{100 * fit['regret']:.1f}% longer on average")
-        lines = constant_lines(fit["crossover"], fit["wide_kernel_penalty"])
-        where = "smoke test on the CPU: NOT for conv.py" if self.smoke else torch.cuda.get_device_name(0)
-        header = [f"# CUDA constants for nas_flex/functional/conv.py, fitted by experiments/gpu_check.py on {where}",
-                  f"# ({datetime.now().date()}, torch {torch.__version__}); the chosen method takes "
-                  f"{100 * fit['regret']:.1f}% longer than the faster one on average (now: {100 * now:.1f}%)"]
-        (self.out / CONSTANTS_FILE).write_text("\n".join(header + lines) + "\n")
-        self.log("paste into nas_flex/functional/conv.py (written to "
-                 f"{self.out / CONSTANTS_FILE}{'; applied there' if self.args.apply and not self.smoke else ''}):")
-        for line in lines:
-            self.log(f"    {line}")
-        if self.args.apply and not self.smoke:
-            apply_constants(lines)
+        where = "smoke test on the CPU: NOT for the package" if self.smoke else torch.cuda.get_device_name(0)
+        entry = constants_entry(fit["crossover"], fit["wide_kernel_penalty"], fitted_on=where,
+                                date=str(datetime.now().date()), torch=torch.__version__,
+                                regret=fit["regret"], regret_before=now)
+        written = write_constants("cuda", entry, self.out / CONSTANTS_FILE)
+        applied = self.args.apply and not self.smoke
+        if applied:
+            write_constants("cuda", entry)
+            self.log(f"applied: {conv.CONSTANTS_FILE} (read when nas_flex.functional.conv is imported)")
+        self.log(f"written to {written}" + ("" if applied else "; --apply makes the package use them"))
         return {"rows": rows, "current": {"crossover": current[0], "wide_kernel_penalty": current[1],
-                                          "regret": now}, "fitted": fit, "lines": lines}
+                                          "regret": now}, "fitted": fit, "entry": entry}
 
     def amp(self) -> list[dict[str, Any]]:
         from nas_flex.layers import available
         from nas_flex.train import run_trial
 
-        base = SMOKE_TRIAL if self.smoke else {**TRIAL, "epochs": self.args.epochs}
+        base = SMOKE_TRIAL if self.smoke else {**main_job_base(), "pooling": "max", "epochs": self.args.epochs}
+        methods = main_job_methods()
         dtype = "none (CPU)" if self.smoke else ("bf16" if torch.cuda.is_bf16_supported() else "fp16 + GradScaler")
         self.log(f"AMP: {dtype}; {base['dataset']}, {base['epochs']} epoch(s), one trial per layer kind")
         self.log(f"{'kind':<9} {'status':<10} {'val_acc':>8} {'train s':>8} {'ex/s':>9} {'peak MiB':>9}  memory kind")
         rows = []
         for kind in available():
-            cfg = {**base, **KIND_CONFIG.get(kind, {}), "conv": kind, "amp": True, "device": self.device}
+            # as the main job configures each method (the grid's conv at 5x5); a kind it does not run: the base
+            main = main_job_config(kind, "max", kernel_size=5) if kind in methods else {"conv": kind}
+            cfg = {**main, **base, "conv": kind, "amp": True, "device": self.device}
             t0 = time.perf_counter()
             try:
                 r = run_trial(cfg).to_dict()
@@ -294,7 +297,8 @@ class Check:
             base = {**SMOKE_TRIAL, "epochs": 60, "train_subset": 256, "device": "cpu"}
             resources = {"cpu": 0.5, "gpu": 0.0}  # two trials fit even on one core
         else:
-            base = {**TRIAL, "conv": "conv", "epochs": self.args.search_epochs, "amp": True, "device": "auto"}
+            base = {**main_job_base(), "pooling": "max", "epochs": self.args.search_epochs, "amp": True,
+                    "device": "auto"}
             resources = {"cpu": 1.0, "gpu": 0.5}
 
         def space(trial):
@@ -333,7 +337,7 @@ def _missing(steps: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None, *, log_error: Callable[[str], None] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("gpu_check_out"), help="where the figures and constants go")
+    ap.add_argument("--out", type=Path, default=RESULTS / "gpu_check", help="where the figures and constants go")
     ap.add_argument("--smoke", action="store_true", help="CPU self-test at toy sizes (checks the script only)")
     ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="the steps to run (default: all)")
     ap.add_argument("--skip", nargs="+", choices=STEPS, default=[], help="steps not to run")
@@ -380,5 +384,4 @@ def main(argv: Sequence[str] | None = None, *, log_error: Callable[[str], None] 
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments` as a package from the repo root
     sys.exit(main())

@@ -17,11 +17,11 @@ of the grid's compute at which it matches the grid's best (within 0.5 points), o
 
 Usage (the README's figures come from the first command; scope: 2-core x86 CPU, one thread per trial):
 
-    python experiments/grid_vs_learned_study.py                      # small CPU budget, embedded Ray
-    python experiments/grid_vs_learned_study.py --quick              # smoke run: 1 dataset, 1 seed, 2 epochs
-    python experiments/grid_vs_learned_study.py --address auto --resources cpu=4,gpu=0.5 --epochs 30 \\
+    python -m experiments.grid_vs_learned_study                      # small CPU budget, embedded Ray
+    python -m experiments.grid_vs_learned_study --quick              # smoke run: 1 dataset, 1 seed, 2 epochs
+    python -m experiments.grid_vs_learned_study --address auto --resources cpu=4,gpu=0.5 --epochs 30 \\
         --grid-trials 40 --storage /shared/runs/study                 # a cluster, full budget
-    python experiments/grid_vs_learned_study.py --analyse-only        # redo the table and figure from the storage
+    python -m experiments.grid_vs_learned_study --analyse-only        # redo the table and figure from the storage
 
 An interrupted study is continued by running the same command again: experiments already complete in the storage
 are skipped (nothing is unpickled; the leaderboard rows say what finished).
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import runpy
 import sys
 import time
 from pathlib import Path
@@ -40,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-GRID_SPACE = ROOT / "search_spaces" / "per_layer_grid.py"
-LEARNED_SPACE = ROOT / "search_spaces" / "per_layer_learned.py"
+from experiments.common import RESULTS, SPACES, space_constants
+
+GRID_SPACE = SPACES / "per_layer_grid.py"
+LEARNED_SPACE = SPACES / "per_layer_learned.py"
 ARMS = ("grid-tpe", "grid-random", "learned", "discretised")
 MATCH = 0.005  # "matches the grid's best": within 0.5 points of accuracy
 
@@ -63,7 +63,7 @@ def parse_experiment(name: str) -> tuple[str, str, int] | None:
 
 def _learned_space(methods: list[str]):
     """The study's learned arm: each method once with max pooling, and N-Jet also with safe-subsampling."""
-    module = runpy.run_path(str(LEARNED_SPACE))
+    module = space_constants(LEARNED_SPACE)
     runs = [(m, "max,max") for m in methods] + ([("njet", "safe,safe")] if "njet" in methods else [])
 
     def space(trial):
@@ -315,7 +315,7 @@ def _resources(text: str | None) -> dict[str, float] | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--storage", default="runs/study", help="the leaderboard folder (default runs/study)")
-    p.add_argument("--out", default="experiments/results/study", help="table and figure folder")
+    p.add_argument("--out", default=str(RESULTS / "study"), help="table and figure folder")
     p.add_argument("--datasets", nargs="+", default=["digits-multiscale", "digits-scaleshift"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=6)
@@ -333,7 +333,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", type=int, default=1)
     args = p.parse_args(argv)
     if args.methods is None:
-        args.methods = list(runpy.run_path(str(LEARNED_SPACE))["METHODS"])
+        args.methods = list(space_constants(LEARNED_SPACE)["METHODS"])
     if args.quick:
         args.datasets, args.seeds, args.grid_trials, args.epochs = args.datasets[:1], args.seeds[:1], 2, 2
     for name in ("epochs", "grid_trials"):

@@ -1,17 +1,19 @@
 """The main job's learned-size trials, run directly (no Ray): accuracy and each layer's size, init -> learned.
 
-The configs are exactly those ``search_spaces/grid_vs_learned.py`` produces (its ``space`` is called with fixed
-choices); ``--epochs``, ``--size-update`` and ``--set KEY=JSON`` change them, to measure the budget at which a size
-parameter leaves its initial value (e.g. the DARTS alphas' normalized entropy). One trial at a time, one thread.
+The configs are exactly those ``search_spaces/grid_vs_learned.py`` produces (its ``space`` replayed with fixed
+choices: ``experiments.common.main_job_config``); ``--epochs``, ``--size-update`` and ``--set KEY=JSON`` change
+them, to measure the budget at which a size parameter leaves its initial value (e.g. the DARTS alphas' normalized
+entropy). One trial at a time, one thread.
 
-    python experiments/main_job_sizes.py                                   # every method, both poolings, 6 epochs
-    python experiments/main_job_sizes.py --methods mixed --pooling max --epochs 6 12 24 --size-update joint bilevel
-    python experiments/main_job_sizes.py --methods flexconv --set 'conv_hparams={}'   # the authors' mask init
+    python -m experiments.main_job_sizes                          # every method, both poolings, the space's budget
+    python -m experiments.main_job_sizes --methods mixed --pooling max --epochs 6 12 24 --size-update joint bilevel
+    python -m experiments.main_job_sizes --methods flexconv --set 'conv_hparams={}'   # the authors' mask init
 
 Prints one line per trial (val_acc, seconds) and one per learned-size layer (size and raw size parameter, init ->
 learned); for the mixed kernel also its lowest normalized entropy by epoch (the alphas' own Adam has a constant
-learning rate, so one long run shows the budget at which they leave uniform). ``--out FILE.jsonl`` appends every
-result's summary, with each layer's raw size parameter after every epoch.
+learning rate, so one long run shows the budget at which they leave uniform). Every result's summary, with each
+layer's raw size parameter after every epoch and the run's scope, is appended to
+``experiments/results/main_job_sizes.jsonl`` (``--out``).
 """
 
 from __future__ import annotations
@@ -20,34 +22,12 @@ import argparse
 import itertools
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from nas_flex.spaces import load_space
+from experiments.common import append_jsonl, main_job_config
 from nas_flex.train import run_trial
-
-SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "grid_vs_learned.py"
-
-
-class _Fixed:
-    """A stand-in for an Optuna trial that answers each ``suggest_categorical`` from ``choices``."""
-
-    def __init__(self, choices: dict[str, Any]) -> None:
-        self.choices = choices
-
-    def suggest_categorical(self, name: str, options: list[Any]) -> Any:
-        value = self.choices[name]
-        if value not in options:
-            raise ValueError(f"{name}={value!r} is not one of the space's choices {options}")
-        return value
-
-
-def main_job_config(method: str, pooling: str, kernel_size: int | None = None) -> dict[str, Any]:
-    """The trial config the main job's space gives for these choices."""
-    choices = {"method": method, "pooling": pooling, "kernel_size": kernel_size}
-    return load_space(SPACE)(_Fixed(choices))
 
 
 def _size_parameter(record: dict[str, Any]) -> tuple[str, float] | None:
@@ -110,7 +90,8 @@ def main() -> None:
     parser.add_argument("--size-update", nargs="+", default=["joint"], choices=["joint", "bilevel"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a config key")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None, help="append the summaries to this .jsonl file")
+    parser.add_argument("--out", default="main_job_sizes",
+                        help="append the summaries to this .jsonl file (a bare name: experiments/results/)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -123,9 +104,7 @@ def main() -> None:
                 cfg["epochs"] = epochs
             summary = summarize(run_trial(cfg).to_dict())
             _print(summary)
-            if args.out:
-                with open(args.out, "a") as fh:
-                    fh.write(json.dumps(summary) + "\n")
+            append_jsonl(args.out, summary)
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 

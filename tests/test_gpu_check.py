@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
+import shutil
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import gpu_check  # noqa: E402
+from experiments import gpu_check
+from nas_flex.errors import HyperparameterError
 
 
 def _rows(ks, ratios, fft_wins):
@@ -47,39 +43,62 @@ def test_conv_choice_mirrors_choose_conv_method():
     from nas_flex.functional.conv import (
         FFT_CROSSOVER,
         WIDE_KERNEL_PENALTY,
-        _fft_cost,
-        _spatial_cost,
         choose_conv_method,
+        fft_conv_flops,
+        spatial_conv_flops,
     )
 
     for device in ("cpu", "cuda"):
         for hw in (16, 32, 64):
             for k in (1, 3, 5, 9, 13, 15, 17, 25, 33):
-                m = _spatial_cost(16, 32, 32, hw, hw, k, k) / _fft_cost(16, 32, 32, hw, hw, k, k)
+                m = spatial_conv_flops(16, 32, 32, hw, hw, k, k) / fft_conv_flops(16, 32, 32, hw, hw, k, k)
                 got = gpu_check.conv_choice(k, m, FFT_CROSSOVER.get(device, FFT_CROSSOVER["cpu"]),
                                             WIDE_KERNEL_PENALTY.get(device))
                 assert got == choose_conv_method((16, 32, hw, hw), (32, 32, k, k), device), (device, hw, k)
 
 
-def test_constant_lines_apply_to_conv_py(tmp_path):
+def _import_conv_beside(folder):
+    """A fresh copy of nas_flex/functional/conv.py imported from ``folder``: it reads the constants file there."""
     from nas_flex.functional import conv
 
-    lines = gpu_check.constant_lines(6.5, (17, 2.0))
-    target = tmp_path / "conv.py"
-    target.write_text(gpu_check.CONV_PY.read_text())
-    gpu_check.apply_constants(lines, target)
-    spec = importlib.util.spec_from_file_location("patched_conv", target)
-    patched = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(patched)
+    shutil.copy(conv.__file__, folder / "conv.py")
+    spec = importlib.util.spec_from_file_location("conv_copy", folder / "conv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_written_constants_are_read_at_import(tmp_path):
+    from nas_flex.functional import conv
+
+    assert _import_conv_beside(tmp_path).FFT_CROSSOVER == conv.FFT_CROSSOVER  # no file: the defaults
+    target = tmp_path / conv.CONSTANTS_FILE.name
+    gpu_check.write_constants("cuda", gpu_check.constants_entry(6.5, (17, 2.0), fitted_on="test"), target)
+    patched = _import_conv_beside(tmp_path)
     assert patched.FFT_CROSSOVER == {**conv.FFT_CROSSOVER, "cuda": 6.5}
     assert patched.WIDE_KERNEL_PENALTY == {**conv.WIDE_KERNEL_PENALTY, "cuda": (17, 2.0)}
-    assert target.read_text().count("\n") == gpu_check.CONV_PY.read_text().count("\n")  # only those lines changed
-    # no penalty: the cuda entry is dropped again
-    gpu_check.apply_constants(gpu_check.constant_lines(6.5, None), target)
-    assert "\"cuda\": (" not in target.read_text()
-    (tmp_path / "other.py").write_text("x = 1\n")
-    with pytest.raises(gpu_check.CheckFailed, match="FFT_CROSSOVER"):
-        gpu_check.apply_constants(lines, tmp_path / "other.py")
+    assert patched.choose_conv_method((16, 32, 64, 64), (32, 32, 17, 17), "cuda") == "fft"
+    # a second device keeps the first; no penalty drops that device's entry
+    gpu_check.write_constants("cpu", gpu_check.constants_entry(20.0, None), target)
+    patched = _import_conv_beside(tmp_path)
+    assert patched.FFT_CROSSOVER == {"cpu": 20.0, "cuda": 6.5}
+    assert "cpu" not in patched.WIDE_KERNEL_PENALTY and patched.WIDE_KERNEL_PENALTY["cuda"] == (17, 2.0)
+    assert json.loads(target.read_text())["cuda"]["fitted_on"] == "test"
+
+
+def test_a_bad_constants_file_is_refused_naming_it(tmp_path):
+    target = tmp_path / "conv_constants.json"
+    before = '{"cuda": {"fft_crossover": 6.5, "wide_kernel_penalty": null}}'
+    target.write_text(before)
+    with pytest.raises(HyperparameterError, match="fft_crossover"):
+        gpu_check.write_constants("cuda", {"fft_crossover": -1.0}, target)
+    assert target.read_text() == before and [p.name for p in tmp_path.iterdir()] == [target.name]  # untouched
+    for text, match in (("not json", "not readable JSON"), ('{"cuda": {"fft_crossover": 5, '
+                                                            '"wide_kernel_penalty": [15]}}', "wide_kernel_penalty")):
+        target.write_text(text)
+        with pytest.raises(HyperparameterError, match=match) as err:
+            _import_conv_beside(tmp_path)
+        assert "conv_constants.json" in str(err.value)
 
 
 def test_trial_overlap():
@@ -110,11 +129,11 @@ def test_smoke_runs_every_step_but_the_search_on_the_cpu(tmp_path):
     assert all(r["layer_ms"] > 0 for r in results["steps"]["layers"])
     crossover = results["steps"]["crossover"]
     assert crossover["fitted"]["regret"] <= crossover["current"]["regret"] + 1e-12  # the fit never does worse
-    written = (tmp_path / gpu_check.CONSTANTS_FILE).read_text()
-    assert "NOT for conv.py" in written  # a smoke fit is labelled as such
-    namespace: dict = {}
-    exec(written, namespace)  # the lines are valid Python, as pasted into conv.py
-    assert namespace["FFT_CROSSOVER"]["cuda"] == crossover["fitted"]["crossover"]
+    from nas_flex.functional.conv import read_conv_constants
+
+    written = tmp_path / gpu_check.CONSTANTS_FILE
+    assert "NOT for the package" in json.loads(written.read_text())["cuda"]["fitted_on"]  # a smoke fit says so
+    assert read_conv_constants(written)["cuda"][0] == crossover["fitted"]["crossover"]  # a valid constants file
     amp = results["steps"]["amp"]
     assert [r["kind"] for r in amp] == available() and all(r["status"] == "completed" for r in amp)
     assert "all checks passed" in (tmp_path / "gpu_check.log").read_text()

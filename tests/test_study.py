@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("study", ROOT / "experiments" / "grid_vs_learned_study.py")
-study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(study)
+from experiments import grid_vs_learned_study as study
 
 
 def _row(experiment: str, i: int, conv: str, acc: float, seconds: float, flops: float = 1e6,

@@ -7,8 +7,10 @@ operation as ``F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2))``, for odd 
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from nas_flex.errors import HyperparameterError, ShapeError
 
 __all__ = [
     "conv2d_same", "fft_conv2d", "choose_conv_method", "fft_flops", "next_fast_len", "FFT_CROSSOVER",
-    "WIDE_KERNEL_PENALTY",
+    "WIDE_KERNEL_PENALTY", "fft_conv_flops", "spatial_conv_flops", "CONSTANTS_FILE", "read_conv_constants",
 ]
 
 Method = Literal["auto", "spatial", "fft"]
@@ -30,9 +32,61 @@ Method = Literal["auto", "spatial", "fft"]
 # *wide* (oneDNN's fast path; tall-narrow kernels stay fast): so FFT wins from k = 15 for square kernels, and a
 # 7x27 crop goes to FFT while a 27x7 one stays spatial. CUDA has not been measured on this project's machines yet;
 # its value is a conservative guess (cuDNN is efficient at every size) until the benchmark is run on a GPU.
+# Measured constants for a device type replace these defaults from CONSTANTS_FILE when it exists (below).
 FFT_CROSSOVER: dict[str, float] = {"cpu": 32.0, "cuda": 10.0}
 # (kernel width from which the direct convolution is slower per flop, factor), per device type
 WIDE_KERNEL_PENALTY: dict[str, tuple[int, float]] = {"cpu": (15, 5.0)}
+
+#: Per-device constants fitted to measurements (``python -m experiments.gpu_check --apply`` writes it), read once at
+#: import; when it is absent the defaults above hold. JSON: {device_type: {"fft_crossover": float,
+#: "wide_kernel_penalty": [width, factor] or null, ...notes}}.
+CONSTANTS_FILE = Path(__file__).with_name("conv_constants.json")
+
+
+def read_conv_constants(path: str | Path) -> dict[str, tuple[float, tuple[int, float] | None]]:
+    """The per-device constants in a constants file: {device_type: (fft_crossover, wide_kernel_penalty or None)}.
+
+    Raises:
+        HyperparameterError: the file is not JSON of that shape (a positive crossover; a penalty of a width >= 1
+            and a factor > 0, or null), naming the file and the entry.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise HyperparameterError(f"conv constants file {str(path)!r} is not readable JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise HyperparameterError(f"conv constants file {str(path)!r} must hold an object of device types")
+    return {str(device): _device_constants(path, str(device), entry) for device, entry in data.items()}
+
+
+def _device_constants(path: Path, device: str, entry: Any) -> tuple[float, tuple[int, float] | None]:
+    where = f"conv constants file {str(path)!r}, device {device!r}"
+    crossover = entry.get("fft_crossover") if isinstance(entry, dict) else None
+    if isinstance(crossover, bool) or not isinstance(crossover, (int, float)) or not 0 < crossover < math.inf:
+        raise HyperparameterError(f"{where}: `fft_crossover` must be a positive number, but got {crossover!r}")
+    penalty = entry.get("wide_kernel_penalty")
+    if penalty is None:
+        return float(crossover), None
+    if (not isinstance(penalty, list) or len(penalty) != 2 or not isinstance(penalty[0], int)
+            or not isinstance(penalty[1], (int, float)) or penalty[0] < 1 or not 0 < penalty[1] < math.inf):
+        raise HyperparameterError(f"{where}: `wide_kernel_penalty` must be null or [width >= 1, factor > 0], "
+                                  f"but got {penalty!r}")
+    return float(crossover), (int(penalty[0]), float(penalty[1]))
+
+
+def _use_measured_constants(path: Path) -> None:
+    if not path.is_file():
+        return
+    for device, (crossover, penalty) in read_conv_constants(path).items():
+        FFT_CROSSOVER[device] = crossover
+        if penalty is None:
+            WIDE_KERNEL_PENALTY.pop(device, None)
+        else:
+            WIDE_KERNEL_PENALTY[device] = penalty
+
+
+_use_measured_constants(CONSTANTS_FILE)
 
 
 def next_fast_len(n: int) -> int:
@@ -60,7 +114,7 @@ def fft_flops(shape: tuple[int, ...]) -> float:
     return 5.0 * n * math.log2(n) if n > 1 else 0.0
 
 
-def _fft_cost(n: int, c_in: int, c_out: int, h: int, w: int, kh: int, kw: int) -> float:
+def fft_conv_flops(n: int, c_in: int, c_out: int, h: int, w: int, kh: int, kw: int) -> float:
     """Approximate real flops of ``fft_conv2d`` forward (FFTs of input, kernel and output plus the channel mix)."""
     hf, wf = next_fast_len(h + kh - 1), next_fast_len(w + kw - 1)
     freq = hf * (wf // 2 + 1)
@@ -69,7 +123,8 @@ def _fft_cost(n: int, c_in: int, c_out: int, h: int, w: int, kh: int, kw: int) -
     return ffts + mix
 
 
-def _spatial_cost(n: int, c_in: int, c_out: int, h: int, w: int, kh: int, kw: int) -> float:
+def spatial_conv_flops(n: int, c_in: int, c_out: int, h: int, w: int, kh: int, kw: int) -> float:
+    """Real flops of the direct convolution forward (one multiply-add per tap, input pixel and channel pair)."""
     return 2.0 * n * c_in * c_out * h * w * kh * kw
 
 
@@ -79,11 +134,11 @@ def choose_conv_method(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], 
     c_out, c_in_w, kh, kw = weight_shape
     if kh * kw <= 9:  # 3x3 and smaller: direct convolution always wins (im2col / cuDNN are tuned for them)
         return "spatial"
-    spatial = _spatial_cost(max(n, 1), c_in_w, c_out, h, w, kh, kw)
+    spatial = spatial_conv_flops(max(n, 1), c_in_w, c_out, h, w, kh, kw)
     wide, penalty = WIDE_KERNEL_PENALTY.get(device_type, (0, 1.0))
     if wide and kw >= wide:
         spatial *= penalty
-    fft = _fft_cost(max(n, 1), c_in, c_out, h, w, kh, kw)
+    fft = fft_conv_flops(max(n, 1), c_in, c_out, h, w, kh, kw)
     ratio = FFT_CROSSOVER.get(device_type, FFT_CROSSOVER["cpu"])
     return "fft" if spatial > ratio * fft else "spatial"
 
