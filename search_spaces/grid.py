@@ -5,9 +5,14 @@ drawing choices with trial.suggest_categorical / suggest_int / suggest_float, an
 "random"). A grid must use categorical (or stepped) choices only.
 """
 
+import runpy
+from pathlib import Path
+
 SAMPLER = "grid"
 
-BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 8, "lr": 1e-2}
+# the main job's backbone, data, width and learning rate (grid_vs_learned.py, beside this file), at this space's
+# budget: 8 epochs of batch 64. In a copy of this file kept elsewhere, write BASE out as a dict.
+BASE = {**runpy.run_path(str(Path(__file__).with_name("grid_vs_learned.py")))["BASE"], "epochs": 8, "batch_size": 64}
 
 
 def space(trial):

@@ -7,10 +7,15 @@ per layer in one run. ``search_spaces/per_layer_learned.py`` is the matching lea
 and budget); ``experiments/grid_vs_learned_study.py`` runs both at equal compute.
 """
 
+import runpy
+from pathlib import Path
+
 SAMPLER = "tpe"
 NUM_SAMPLES = 24  # of 729 architectures; the study compares this budget with one learned run per method
 
-BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 6, "lr": 1e-2}
+# the main job's backbone, data, width and learning rate (grid_vs_learned.py, beside this file), at this space's
+# budget: 6 epochs of batch 64. In a copy of this file kept elsewhere, write BASE out as a dict.
+BASE = {**runpy.run_path(str(Path(__file__).with_name("grid_vs_learned.py")))["BASE"], "epochs": 6, "batch_size": 64}
 
 KERNEL_SIZES = [3, 5, 7]
 POOLINGS = ["max", "avg", "conv"]

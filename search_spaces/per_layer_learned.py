@@ -6,9 +6,14 @@ Each (method, pooling plan) is one run; the study (``experiments/grid_vs_learned
 trains. ``SAMPLER = "grid"`` enumerates them all (6 methods x 9 plans, plus N-Jet with safe-subsampling: 55).
 """
 
+import runpy
+from pathlib import Path
+
 SAMPLER = "grid"
 
-BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 6, "lr": 1e-2}
+# the main job's backbone, data, width and learning rate (grid_vs_learned.py, beside this file), at this space's
+# budget: 6 epochs of batch 64. In a copy of this file kept elsewhere, write BASE out as a dict.
+BASE = {**runpy.run_path(str(Path(__file__).with_name("grid_vs_learned.py")))["BASE"], "epochs": 6, "batch_size": 64}
 
 METHODS = ["mixed", "flexconv", "njet", "envelope", "niff", "cfconv"]
 POOLINGS = ["max", "avg", "conv"]
