@@ -15,7 +15,7 @@ accuracy against its cumulative training compute (training seconds, and forward 
 trials charged in the order they ran, against each learned method's single run; for each learned method, the share
 of the grid's compute at which it matches the grid's best (within 0.5 points), or the gap that remains.
 
-Usage (the README's figures come from the first command; scope: 2-core x86 CPU, one thread per trial):
+Usage (the figures in docs/results.md come from the first command; scope: 2-core x86 CPU, one thread per trial):
 
     python -m experiments.grid_vs_learned_study                      # small CPU budget, embedded Ray
     python -m experiments.grid_vs_learned_study --quick              # smoke run: 1 dataset, 1 seed, 2 epochs

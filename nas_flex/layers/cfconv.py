@@ -179,7 +179,7 @@ class CFConv(FrequencyKernelLayer):
             ~16 (the U[-1, 1] state) to about 2 within 20 Adam steps, at lr 1e-2 as at 1e-3, because the MLP itself
             is nearly rank-deficient across channels (evaluated everywhere at init: ranks 1.8-3.8 of 16), and the
             main job's CF-Conv stays near chance; per pair the ranks stay near 15 and the main job reaches about
-            0.64 (``experiments/frequency_layers.py``; README, "NIFF and CF-Conv at the main job's config").
+            0.64 (``experiments/frequency_layers.py``; docs/results.md, "NIFF and CF-Conv at the main job's config").
         hidden_features: the MLP's hidden widths; default the paper's (32, 32, 32, 16, 16, 16, 8, 8, 8) for
             "joint", (2,) for "per_pair" (its [2, 1] neurons). The output width is 1 per part.
         encoding: the joint MLP's input encoding (the paper does not give one; "joint" only): "none" (default:
@@ -187,7 +187,7 @@ class CFConv(FrequencyKernelLayer):
             ``fourier_encode``; Tancik et al. 2020, the remedy for spectral bias the paper cites) or "all" (every
             coordinate). Measured on the main job's config (``experiments/frequency_layers.py``, max pool, 6
             epochs): "none" 0.128, "all" 0.245, "channels" with 8 octaves 0.092; it does not remove the channel
-            collapse described in the README, so it stays off.
+            collapse described in docs/results.md, so it stays off.
         encoding_octaves: sinusoid frequencies per encoded coordinate, 2^k pi for k < encoding_octaves. Default 4.
         bias: add a learnable bias per output channel (spatial domain; nn.Conv2d's default; not in the paper).
 
