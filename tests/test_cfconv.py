@@ -305,7 +305,7 @@ def test_sparse_step_allocates_a_fraction_of_a_full_evaluation():
 
 # ----------------------------------------------------------------------------------------------- options
 def test_parameterizations_and_paper_mlp():
-    assert build("cfconv", 3, 4).parameterization == "per_pair"  # the default (docs/results.md: the joint MLP collapses)
+    assert build("cfconv", 3, 4).parameterization == "per_pair"  # default (docs/results.md: joint collapses)
     joint = build("cfconv", 3, 4, parameterization="joint")
     assert "parameterization='joint'" in joint.extra_repr()
     widths = [4, 32, 32, 32, 16, 16, 16, 8, 8, 8, 1]  # the paper's [32, 32, 32, 16, 16, 16, 8, 8, 8, 1]
