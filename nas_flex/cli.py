@@ -118,7 +118,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CorruptFileWarning)
-        text = format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where, columns=args.columns)
+        text = format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where, columns=args.columns,
+                                  status=None if args.all_statuses else "completed")
     for w in caught:  # a skipped unreadable file: one line, not a warning with its source location
         if issubclass(w.category, CorruptFileWarning):
             print(f"nas-flex: warning: {w.message}", file=sys.stderr)
@@ -156,7 +157,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     df = lb.to_pandas()
     experiment = args.experiment or (df.sort_values("written_at")["experiment"].iloc[-1] if len(df) else None)
     print(f"\nLeaderboard {args.storage} (experiment {experiment}):")
-    print(format_leaderboard(args.storage, sort="metrics_val_acc", where=f"experiment == {experiment!r}"))
+    print(format_leaderboard(args.storage, sort="metrics_val_acc", where=f"experiment == {experiment!r}",
+                             status=None))
     from nas_flex.record import TrialStatus
 
     done = (df["experiment"] == experiment) & (df["status"] == TrialStatus.COMPLETED.value)
@@ -236,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sort column: best first for a metric with a recorded direction, else ascending "
                         "(default: metrics_val_acc)")
     p.add_argument("--where", default=None, metavar="EXPR",
-                   help="a pandas DataFrame.query expression, e.g. \"params_conv == 'njet' and flops < 1e6\"")
+                   help="a filter: columns compared with literals, and / or / not, in [...], isna(col), e.g. "
+                        "\"params_conv == 'njet' and flops < 1e6\" (never run as Python; see docs/queries.md)")
+    p.add_argument("--all-statuses", action="store_true",
+                   help="list trials of every status (default: completed trials only)")
     p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
                    help="columns to show, space or comma separated (default: a summary set)")
     p.set_defaults(func=_cmd_leaderboard)
