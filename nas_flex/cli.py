@@ -184,7 +184,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from nas_flex.export import export_best, export_trial
 
     common = {"weights": args.weights, "check_examples": args.check_examples, "rtol": args.rtol, "log": print,
-              "onnx": not args.no_onnx}
+              "onnx": not args.no_onnx, "force": args.force}
     if args.trial is not None:
         result = export_trial(args.path, args.trial, args.out, experiment=args.experiment, **common)
     else:
@@ -280,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", default=None, metavar="ID", help="export this trial id")
     p.add_argument("--metric", default="metrics_val_acc", help="ranking metric for --best (default: metrics_val_acc)")
     p.add_argument("--experiment", default=None, help="the experiment of --trial, where ids repeat")
-    p.add_argument("--out", required=True, help="the export directory")
+    p.add_argument("--out", required=True, help="the export directory (new or empty; see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out: the new export is written beside it and swapped in at the end, "
+                        "so a failure leaves the old folder as it was")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="trained weights (.safetensors, a torch state_dict or a run_trial trial_state.pt); default: "
                         "the weights the search kept for the trial, else it is retrained from its config")
