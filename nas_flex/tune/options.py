@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas_flex.errors import SearchSpaceError
+from nas_flex.errors import SearchSpaceError, unknown_name
 from nas_flex.record import METRICS
 from nas_flex.tune.errors import ResourceError
 
@@ -80,7 +80,7 @@ def resolve_objectives(objectives: Objectives) -> dict[str, str]:
     out = dict(objectives) if isinstance(objectives, Mapping) else {m: METRICS.get(m, "") for m in objectives}
     for metric, mode in out.items():
         if metric not in METRICS:
-            raise SearchSpaceError(f"unknown objective {metric!r}; expected one of: {', '.join(METRICS)}")
+            raise unknown_name("objective", metric, METRICS, error=SearchSpaceError, sort=False)
         if mode not in ("max", "min"):
             raise SearchSpaceError(f"objective {metric!r} needs mode 'max' or 'min', but got {mode!r}")
     return out
