@@ -118,7 +118,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CorruptFileWarning)
-        text = format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where, columns=args.columns)
+        text = format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where, columns=args.columns,
+                                  status=None if args.all_statuses else "completed")
     for w in caught:  # a skipped unreadable file: one line, not a warning with its source location
         if issubclass(w.category, CorruptFileWarning):
             print(f"nas-flex: warning: {w.message}", file=sys.stderr)
@@ -156,7 +157,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     df = lb.to_pandas()
     experiment = args.experiment or (df.sort_values("written_at")["experiment"].iloc[-1] if len(df) else None)
     print(f"\nLeaderboard {args.storage} (experiment {experiment}):")
-    print(format_leaderboard(args.storage, sort="metrics_val_acc", where=f"experiment == {experiment!r}"))
+    print(format_leaderboard(args.storage, sort="metrics_val_acc", where=f"experiment == {experiment!r}",
+                             status=None))
     from nas_flex.record import TrialStatus
 
     done = (df["experiment"] == experiment) & (df["status"] == TrialStatus.COMPLETED.value)
@@ -182,7 +184,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from nas_flex.export import export_best, export_trial
 
     common = {"weights": args.weights, "check_examples": args.check_examples, "rtol": args.rtol, "log": print,
-              "onnx": not args.no_onnx}
+              "onnx": not args.no_onnx, "force": args.force}
     if args.trial is not None:
         result = export_trial(args.path, args.trial, args.out, experiment=args.experiment, **common)
     else:
@@ -236,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sort column: best first for a metric with a recorded direction, else ascending "
                         "(default: metrics_val_acc)")
     p.add_argument("--where", default=None, metavar="EXPR",
-                   help="a pandas DataFrame.query expression, e.g. \"params_conv == 'njet' and flops < 1e6\"")
+                   help="a filter: columns compared with literals, and / or / not, in [...], isna(col), e.g. "
+                        "\"params_conv == 'njet' and flops < 1e6\" (never run as Python; see docs/queries.md)")
+    p.add_argument("--all-statuses", action="store_true",
+                   help="list trials of every status (default: completed trials only)")
     p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
                    help="columns to show, space or comma separated (default: a summary set)")
     p.set_defaults(func=_cmd_leaderboard)
@@ -275,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", default=None, metavar="ID", help="export this trial id")
     p.add_argument("--metric", default="metrics_val_acc", help="ranking metric for --best (default: metrics_val_acc)")
     p.add_argument("--experiment", default=None, help="the experiment of --trial, where ids repeat")
-    p.add_argument("--out", required=True, help="the export directory")
+    p.add_argument("--out", required=True, help="the export directory (new or empty; see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out: the new export is written beside it and swapped in at the end, "
+                        "so a failure leaves the old folder as it was")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="trained weights (.safetensors, a torch state_dict or a run_trial trial_state.pt); default: "
                         "the weights the search kept for the trial, else it is retrained from its config")

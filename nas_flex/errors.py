@@ -18,8 +18,15 @@ __all__ = [
     "CorruptLeaderboardError",
     "HyperparameterError",
     "NonFiniteError",
+    "ResourceError",
+    "StorageError",
+    "ExportError",
+    "EquivalenceError",
+    "DatasetNotFoundError",
+    "QueryError",
     "check_shape",
     "check_known",
+    "did_you_mean",
     "unknown_name",
 ]
 
@@ -52,27 +59,69 @@ class CorruptLeaderboardError(LeaderboardSchemaError):
     """Files of a leaderboard are not readable Parquet (truncated, empty, overwritten); the message names them all."""
 
 
+class QueryError(LeaderboardSchemaError):
+    """A leaderboard filter expression is not valid: bad syntax, a refused construct or an unknown column."""
+
+
 class NonFiniteError(NasFlexError, FloatingPointError):
     """A NaN or inf appeared in a size parameter or a generated kernel."""
 
 
-def _did_you_mean(name: Any, valid: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` with the closest valid name (case aside), or "" if none is close."""
+class ResourceError(NasFlexError, RuntimeError):
+    """A trial asks for resources the cluster does not have (Ray would leave it pending forever)."""
+
+
+class StorageError(NasFlexError, ValueError):
+    """The ``storage`` folder cannot hold a leaderboard: a file, not writable, or holding unreadable files."""
+
+
+class ExportError(NasFlexError):
+    """An architecture could not be exported, discretised or reloaded, or the export folder is in the way."""
+
+
+class EquivalenceError(ExportError):
+    """The deployable model's outputs differ from the trained model's beyond the tolerance."""
+
+
+class DatasetNotFoundError(NasFlexError, FileNotFoundError):
+    """A dataset's files are missing, incomplete or corrupted; the message names the path and how to get them."""
+
+
+def did_you_mean(name: Any, valid: Iterable[Any]) -> str:
+    """`` (did you mean 'x'?)`` with the closest valid name (case aside), or "" if none is close.
+
+    The one "did you mean" of the package: every unknown-name error uses it.
+
+    Example:
+        >>> did_you_mean("flop", ["flops", "params"])
+        " (did you mean 'flops'?)"
+    """
     by_lower = {str(v).lower(): v for v in valid}
     close = difflib.get_close_matches(str(name).lower(), by_lower, n=1)
     return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
-def unknown_name(what: str, name: Any, valid: Iterable[str]) -> UnknownNameError:
+_did_you_mean = did_you_mean  # the name the registries used before it was public
+
+
+def unknown_name(what: str, name: Any, valid: Iterable[str], *, error: type[NasFlexError] = UnknownNameError,
+                 sort: bool = True) -> NasFlexError:
     """Build the error for an unknown ``name``, with the closest valid one and all the valid choices.
+
+    Args:
+        what: what the name is, e.g. ``"layer"`` or ``"sort column"``.
+        name: the name given.
+        valid: the accepted names.
+        error: the error class to build (``UnknownNameError`` by default).
+        sort: list the valid names sorted (else in the order given, e.g. a table's column order).
 
     Example:
         >>> print(unknown_name("layer", "flexconvv", ["conv", "flexconv"]))
         unknown layer 'flexconvv' (did you mean 'flexconv'?); expected one of: 'conv', 'flexconv'
     """
-    valid = sorted(valid, key=repr)
+    valid = sorted(valid, key=repr) if sort else list(valid)
     choices = ", ".join(repr(v) for v in valid)
-    return UnknownNameError(f"unknown {what} {name!r}{_did_you_mean(name, valid)}; expected one of: {choices}")
+    return error(f"unknown {what} {name!r}{did_you_mean(name, valid)}; expected one of: {choices}")
 
 
 def check_known(
@@ -102,7 +151,7 @@ def check_known(
     valid = list(valid)
     unknown = sorted({str(g) for g in given} - set(valid))
     if unknown:
-        hints = ", ".join(f"{u!r}{_did_you_mean(u, valid)}" for u in unknown)
+        hints = ", ".join(f"{u!r}{did_you_mean(u, valid)}" for u in unknown)
         raise error(f"unknown {what}: {hints}; valid: {', '.join(valid) or 'none'}")
 
 

@@ -2,8 +2,8 @@
 
 Modelled on Optuna's ``FrozenTrial`` + ``TrialState``: ``TrialStatus`` names every state a trial's row can be in and
 ``TrialRecord`` is the frozen result ``nas_flex.train.run_trial`` returns, the tuner writes and the leaderboard stores.
-Metric names and their ranking directions live here once. The module needs only the standard library, so the
-torch-free leaderboard can use it.
+Every metric's column, direction, label and whether a search can optimise it live here once (``METRIC_TABLE``). The
+module needs only the standard library, so the torch-free leaderboard can use it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
-    "TrialStatus", "TrialRecord", "RESULT_FIELDS", "TASK_METRICS", "METRIC_DIRECTIONS", "METRICS", "METRIC_COLUMNS",
-    "config_hash", "utc_now", "to_jsonable",
+    "TrialStatus", "TrialRecord", "RESULT_FIELDS", "TASK_METRICS", "Metric", "METRIC_TABLE", "METRIC_DIRECTIONS",
+    "METRICS", "METRIC_COLUMNS", "HISTORY_METRIC_DIRECTIONS", "METRIC_LABELS", "config_hash", "utc_now", "to_jsonable",
 ]
 
 
@@ -41,30 +41,60 @@ class TrialStatus(str, Enum):
 #: the per-epoch task metrics of a trial (``TrialRecord.metrics`` keys)
 TASK_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
+@dataclass(frozen=True)
+class Metric:
+    """One metric: where it is stored, which way is better, how a figure names it, and whether a search can
+    optimise it.
+
+    Attributes:
+        name: the metric's short name, the one ``search(objectives=...)`` takes when ``optimisable``.
+        column: its column in the trial table (None: only in the per-epoch history).
+        direction: "max" or "min": which way is better.
+        label: a readable name for axis labels and titles.
+        optimisable: a search may optimise it (an objective).
+        history: its column in the per-epoch history table (None: not recorded per epoch).
+    """
+
+    name: str
+    column: str | None
+    direction: str
+    label: str
+    optimisable: bool = False
+    history: str | None = None
+
+
+#: every metric, once: the tables below and the leaderboard's recorded directions derive from it
+METRIC_TABLE: tuple[Metric, ...] = (
+    Metric("val_acc", "metrics_val_acc", "max", "validation accuracy", True, "val_acc"),
+    Metric("val_loss", "metrics_val_loss", "min", "validation loss", True, "val_loss"),
+    Metric("train_acc", "metrics_train_acc", "max", "training accuracy", True, "train_acc"),
+    Metric("train_loss", "metrics_train_loss", "min", "training loss", True, "train_loss"),
+    Metric("best_val_acc", "best_val_acc", "max", "best-epoch validation accuracy"),
+    Metric("best_val_loss", "best_val_loss", "min", "best-epoch validation loss"),
+    Metric("params", "params", "min", "parameters", True),
+    Metric("flops", "flops", "min", "FLOPs per example (FFTs counted)", True, "flops"),
+    Metric("flops_fft", "flops_fft", "min", "FFT FLOPs per example"),
+    Metric("train_seconds", "train_seconds", "min", "training time (s)", True),
+    Metric("examples_per_second", "examples_per_second", "max", "training examples per second"),
+    Metric("peak_memory_bytes", "peak_memory_bytes", "min", "peak memory (bytes)"),
+    Metric("train_reg", None, "min", "size regularisation loss", history="train_reg"),
+    Metric("seconds", None, "min", "epoch time (s)", history="seconds"),
+)
+
 #: ranking direction of every metric column of the trial table
-METRIC_DIRECTIONS: dict[str, str] = {
-    "metrics_val_acc": "max",
-    "metrics_val_loss": "min",
-    "metrics_train_acc": "max",
-    "metrics_train_loss": "min",
-    "best_val_acc": "max",
-    "best_val_loss": "min",
-    "params": "min",
-    "flops": "min",
-    "flops_fft": "min",
-    "train_seconds": "min",
-    "examples_per_second": "max",
-    "peak_memory_bytes": "min",
-}
+METRIC_DIRECTIONS: dict[str, str] = {m.column: m.direction for m in METRIC_TABLE if m.column}
 
 #: metric a search may optimise -> its leaderboard column
-METRIC_COLUMNS: dict[str, str] = {
-    **{m: f"metrics_{m}" for m in TASK_METRICS},
-    "flops": "flops", "params": "params", "train_seconds": "train_seconds",
-}
+METRIC_COLUMNS: dict[str, str] = {m.name: m.column for m in METRIC_TABLE if m.optimisable and m.column}
 
 #: metric a search may optimise -> its natural direction ("max" or "min")
-METRICS: dict[str, str] = {m: METRIC_DIRECTIONS[col] for m, col in METRIC_COLUMNS.items()}
+METRICS: dict[str, str] = {m.name: m.direction for m in METRIC_TABLE if m.optimisable}
+
+#: ranking direction of the per-epoch metric columns of the history table
+HISTORY_METRIC_DIRECTIONS: dict[str, str] = {m.history: m.direction for m in METRIC_TABLE if m.history}
+
+#: a readable name of every metric column of the trial table
+METRIC_LABELS: dict[str, str] = {m.column: m.label for m in METRIC_TABLE if m.column}
 
 
 def _nan_metrics() -> dict[str, float]:

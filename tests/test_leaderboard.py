@@ -266,7 +266,7 @@ def test_best_and_top_follow_recorded_directions(ranked):
     assert ranked.best("metrics_val_acc", status=None).trial_id == "g"
     assert ranked.top(3, "metrics_val_acc")["trial_id"].tolist() == ["b", "c", "a"]
     assert ranked.top(2, "flops")["trial_id"].tolist() == ["f", "e"]
-    with pytest.raises(LeaderboardSchemaError, match=r"unknown metric 'accuracy'.*valid: .*metrics_val_acc"):
+    with pytest.raises(LeaderboardSchemaError, match=r"unknown metric 'accuracy'.*one of: .*'metrics_val_acc'"):
         ranked.best("accuracy")
     with pytest.raises(LeaderboardSchemaError, match="no 'oom' trial"):
         ranked.best(status="oom")
@@ -383,8 +383,15 @@ def test_cli_table_and_errors(ranked, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["trial_id", "status", "params_conv"]
-    assert [ln.split()[0] for ln in lines[1:4]] == ["g", "b", "c"]  # best val_acc first, every status
+    # best val_acc first, completed trials only (as Leaderboard.top): the diverged g is left out and counted
+    assert [ln.split()[0] for ln in lines[1:4]] == ["b", "c", "a"]
+    assert "g" not in [ln.split()[0] for ln in lines[1:-1]]
+    assert lines[-1] == ("(7 of 8 trials, completed only (1 other: --all-statuses shows them), "
+                         "sorted by metrics_val_acc)")
     assert "5.0 7.2x6.5" in out  # learned sizes summarised per layer: square, then height x width
+    assert main(["leaderboard", path, "--all-statuses"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines[1:4]] == ["g", "b", "c"] and lines[-1].startswith("(8 of 8 trials")
 
     assert main(["leaderboard", path, "--top", "2", "--sort", "flops", "--where", "status == 'completed'",
                  "--columns", "trial_id,flops", "metrics_val_acc"]) == 0
@@ -396,8 +403,8 @@ def test_cli_table_and_errors(ranked, capsys):
         (["leaderboard", str(ranked.path / "nope")], "no leaderboard at"),
         (["leaderboard", path, "--columns", "trial_id", "accuracy"], "unknown column 'accuracy'"),
         (["leaderboard", path, "--sort", "flop"], "unknown sort column 'flop' (did you mean 'flops'?)"),
-        (["leaderboard", path, "--where", "no_such_column > 1"], "bad --where expression"),
-        (["leaderboard", path, "--where", "metrics_val_acc >"], "bad --where expression"),
+        (["leaderboard", path, "--where", "no_such_column > 1"], "unknown column 'no_such_column'"),
+        (["leaderboard", path, "--where", "metrics_val_acc >"], "not a valid expression"),
         (["leaderboard", path, "--top", "0"], "--top must be >= 1"),
     ]
     for argv, message in cases:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nas_flex.errors import HyperparameterError, NasFlexError
+from nas_flex.errors import DatasetNotFoundError, HyperparameterError
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -19,10 +19,6 @@ __all__ = ["DatasetSplits", "DatasetNotFoundError", "MIN_IMAGE_SIZE", "check_ima
 
 # below this a 3x3 convolution and one pooling step leave nothing to learn from
 MIN_IMAGE_SIZE = 4
-
-
-class DatasetNotFoundError(NasFlexError, FileNotFoundError):
-    """A dataset's files are missing, incomplete or corrupted; the message names the path and how to get them."""
 
 
 @dataclass(frozen=True)

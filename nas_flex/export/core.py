@@ -5,7 +5,7 @@
 ``export_best`` use them. A state_dict given with ``weights=`` takes precedence. Only when neither exists (a row
 written by hand, or a storage whose weights were deleted) does export *retrain* the trial from its stored config
 with ``nas_flex.train.run_trial`` into ``<out>/training/`` (deterministic on the CPU for a given seed; on a GPU it may
-differ slightly from the search's run). Exporting again into the same folder reuses that checkpoint.
+differ slightly from the search's run). Exporting again into the same folder (``force=True``) reuses that checkpoint.
 
 Files written to ``out``:
 
@@ -48,6 +48,7 @@ from nas_flex.export.architecture import (
     row_config,
 )
 from nas_flex.export.deploy import ExportError, check_outputs_match, to_deployable
+from nas_flex.export.folder import TRAINING_DIR, check_out, staged_export
 from nas_flex.leaderboard.layout import TRIAL_STATE_FILE, StorageLayout
 from nas_flex.record import TrialStatus, to_jsonable
 
@@ -120,6 +121,7 @@ def export_best(leaderboard: Any, out: str | os.PathLike, *, metric: str = "metr
     """
     from nas_flex.leaderboard import Leaderboard
 
+    check_out(out, force=kwargs.get("force", False))  # before reading or training anything
     lb = leaderboard if isinstance(leaderboard, Leaderboard) else Leaderboard(leaderboard)
     row = lb.best(metric)
     _kept_weights(lb.path, row, kwargs)
@@ -134,6 +136,7 @@ def export_trial(leaderboard: Any, trial_id: str, out: str | os.PathLike, *, exp
     Raises:
         ExportError: the trial id is unknown (the valid ones are listed) or ambiguous.
     """
+    check_out(out, force=kwargs.get("force", False))  # before reading or training anything
     row = find_row(leaderboard, trial_id, experiment=experiment)
     _kept_weights(getattr(leaderboard, "path", leaderboard), row, kwargs)
     return export_row(row, out, source={"leaderboard": str(getattr(leaderboard, "path", leaderboard))}, **kwargs)
@@ -174,7 +177,7 @@ def _trained_state(cfg: dict[str, Any], out: Path, weights: Any, log: Log) -> tu
         return load_state_dict_file(weights), {"weights": str(weights)}
     from nas_flex.train import run_trial
 
-    ckpt_dir = out / "training"
+    ckpt_dir = out / TRAINING_DIR
     log(f"no kept weights for this trial: retraining it from its config ({cfg['epochs']} epochs, "
         f"seed {cfg['seed']}) into {ckpt_dir} ...")
     result = run_trial(cfg, checkpoint_dir=ckpt_dir)
@@ -290,12 +293,12 @@ def _layer_records(model: nn.Module, plain: nn.Module) -> list[dict[str, Any]]:
 
 def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_examples: int = 64,
                rtol: float = 1e-4, source: Mapping[str, Any] | None = None, log: Log | None = None,
-               onnx: bool = True) -> ExportResult:
-    """Export a leaderboard row (or a trial config) into ``out``.
+               onnx: bool = True, force: bool = False) -> ExportResult:
+    """Export a leaderboard row (or a trial config) into ``out``, never overwriting it in place.
 
     Args:
         row: a leaderboard row (pandas Series) or a trial config dict.
-        out: the export directory (created).
+        out: the export directory: new, empty, or (with ``force``) an old one to replace.
         weights: a state_dict (mapping), a ``.safetensors`` / ``torch.save`` file (a run_trial ``trial_state.pt``
             works) or an export directory, holding the trained weights. None (default): **retrain** the trial
             from its config with ``run_trial`` into ``out/training`` (``export_best`` / ``export_trial`` first look
@@ -305,39 +308,28 @@ def export_row(row: Any, out: str | os.PathLike, *, weights: Any = None, check_e
         source: provenance written into the JSON (leaderboard path, metric).
         log: called with progress lines (the CLI passes print).
         onnx: also write ``model.onnx`` and check it with onnxruntime (needs ``ONNX_PACKAGES``).
+        force: replace a non-empty ``out``. The export is written into a new sibling folder and swapped in at the
+            end, so a failure leaves the old folder exactly as it was (``nas_flex.export.folder``).
 
     Raises:
         EquivalenceError: a deployable model's outputs differ from the trained model's (an ``ExportError``).
-        ExportError: ``onnx`` is true but onnx, onnxscript or onnxruntime is missing (raised before any work); the
-            weights file is missing, truncated or not a state_dict (one line naming it).
+        ExportError: ``out`` is a file or a non-empty folder without ``force`` (raised before any work); ``onnx``
+            is true but onnx, onnxscript or onnxruntime is missing (before any work); the weights file is missing,
+            truncated or not a state_dict (one line naming it).
 
-    A failed export into a folder it created removes that folder again (no half-written export is left), except a
-    finished retraining checkpoint in ``out/training``, which the next export into the same folder reuses.
+    A failed export leaves no half-written folder: ``out`` is as it was, except that a finished retraining
+    checkpoint is kept in ``out/training`` when ``out`` held nothing else; the next export into it reuses it.
     """
     log = log or _noop
+    out = check_out(out, force=force)
     if onnx:
         _require_onnx()
-    out = Path(out)
-    created = not out.exists()
-    try:
-        return _export_row(row, out, weights=weights, check_examples=check_examples, rtol=rtol, source=source,
-                           log=log, onnx=onnx)
-    except BaseException:
-        if created:
-            _remove_partial_export(out)
-        raise
-
-
-def _remove_partial_export(out: Path) -> None:
-    import shutil
-
-    keep = out / "training"
-    if not (keep / TRIAL_STATE_FILE).is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for entry in out.iterdir():
-        if entry != keep:
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+    with staged_export(out) as stage:
+        result = _export_row(row, stage, weights=weights, check_examples=check_examples, rtol=rtol, source=source,
+                             log=log, onnx=onnx)
+    files = {kind: out / path.relative_to(stage) for kind, path in result.files.items()}
+    log(f"exported to {out}: " + ", ".join(p.name for p in files.values()))
+    return dataclasses.replace(result, out=out, files=files)
 
 
 def _given_weights(weights: Any, log: Log) -> tuple[Any, str | None]:
@@ -467,5 +459,4 @@ def _export_row(row: Any, out: Path, *, weights: Any, check_examples: int, rtol:
         "files": {k: p.name for k, p in files.items()},
     }
     _write_architecture(files["architecture"], arch)
-    log(f"exported to {out}: " + ", ".join(p.name for p in files.values()))
     return ExportResult(out=out, architecture=arch, files=files, model=model, deployable=plain, max_rel_diff=diffs)

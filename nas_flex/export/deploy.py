@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nas_flex.errors import NasFlexError
+from nas_flex.errors import EquivalenceError, ExportError
 
 __all__ = [
     "ExportError",
@@ -31,14 +31,6 @@ __all__ = [
     "to_deployable",
     "check_outputs_match",
 ]
-
-
-class ExportError(NasFlexError):
-    """An architecture could not be exported, discretised or reloaded."""
-
-
-class EquivalenceError(ExportError):
-    """The deployable model's outputs differ from the trained model's beyond the tolerance."""
 
 
 class FixedCircularConv2d(nn.Module):

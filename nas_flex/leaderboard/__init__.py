@@ -13,6 +13,7 @@ Example:
 
 from nas_flex.leaderboard.board import Leaderboard
 from nas_flex.leaderboard.layout import StorageLayout
+from nas_flex.leaderboard.query import Filter, parse_filter
 from nas_flex.leaderboard.schema import (
     CONFIG_COLUMNS,
     HISTORY_METRIC_DIRECTIONS,
@@ -44,6 +45,8 @@ __all__ = [
     "MERGE_AT",
     "trial_file_name",
     "format_leaderboard",
+    "parse_filter",
+    "Filter",
     "size_changes",
     "format_size_changes",
     "SCHEMA_VERSION",

@@ -7,7 +7,6 @@ on 10^5 trials ``top`` and ``pareto`` take about a second (``experiments/bench_l
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nas_flex.errors import LeaderboardSchemaError
+from nas_flex.errors import LeaderboardSchemaError, unknown_name
+from nas_flex.leaderboard.query import Filter, parse_filter, row_mask, select
 from nas_flex.leaderboard.schema import TRIAL_SCHEMA
 from nas_flex.leaderboard.store import (
     Snapshot,
@@ -48,10 +48,7 @@ def to_pandas(table: pa.Table) -> pd.DataFrame:
 
 
 def _unknown_column(what: str, name: Any, valid: Iterable[str]) -> LeaderboardSchemaError:
-    valid = list(valid)
-    close = difflib.get_close_matches(str(name), valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return LeaderboardSchemaError(f"unknown {what} {name!r}{hint}; valid: {', '.join(valid)}")
+    return unknown_name(what, name, valid, error=LeaderboardSchemaError, sort=False)
 
 
 def _numeric(name: str) -> bool:
@@ -65,6 +62,43 @@ def _present(col: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_floating(col.type):
         ok = pc.and_(ok, pc.invert(pc.fill_null(pc.is_nan(col), True)))
     return ok.to_numpy(zero_copy_only=False)
+
+
+def _parse_where(where: str | Filter | None) -> Filter | None:
+    """A filter, parsed and checked against the trial table's columns before anything is read."""
+    if where is None or isinstance(where, Filter):
+        return where
+    return parse_filter(where, TRIAL_SCHEMA.names)
+
+
+def _needed(*columns: str, query: Filter | None) -> list[str]:
+    """The columns a ranking reads: its own and the filter's, each once, in a stable order."""
+    return sorted({*columns, *(query.columns if query is not None else ())})
+
+
+def _checked_objectives(objectives: Mapping[str, str] | Sequence[str] | str) -> Mapping[str, str] | list[str]:
+    """Pareto objectives, checked: known numeric columns, directions 'max' / 'min', at least one."""
+    if isinstance(objectives, str):
+        objectives = [objectives]
+    if isinstance(objectives, Mapping):
+        for col, way in objectives.items():
+            if col not in TRIAL_SCHEMA.names:
+                raise _unknown_column("objective", col, TRIAL_SCHEMA.names)
+            if way not in _DIRECTIONS:
+                raise LeaderboardSchemaError(f"objective {col!r} must be 'max' or 'min', but got {way!r}")
+    else:
+        objectives = list(objectives)
+        for col in objectives:
+            if col not in TRIAL_SCHEMA.names:
+                raise _unknown_column("metric", col, METRIC_DIRECTIONS)
+    if not objectives:
+        raise LeaderboardSchemaError("pareto needs at least one objective")
+    for col in objectives:
+        if not _numeric(col):
+            raise LeaderboardSchemaError(
+                f"objective {col!r} must be a numeric column, but it is {TRIAL_SCHEMA.field(col).type}"
+            )
+    return objectives
 
 
 def _pareto_front(values: np.ndarray) -> np.ndarray:
@@ -186,84 +220,69 @@ class Leaderboard:
             raise _unknown_column("metric", metric, directions)
         return directions[metric]
 
-    @staticmethod
-    def _with_status(snap: Snapshot, status: TrialStatus | str | None) -> np.ndarray:
-        if status is None:
-            return np.ones(snap.table.num_rows, dtype=bool)
-        # the column holds the plain string value of a TrialStatus
-        return pc.fill_null(pc.equal(snap.table.column("status"), str(status)), False).to_numpy(zero_copy_only=False)
+    def _snapshot_frame(self, snap: Snapshot) -> pd.DataFrame:
+        """The snapshot's columns as pandas, indexed by position (what ``_frame`` takes)."""
+        return to_pandas(without_location(snap.table))
 
     def top(self, n: int = 10, metric: str = "metrics_val_acc", *,
-            status: TrialStatus | str | None = TrialStatus.COMPLETED) -> pd.DataFrame:
+            status: TrialStatus | str | None = TrialStatus.COMPLETED, where: str | Filter | None = None
+            ) -> pd.DataFrame:
         """The ``n`` best rows by ``metric`` in its recorded direction (rows where it is missing left out).
 
-        Ties keep (experiment, trial_id) order. ``status=None`` ranks every row, not only completed trials. Reads
-        ``metric`` and status of every trial, then every column of the ``n`` rows returned.
+        Ties keep (experiment, trial_id) order. ``status=None`` ranks every row, not only completed trials;
+        ``where`` keeps the rows a filter selects (``nas_flex.leaderboard.query``: never run as Python). Reads
+        ``metric``, status and the filter's columns of every trial, then every column of the ``n`` rows returned.
         """
         if metric not in TRIAL_SCHEMA.names:
             raise _unknown_column("metric", metric, METRIC_DIRECTIONS)
+        query = _parse_where(where)
 
         def read(skip: Mapping[Path, str]) -> pd.DataFrame:
-            snap = self.snapshot(["status", metric], skip=skip)
+            snap = self.snapshot(_needed("status", metric, query=query), skip=skip)
             way = self._direction(metric, {**METRIC_DIRECTIONS, **snap.directions})
-            rows = np.flatnonzero(self._with_status(snap, status) & _present(snap.table.column(metric)))
-            values = snap.table.column(metric).take(pa.array(rows))
-            order = pc.sort_indices(values, sort_keys=[("", "descending" if way == "max" else "ascending")])
-            chosen = rows[order.to_numpy()].tolist()[:n]  # pandas head(n): a negative n drops the last rows
-            return self._frame(snap, chosen)
+            chosen = select(self._snapshot_frame(snap), {metric: way}, status=status, where=query, sort=metric,
+                            limit=n, drop_missing=True)
+            return self._frame(snap, chosen.index.to_numpy())
 
         return self._query(read)
 
-    def best(self, metric: str = "metrics_val_acc", *,
-             status: TrialStatus | str | None = TrialStatus.COMPLETED) -> pd.Series:
-        """The best row by ``metric`` in its recorded direction.
+    def best(self, metric: str = "metrics_val_acc", *, status: TrialStatus | str | None = TrialStatus.COMPLETED,
+             where: str | Filter | None = None) -> pd.Series:
+        """The best row by ``metric`` in its recorded direction (of the rows ``where`` selects, if given).
 
         Raises:
             LeaderboardSchemaError: ``metric`` has no recorded direction (the valid ones are listed), or no row
                 with that status has a value for it.
+            QueryError: ``where`` is not a valid filter (raised before reading).
         """
-        rows = self.top(1, metric, status=status)
+        rows = self.top(1, metric, status=status, where=where)
         if rows.empty:
+            matching = "" if where is None else f" matching {getattr(where, 'text', where)!r}"
             raise LeaderboardSchemaError(
-                f"no {'' if status is None else repr(str(status)) + ' '}trial in {str(self.path)!r} has a value for "
-                f"{metric!r}" + ("" if status is None else "; pass status=None to rank every trial")
+                f"no {'' if status is None else repr(str(status)) + ' '}trial{matching} in {str(self.path)!r} has a "
+                f"value for {metric!r}" + ("" if status is None else "; pass status=None to rank every trial")
             )
         return rows.iloc[0]
 
     def pareto(self, objectives: Mapping[str, str] | Sequence[str], *,
-               status: TrialStatus | str | None = TrialStatus.COMPLETED) -> pd.DataFrame:
+               status: TrialStatus | str | None = TrialStatus.COMPLETED,
+               where: str | Filter | None = None) -> pd.DataFrame:
         """The non-dominated rows for several objectives: no other row is at least as good in all of them and
         better in one. Equal rows are all kept; rows missing an objective are left out.
 
         Args:
             objectives: column -> "max" | "min", or a list of metric columns ranked in their recorded directions.
             status: only rows with this status (None: every row).
+            where: only the rows this filter selects (``nas_flex.leaderboard.query``).
 
         Returns:
             The front, best first by the first objective.
         """
-        if isinstance(objectives, str):
-            objectives = [objectives]
-        if isinstance(objectives, Mapping):
-            for col, way in objectives.items():
-                if col not in TRIAL_SCHEMA.names:
-                    raise _unknown_column("objective", col, TRIAL_SCHEMA.names)
-                if way not in _DIRECTIONS:
-                    raise LeaderboardSchemaError(f"objective {col!r} must be 'max' or 'min', but got {way!r}")
-        else:
-            for col in objectives:
-                if col not in TRIAL_SCHEMA.names:
-                    raise _unknown_column("metric", col, METRIC_DIRECTIONS)
-        if not objectives:
-            raise LeaderboardSchemaError("pareto needs at least one objective")
-        for col in objectives:
-            if not _numeric(col):
-                raise LeaderboardSchemaError(
-                    f"objective {col!r} must be a numeric column, but it is {TRIAL_SCHEMA.field(col).type}"
-                )
+        objectives = _checked_objectives(objectives)
+        query = _parse_where(where)
 
         def read(skip: Mapping[Path, str]) -> pd.DataFrame:
-            snap = self.snapshot(["status", *objectives], skip=skip)
+            snap = self.snapshot(_needed("status", *objectives, query=query), skip=skip)
             if isinstance(objectives, Mapping):
                 ways = dict(objectives)
             else:
@@ -271,7 +290,7 @@ class Leaderboard:
                 ways = {col: self._direction(col, directions) for col in objectives}
             # every objective as "smaller is better"; rows missing a value leave
             sign = {"max": -1.0, "min": 1.0}
-            rows = self._with_status(snap, status)
+            rows = row_mask(self._snapshot_frame(snap), status=status, where=query)
             for col in ways:
                 rows &= _present(snap.table.column(col))
             rows = np.flatnonzero(rows)

@@ -6,9 +6,9 @@ Two tables, both explicit pyarrow schemas carrying their version in a column and
   into ``params_*`` columns of fixed types, final and best metrics, compute, learned sizes, versions);
 * ``HISTORY_SCHEMA``: one row per trial and epoch (the per-epoch metrics and learned sizes).
 
-Each metric's direction ("max" or "min") is recorded in ``METRIC_DIRECTIONS`` (``nas_flex.record``'s), in the schema
-metadata
-(``nas_flex.metric_directions``) and on the metric's field (``direction``), so ranking never guesses.
+Each metric's direction ("max" or "min") comes from ``nas_flex.record.METRIC_TABLE`` (``METRIC_DIRECTIONS``,
+``HISTORY_METRIC_DIRECTIONS``) and is recorded in the schema metadata (``nas_flex.metric_directions``) and on the
+metric's field (``direction``), so ranking never guesses.
 
 pyarrow and the standard library only: a trial process writes its row without pandas or torch.
 """
@@ -24,7 +24,15 @@ from typing import Any
 import pyarrow as pa
 
 from nas_flex.errors import LeaderboardSchemaError
-from nas_flex.record import METRIC_DIRECTIONS, RESULT_FIELDS, TASK_METRICS, TrialRecord, config_hash, to_jsonable
+from nas_flex.record import (
+    HISTORY_METRIC_DIRECTIONS,
+    METRIC_DIRECTIONS,
+    RESULT_FIELDS,
+    TASK_METRICS,
+    TrialRecord,
+    config_hash,
+    to_jsonable,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -49,12 +57,6 @@ LEARNED_SIZE_TYPE = pa.struct(
 
 # a list of learned sizes; "element" is the item name Parquet gives lists, so a file reads back as it was written
 _SIZES_LIST = pa.list_(pa.field("element", LEARNED_SIZE_TYPE))
-
-#: ranking direction of the per-epoch metric columns of the history table
-HISTORY_METRIC_DIRECTIONS: dict[str, str] = {
-    "train_loss": "min", "train_acc": "max", "train_reg": "min", "val_loss": "min", "val_acc": "max",
-    "seconds": "min", "flops": "min",
-}
 
 _JSON = "json"  # marker: stored as JSON text (a string column)
 

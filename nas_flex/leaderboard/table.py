@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nas_flex.errors import LeaderboardSchemaError
 from nas_flex.leaderboard.board import Leaderboard, _unknown_column
+from nas_flex.leaderboard.query import DEFAULT_STATUS, Filter, parse_filter, row_mask, select
 from nas_flex.leaderboard.schema import TRIAL_SCHEMA
 from nas_flex.leaderboard.store import retry_reads
-from nas_flex.record import METRIC_DIRECTIONS
+from nas_flex.record import METRIC_DIRECTIONS, TrialStatus
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,7 +74,7 @@ def format_table(df: pd.DataFrame) -> str:
     return shown.to_string(index=False)
 
 
-def _shown(df: pd.DataFrame, columns: Sequence[str] | None, valid: Sequence[str]) -> list[str]:
+def _shown(df: pd.DataFrame | None, columns: Sequence[str] | None, valid: Sequence[str]) -> list[str]:
     if columns:
         names = [c.strip() for part in columns for c in part.split(",") if c.strip()]
         for c in names:
@@ -87,74 +87,71 @@ def _shown(df: pd.DataFrame, columns: Sequence[str] | None, valid: Sequence[str]
     return names
 
 
-def _pick(df: pd.DataFrame, directions: dict[str, str], *, top: int | None, sort: str | None, where: str | None,
-          valid: Sequence[str]) -> pd.DataFrame:
+def _check_args(top: int | None, sort: str | None, valid: Sequence[str]) -> None:
     if sort is not None and sort not in valid:
         raise _unknown_column("sort column", sort, valid)
     if top is not None and top < 1:
         raise LeaderboardSchemaError(f"--top must be >= 1, but got {top}")
-    if where:
-        try:
-            df = df.query(where, engine="python")
-        except Exception as err:  # pandas raises NameError, SyntaxError, KeyError, TypeError, ValueError, ...
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise LeaderboardSchemaError(
-                f"bad --where expression {where!r}: {type(err).__name__}: {msg}. It is a pandas DataFrame.query "
-                f"expression over the columns: {', '.join(valid)}"
-            ) from None
-    if sort is not None:
-        df = df.sort_values(sort, ascending=directions.get(sort, "min") == "min", na_position="last", kind="stable")
-    if top is not None:
-        df = df.head(top)
-    return df
 
 
 def select_rows(df: pd.DataFrame, directions: dict[str, str], *, top: int | None = None,
-                sort: str | None = "metrics_val_acc", where: str | None = None,
-                columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Filter (``where``: a ``DataFrame.query`` expression), sort (best first for a metric with a recorded direction,
-    else ascending; missing values last), keep ``top`` rows and ``columns``.
+                sort: str | None = "metrics_val_acc", where: str | Filter | None = None,
+                columns: Sequence[str] | None = None,
+                status: TrialStatus | str | None = DEFAULT_STATUS) -> pd.DataFrame:
+    """Filter (``status``: completed trials by default, None for every row; ``where``: a filter of
+    ``nas_flex.leaderboard.query``, never run as Python), sort (best first for a metric with a recorded direction,
+    else ascending; missing values last), keep ``top`` rows and ``columns``: ``query.select``, as ``Leaderboard``.
 
     Raises:
-        LeaderboardSchemaError: an unknown column (the valid ones listed), a bad expression, or ``top < 1``.
+        LeaderboardSchemaError: an unknown column (the valid ones listed), a bad filter (``QueryError``), or
+            ``top < 1``.
     """
     valid = list(df.columns)
+    query = where if where is None or isinstance(where, Filter) else parse_filter(where, valid)
+    _check_args(top, sort, valid)
     names = _shown(df, columns, valid)
-    return _pick(df, directions, top=top, sort=sort, where=where, valid=valid)[names]
+    return select(df, directions, status=status, where=query, sort=sort, limit=top)[names]
 
 
-def _named_in(expression: str | None, valid: Sequence[str]) -> set[str]:
-    """The columns an expression may use: every identifier in it that is a column name (a superset is harmless)."""
-    if not expression:
-        return set()
-    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)) & set(valid)
+def _footer(shown: int, total: int, kept: int, status: TrialStatus | str | None, sort: str | None) -> str:
+    """``(3 of 8 trials, completed only: --all-statuses shows every status, sorted by metrics_val_acc)``."""
+    text = f"{shown} of {total} trials"
+    if status is not None and kept < total:
+        text += f", {status} only ({total - kept} other: --all-statuses shows them)"
+    return f"({text}" + (f", sorted by {sort})" if sort else ")")
 
 
 def format_leaderboard(path: str | os.PathLike, *, top: int | None = None, sort: str | None = "metrics_val_acc",
-                       where: str | None = None, columns: Sequence[str] | None = None,
-                       on_corrupt: str = "warn") -> str:
+                       where: str | Filter | None = None, columns: Sequence[str] | None = None,
+                       on_corrupt: str = "warn", status: TrialStatus | str | None = DEFAULT_STATUS) -> str:
     """The leaderboard at ``path`` as a text table (see ``select_rows``), or a line saying that no row is left.
 
-    Reads the columns that filter and sort need for every trial, then the shown columns of the rows shown only.
+    Every argument (the filter included) is checked before anything is read. Reads the columns that status, filter
+    and sort need for every trial, then the shown columns of the rows shown only.
     """
     from nas_flex.leaderboard.board import to_pandas
     from nas_flex.leaderboard.store import without_location
 
     valid = TRIAL_SCHEMA.names
+    query = where if where is None or isinstance(where, Filter) else parse_filter(where, valid)
+    _check_args(top, sort, valid)
+    if columns:
+        _shown(None, columns, valid)
     lb = Leaderboard(path, on_corrupt=on_corrupt)
 
-    def read(skip: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-        needed = {"experiment", "trial_id", *([sort] if sort in valid else []), *_named_in(where, valid)}
+    def read(skip: Any) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+        needed = {"experiment", "trial_id", "status", *([sort] if sort else []), *(query.columns if query else ())}
         snap = lb.snapshot(sorted(needed), skip=skip)
         directions = {**METRIC_DIRECTIONS, **snap.directions}
         df = to_pandas(without_location(snap.table))
         names = _shown(df, columns, valid)
-        picked = _pick(df, directions, top=top, sort=sort, where=where, valid=valid)
+        picked = select(df, directions, status=status, where=query, sort=sort, limit=top)
         shown = to_pandas(snap.rows(picked.index.to_numpy(), names))
-        return df, shown
+        return df, shown, int(row_mask(df, status=status).sum())
 
-    df, out = retry_reads(read, on_corrupt=on_corrupt)
+    df, out, kept = retry_reads(read, on_corrupt=on_corrupt)
     if out.empty:
-        return f"no trials in {str(path)!r}" + (f" match {where!r}" if where and len(df) else "")
-    summary = f"{len(out)} of {len(df)} trials" + (f", sorted by {sort}" if sort else "")
-    return format_table(out) + "\n" + f"({summary})"
+        what = "trials" if status is None else f"{status} trials"
+        return f"no {what} in {str(path)!r}" + (f" match {query.text!r}" if query and kept else "") + (
+            f" ({len(df) - kept} other: --all-statuses shows them)" if status is not None and kept < len(df) else "")
+    return format_table(out) + "\n" + _footer(len(out), len(df), kept, status, sort)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from nas_flex.record import TrialStatus
+from nas_flex.record import METRIC_LABELS, TrialStatus
 
 __all__ = ["GRID_METHODS", "training_compute", "grid_curve", "learned_points", "grid_cost_to_reach", "metric_label"]
 
@@ -35,27 +35,10 @@ _COMPLETED = TrialStatus.COMPLETED.value  # the status column holds the plain st
 #: methods whose kernel size is a fixed hyperparameter, searched by a grid of trials
 GRID_METHODS = ("conv",)
 
-# readable names of leaderboard columns for axis labels and titles
-_LABELS = {
-    "metrics_val_acc": "validation accuracy",
-    "metrics_val_loss": "validation loss",
-    "metrics_train_acc": "training accuracy",
-    "metrics_train_loss": "training loss",
-    "best_val_acc": "best-epoch validation accuracy",
-    "best_val_loss": "best-epoch validation loss",
-    "flops": "FLOPs per example (FFTs counted)",
-    "flops_fft": "FFT FLOPs per example",
-    "params": "parameters",
-    "train_seconds": "training time (s)",
-    "examples_per_second": "training examples per second",
-    "peak_memory_bytes": "peak memory (bytes)",
-}
-
-
 def metric_label(column: str) -> str:
     """A readable name of a leaderboard column ("metrics_val_acc" -> "validation accuracy")."""
-    if column in _LABELS:
-        return _LABELS[column]
+    if column in METRIC_LABELS:
+        return METRIC_LABELS[column]
     return column.removeprefix("metrics_").replace("_", " ")
 
 

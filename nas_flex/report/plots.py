@@ -313,7 +313,8 @@ def _kernel_lines(lb, out: Path, export_dir: str | os.PathLike | None, trial_id:
 
         export_dir = out / f"export_{trial_id}"
         log(f"exporting trial {trial_id} into {export_dir} for the kernel figure")
-        exported = export_trial(lb, trial_id, export_dir, log=log, onnx=False)  # the figure needs the weights only
+        # the figure needs the weights only; the report's own export folder is replaced when the report is remade
+        exported = export_trial(lb, trial_id, export_dir, log=log, onnx=False, force=True)
         weights = exported.architecture["source"].get("weights")
         log(f"trial {trial_id}'s weights: {weights}")
     if export_dir is None:

@@ -6,12 +6,11 @@ starts from. ``resolve_config`` fills in the defaults below and rejects unknown 
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from nas_flex.errors import HyperparameterError
+from nas_flex.errors import HyperparameterError, did_you_mean
 
 __all__ = ["DEFAULTS", "KEY_DOCS", "resolve_config", "canonical_key"]
 
@@ -75,10 +74,7 @@ def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise HyperparameterError(f"a trial config must be a dict, but got {type(config).__name__}")
     unknown = [k for k in config if k not in KEY_DOCS]
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), KEY_DOCS, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hints = [f"{k!r}{did_you_mean(k, KEY_DOCS)}" for k in unknown]
         raise HyperparameterError(f"unknown trial config key(s): {', '.join(hints)}; valid keys: {', '.join(KEY_DOCS)}")
     out = {**{k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}, **config}
     for key, types in _TYPES.items():

@@ -1,15 +1,7 @@
-"""The tuner's errors (both ``NasFlexError``\\ s, raised before Ray starts)."""
+"""The tuner's errors (both ``NasFlexError``\\ s, raised before Ray starts); defined in ``nas_flex.errors``."""
 
 from __future__ import annotations
 
-from nas_flex.errors import NasFlexError
+from nas_flex.errors import ResourceError, StorageError
 
 __all__ = ["ResourceError", "StorageError"]
-
-
-class ResourceError(NasFlexError, RuntimeError):
-    """A trial asks for resources the cluster does not have (Ray would leave it pending forever)."""
-
-
-class StorageError(NasFlexError, ValueError):
-    """The ``storage`` folder cannot hold a leaderboard: a file, not writable, or holding unreadable files."""

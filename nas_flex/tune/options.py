@@ -6,16 +6,18 @@ option is a one-line error before Ray starts or a trial trains.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from nas_flex.errors import SearchSpaceError
+from nas_flex.errors import SearchSpaceError, unknown_name
 from nas_flex.record import METRICS
 from nas_flex.tune.errors import ResourceError
 
 __all__ = ["TuneConfig", "RunConfig", "SAMPLERS", "SCHEDULERS", "split_options", "resolve_objectives",
-           "check_int", "check_experiment_name"]
+           "check_int", "check_experiment_name", "name_max", "NAME_RESERVE_BYTES"]
 
 SAMPLERS = ("tpe", "grid", "random")
 SCHEDULERS = (None, "asha")
@@ -29,12 +31,38 @@ def check_int(name: str, value: Any, low: int, what: str) -> None:
         raise SearchSpaceError(f"`{name}` must be an integer >= {low} ({what}), but got {value!r}")
 
 
-def check_experiment_name(name: Any) -> None:
-    """An experiment name names files and folders of the storage: no path separators, no hidden names."""
+#: bytes a file name built from an experiment name adds to it: ``--<trial id>`` (Ray's or a resumed one),
+#: ``.parquet`` / ``.json``, and a temporary suffix (``.tmp.<pid>.<random>``) while it is written
+NAME_RESERVE_BYTES = 100
+_DEFAULT_NAME_MAX = 255
+
+
+def name_max(path: str | os.PathLike | None) -> int:
+    """The longest file name (bytes) the filesystem of ``path`` (or its nearest existing parent) allows."""
+    existing = Path(path if path is not None else ".").expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return int(os.pathconf(existing, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or the filesystem does not say
+        return _DEFAULT_NAME_MAX
+
+
+def check_experiment_name(name: Any, storage: str | os.PathLike | None = None) -> None:
+    """An experiment name names files and folders of the storage: no path separators or control characters, no
+    hidden names, and short enough (in bytes) that every file name built from it fits the filesystem of
+    ``storage`` (``NAME_RESERVE_BYTES`` less than its limit)."""
     if not isinstance(name, str) or not name.strip() or name.startswith((".", "_")) or any(
-            c in name for c in "/\\\0"):
-        raise SearchSpaceError(f"`experiment` must be a non-empty name without '/' or '\\' that does not start with "
-                               f"'.' or '_' (it names files and folders in the storage), but got {name!r}")
+            c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise SearchSpaceError(f"`experiment` must be a non-empty name without '/', '\\' or control characters "
+                               f"that does not start with '.' or '_' (it names files and folders in the storage), "
+                               f"but got {name!r}")
+    limit = name_max(storage) - NAME_RESERVE_BYTES
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise SearchSpaceError(f"`experiment` must be at most {limit} bytes (the storage's filesystem allows "
+                               f"{limit + NAME_RESERVE_BYTES}-byte file names, and '<experiment>--<trial id>' file "
+                               f"names need room for the rest), but {name[:40]!r}... is {size} bytes")
 
 
 def check_sampler(sampler: Any) -> None:
@@ -52,7 +80,7 @@ def resolve_objectives(objectives: Objectives) -> dict[str, str]:
     out = dict(objectives) if isinstance(objectives, Mapping) else {m: METRICS.get(m, "") for m in objectives}
     for metric, mode in out.items():
         if metric not in METRICS:
-            raise SearchSpaceError(f"unknown objective {metric!r}; expected one of: {', '.join(METRICS)}")
+            raise unknown_name("objective", metric, METRICS, error=SearchSpaceError, sort=False)
         if mode not in ("max", "min"):
             raise SearchSpaceError(f"objective {metric!r} needs mode 'max' or 'min', but got {mode!r}")
     return out

@@ -128,7 +128,7 @@ def _new_plan(storage: Path, space: SearchSpace, experiment: str | None, tune: T
     sampler = tune.sampler or space.sampler
     check_sampler(sampler)
     experiment = experiment or f"{space.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    check_experiment_name(experiment)
+    check_experiment_name(experiment, storage)
     if StorageLayout(storage).experiment_file(experiment).exists():
         raise SearchSpaceError(f"experiment {experiment!r} exists in {storage}; pass resume=True or a new name")
     return _Plan(space, experiment, sampler, tune.scheduler, tune.seed, tune.objective_modes, num_samples)
@@ -354,7 +354,7 @@ def search(
     if num_samples is not None:
         check_int("num_samples", num_samples, 1, "the number of trials")
     if experiment is not None:
-        check_experiment_name(experiment)
+        check_experiment_name(experiment, storage)
     storage = _storage_path(storage)
     space = resolve_space(space)
     make_plan = _resumed_plan if resume else _new_plan
