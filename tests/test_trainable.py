@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_tune import NAS_FLEX, ROOT, TINY
+from test_tune import NAS_FLEX, ROOT, TINY, _experiment
 from torch import nn
 
 from nas_flex.errors import SearchSpaceError
@@ -161,6 +161,21 @@ def test_a_space_file_brings_its_own_trainable(tmp_path):
         search(bad, storage=tmp_path / "lb", num_samples=1, verbose=0)
 
 
+def test_a_resume_runs_the_loop_its_experiment_started_with(tmp_path):
+    import ray
+
+    space = SearchSpace(four_cases, sampler="grid")
+    _experiment(tmp_path, "builtin", 4, space.name)
+    with pytest.raises(SearchSpaceError, match="'builtin' was run with the built-in training loop"):
+        search(space, storage=tmp_path, resume=True, experiment="builtin", trainable=njet_or_fail, verbose=0)
+    _experiment(tmp_path, "own", 4, space.name)
+    meta = tmp_path / "_experiments" / "own.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "trainable": True}))
+    with pytest.raises(SearchSpaceError, match="'own' was run with a `trainable` function: pass it again"):
+        search(space, storage=tmp_path, resume=True, experiment="own", verbose=0)
+    assert not ray.is_initialized()
+
+
 @pytest.mark.parametrize("conv", ["njet", "flexconv"])
 def test_convert_puts_learned_size_layers_into_torchvision_resnet18(conv):
     import torchvision
@@ -210,7 +225,8 @@ def njet_or_fail(config, ctx):
 def test_a_trainable_search_writes_the_rows_of_built_in_trials(tmp_path):
     lb = search(SearchSpace(four_cases, sampler="grid"), storage=tmp_path, experiment="own", trainable=njet_or_fail,
                 max_failures=0, verbose=0)
-    df = lb.to_pandas().set_index("params_case")
+    df = lb.to_pandas()
+    df.index = [json.loads(p)["case"] for p in df["search_params"]]
     assert sorted(df.index) == ["flexconv", "njet", "raises", "silent"]
     for case in ("njet", "flexconv"):
         row = df.loc[case]
@@ -226,7 +242,8 @@ def test_a_trainable_search_writes_the_rows_of_built_in_trials(tmp_path):
     history = lb.history()
     trained = history[history["trial_id"].isin(df.loc[["njet", "flexconv"], "trial_id"])]
     assert sorted(trained["epoch"]) == [1, 1, 2, 2] and (trained["flops"] > 0).all()
-    assert not list((tmp_path / "_running").rglob("*"))
+    left = {p.name for p in (tmp_path / "_running" / "own").iterdir()}  # an errored trial's stays for its retry
+    assert left == set(df.loc[["raises", "silent"], "trial_id"])
 
 
 RESUME_SPACE = textwrap.dedent('''

@@ -51,7 +51,7 @@ from nas_flex.tune.options import (
     resolve_objectives,
     split_options,
 )
-from nas_flex.tune.user import resolve_trainable
+from nas_flex.tune.user import check_resumed_trainable, resolve_trainable
 
 if TYPE_CHECKING:
     from nas_flex.leaderboard import Leaderboard
@@ -201,7 +201,7 @@ def _write_experiment(storage: Path, plan: _Plan, res: dict[str, float], resume:
         meta = {"name": plan.experiment, "space": plan.space.name, "source": plan.space.source,
                 "sampler": plan.sampler, "objectives": plan.objectives, "num_samples": plan.num_samples,
                 "scheduler": plan.scheduler, "seed": plan.seed, "overrides": plan.space.overrides,
-                "resources_per_trial": res, "created": utc_now()}
+                "resources_per_trial": res, "trainable": plan.trainable is not None, "created": utc_now()}
     write_json_atomic(file, meta)
 
 
@@ -367,6 +367,8 @@ def search(
     packed = resolve_trainable(trainable, space)
     make_plan = _resumed_plan if resume else _new_plan
     plan = replace(make_plan(storage, space, experiment, tune_config, overrides, num_samples), trainable=packed)
+    if resume:
+        check_resumed_trainable(StorageLayout(storage).experiment_file(plan.experiment), packed)
     check_storage_files(storage)  # a damaged row file would fail the search at its end, after all the training
     plan = _sized(plan, storage, tune_config.validate, resume, run_config.verbose)
     if plan.to_run:  # a resume of an experiment that is done runs nothing

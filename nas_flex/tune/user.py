@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["pack", "unpack", "resolve_trainable"]
+__all__ = ["pack", "unpack", "resolve_trainable", "check_resumed_trainable"]
 
 
 def _installed_roots() -> list[Path]:
@@ -71,3 +71,17 @@ def resolve_trainable(trainable: Any, space: Any) -> bytes | None:
         return None
     check_trainable(fn)
     return pack(fn)
+
+
+def check_resumed_trainable(experiment_file: Path, packed: bytes | None) -> None:
+    """A resume runs the loop the experiment started with: its user's function again, or the built-in loop again
+    (a checkpoint of one cannot continue in the other); else a one-line ``SearchSpaceError`` before Ray starts."""
+    from nas_flex.errors import SearchSpaceError
+    from nas_flex.tune.experiments import read_json
+
+    recorded = bool(read_json(experiment_file).get("trainable", False))
+    if recorded != (packed is not None):
+        raise SearchSpaceError(
+            f"experiment {experiment_file.stem!r} was run with "
+            + ("a `trainable` function: pass it again (or the space file that defines it) to resume" if recorded
+               else "the built-in training loop: resume it without `trainable`"))
