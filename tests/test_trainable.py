@@ -176,6 +176,30 @@ def test_a_resume_runs_the_loop_its_experiment_started_with(tmp_path):
     assert not ray.is_initialized()
 
 
+def test_a_function_of_a_module_no_worker_can_import_travels_by_value(tmp_path):
+    """A helper module beside a user's script: pickled with its code, it loads in a fresh interpreter that cannot
+    import the module (as a Ray worker on another node could not)."""
+    import importlib
+    import sys
+
+    from nas_flex.tune.user import pack
+
+    (tmp_path / "my_helpers.py").write_text("SCALE = 3\n\ndef my_trainable(config, ctx):\n    return SCALE * config\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        fn = importlib.import_module("my_helpers").my_trainable
+        payload = pack(fn)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("my_helpers", None)
+    (tmp_path / "fn.pkl").write_bytes(payload)
+    code = ("import cloudpickle, sys; fn = cloudpickle.loads(open(sys.argv[1], 'rb').read()); "
+            "assert 'my_helpers' not in sys.modules; print(fn(14, None))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "fn.pkl")], capture_output=True, text=True,
+                         cwd=tmp_path.parent, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "42", out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("conv", ["njet", "flexconv"])
 def test_convert_puts_learned_size_layers_into_torchvision_resnet18(conv):
     import torchvision
