@@ -122,6 +122,18 @@ def test_the_row_reads_sizes_and_flops_from_the_model():
     assert math.isnan(record.metrics["train_acc"]) and record.size_recipes[0]["kind"] == "flexconv"
 
 
+def test_a_layer_that_diverges_ends_the_trial_as_diverged_with_its_epochs():
+    def fn(config, ctx):
+        tiny_loop({**config, "epochs": 1}, ctx)
+        layer = next(m for m in ctx.model.modules() if hasattr(m, "log_sigma"))
+        with torch.no_grad():
+            layer.log_sigma.fill_(float("nan"))
+        ctx.model(torch.zeros(1, 1, 16, 16))  # an N-Jet with a NaN sigma raises NonFiniteError
+
+    record = run_trainable(fn, {**TINY, "conv": "njet", "epochs": 2, "train_subset": 32})
+    assert record.status.value == "diverged" and record.epochs_completed == 1 and record.error
+
+
 def test_context_misuse_is_a_one_line_error():
     ctx = TrialContext({"device": "cpu", "seed": 0, "lr": 1e-3, "weight_decay": 0.0, "size_lr_factor": None})
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nas_flex.errors import NasFlexError, SearchSpaceError
+from nas_flex.errors import NasFlexError, NonFiniteError, SearchSpaceError
 from nas_flex.layers.base import KernelLayer
 from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.sizes import learned_size_records
@@ -251,7 +251,6 @@ class TrialContext:
                          default={"epoch": 0})["epoch"]
         flops = self.flops
         peak, peak_kind = _peak_memory(self.device)
-        examples = len(self._splits.train) * len(self.history) if self._splits is not None else 0
         return TrialRecord(
             status=status, error=error, config=self.config, started=started, finished=utc_now(),
             epochs_completed=len(self.history),
@@ -263,9 +262,9 @@ class TrialContext:
             flops=flops.per_sample if flops is not None else math.nan,
             flops_fft=flops.fft / max(flops.batch_size, 1) if flops is not None else math.nan,
             train_seconds=self.train_seconds,
-            examples_per_second=examples / self.train_seconds if examples and self.train_seconds > 0 else math.nan,
+            examples_per_second=math.nan,  # how many examples the function's loop saw is its own business
             peak_memory_bytes=peak, peak_memory_kind=peak_kind, device=_device_name(self.device),
-            learned_sizes=learned_size_records(self.model) if self.model is not None else (),
+            learned_sizes=last.get("learned_sizes", ()),  # the model as last reported (a diverged one has NaNs)
             initial_sizes=self.initial_sizes, size_recipes=self.recipes,
             torch_version=torch.__version__,
         )
@@ -285,7 +284,8 @@ def run_trainable(fn: Trainable, config: dict[str, Any], report: Callable[[dict[
         checkpoint_dir: the folder of the trial's checkpoint (``ctx.checkpoint_path``); None: no checkpoint.
 
     Returns:
-        A completed ``TrialRecord``, or one with status "oom" when the accelerator ran out of memory.
+        A completed ``TrialRecord``; status "oom" when the accelerator ran out of memory, "diverged" when a layer
+        raised ``NonFiniteError`` (the epochs reported so far are kept).
 
     Raises:
         TrainableError: ``fn`` raised (the message names ``fn`` and the exception) or reported no epoch.
@@ -306,6 +306,8 @@ def run_trainable(fn: Trainable, config: dict[str, Any], report: Callable[[dict[
         fn(dict(cfg), ctx)
     except torch.cuda.OutOfMemoryError as err:
         return ctx.summarise(started=started, status=TrialStatus.OOM, error=str(err).splitlines()[0])
+    except NonFiniteError as err:  # a learned-size layer's NaN / inf, as the built-in loop records it
+        return ctx.summarise(started=started, status=TrialStatus.DIVERGED, error=str(err))
     except Exception as err:
         raise TrainableError(f"trainable {name} raised {format_exception(err)}") from err
     if not ctx.history:
