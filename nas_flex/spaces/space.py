@@ -43,6 +43,8 @@ class SearchSpace:
         num_samples: trials to run by default (None: the grid's size for "grid", else required at launch).
         overrides: config keys set after the space returns (e.g. ``{"epochs": 2}`` from ``--epochs``).
         source: where the space came from (a file path), for messages.
+        trainable: the user's own training function ``trainable(config, ctx)`` a search runs instead of the
+            built-in loop (a space file's module-level ``trainable``); None: the built-in loop.
 
     Example:
         >>> def grid(trial):
@@ -56,7 +58,7 @@ class SearchSpace:
 
     def __init__(self, fn: SpaceFn, *, name: str | None = None, sampler: str = "tpe", num_samples: int | None = None,
                  overrides: Mapping[str, Any] | None = None, source: str | None = None,
-                 description: str = "") -> None:
+                 description: str = "", trainable: Callable[..., Any] | None = None) -> None:
         if isinstance(fn, SearchSpace):
             fn = fn.fn
         if not callable(fn):
@@ -72,6 +74,7 @@ class SearchSpace:
         self.overrides = dict(overrides or {})
         self.source = source
         self.description = description
+        self.trainable = trainable
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         config = self.fn(trial)
@@ -85,7 +88,8 @@ class SearchSpace:
         """A copy whose configs get ``overrides`` (keys with value None are left alone)."""
         extra = {k: v for k, v in overrides.items() if v is not None}
         return SearchSpace(self.fn, name=self.name, sampler=self.sampler, num_samples=self.num_samples,
-                           overrides={**self.overrides, **extra}, source=self.source, description=self.description)
+                           overrides={**self.overrides, **extra}, source=self.source, description=self.description,
+                           trainable=self.trainable)
 
     def __reduce__(self):
         import cloudpickle
@@ -126,8 +130,9 @@ def _from_state(state: dict[str, Any]) -> SearchSpace:
 def load_space(path: str | Path) -> SearchSpace:
     """Load a search space from a Python file.
 
-    The file defines ``space(trial) -> dict`` and may set ``SAMPLER`` ("tpe", "grid", "random"), ``NUM_SAMPLES`` and
-    a module docstring (shown as the description). It is imported under a private module name and pickles by value,
+    The file defines ``space(trial) -> dict`` and may set ``SAMPLER`` ("tpe", "grid", "random"), ``NUM_SAMPLES``, a
+    module docstring (shown as the description) and a function ``trainable(config, ctx)``: the search then runs it
+    for each trial instead of the built-in loop. It is imported under a private module name and pickles by value,
     so Ray workers and a resume from another process need no access to the file.
 
     Raises:
@@ -156,4 +161,5 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SearchSpaceError(f"search space file {str(path)!r} must define a function `space(trial) -> dict`")
     return SearchSpace(fn, name=path.stem, sampler=getattr(module, "SAMPLER", "tpe"),
                        num_samples=getattr(module, "NUM_SAMPLES", None), source=str(path),
-                       description=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else "")
+                       description=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else "",
+                       trainable=getattr(module, "trainable", None))

@@ -22,7 +22,7 @@ from torch import nn
 
 from nas_flex.layers.base import KernelLayer, SizeRecipe
 
-__all__ = ["TrialOptimizers", "make_optimizers", "layer_recipes"]
+__all__ = ["TrialOptimizers", "make_optimizers", "layer_recipes", "param_groups"]
 
 Schedule = Callable[[int], float]
 
@@ -145,3 +145,46 @@ def make_optimizers(model: nn.Module, cfg: dict[str, Any], schedule: Schedule) -
     LambdaLR = torch.optim.lr_scheduler.LambdaLR  # noqa: N806
     schedulers = [LambdaLR(weights, weight_lambdas)] + [LambdaLR(o, lam) for o, lam in size_opts]
     return TrialOptimizers(weights=weights, size=[o for o, _ in size_opts], schedulers=schedulers, recipes=recipes)
+
+
+def param_groups(model: nn.Module, lr: float, *, weight_decay: float = 0.0,
+                 size_lr_factor: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Parameter groups of one optimizer for a model trained by a user's own loop, and the recipes they follow.
+
+    The ordinary weights form the group ``"weights"`` at ``lr`` with ``weight_decay``; each layer kind's size
+    parameters form a group ``"size:<kind>"`` by its recipe (``layer_recipes``): a shared recipe at
+    ``lr x lr_factor``, an own-Adam recipe (DARTS) at its own constant ``lr`` with its ``betas`` (an Adam reads them;
+    another optimizer keeps only the learning rate). Size parameters never get ``weight_decay``, only their recipe's.
+
+    Args:
+        model: the model (any ``nn.Module``; its nas_flex layers are found wherever they sit).
+        lr: the weights' learning rate.
+        weight_decay: L2 on the ordinary weights.
+        size_lr_factor: None: each layer's recipe; a number: every size parameter at ``lr x size_lr_factor``.
+
+    Returns:
+        (groups for ``torch.optim.X(groups, lr=lr)``, one record per layer kind: how its size parameters train).
+
+    Example:
+        >>> from nas_flex.layers import build
+        >>> model = nn.Sequential(build("njet", 1, 4), build("flexconv", 4, 4))
+        >>> groups, _ = param_groups(model, lr=0.01)
+        >>> [g["name"] for g in groups]
+        ['weights', 'size:njet', 'size:flexconv']
+    """
+    size_ids: set[int] = set()
+    size_groups: list[dict[str, Any]] = []
+    recipes: list[dict[str, Any]] = []
+    for kind, recipe, params in layer_recipes(model, size_lr_factor):
+        size_ids.update(id(p) for p in params)
+        group: dict[str, Any] = {"params": params, "weight_decay": recipe.weight_decay, "name": f"size:{kind}"}
+        record = {"kind": kind, **recipe.describe(), "update": "joint", "schedule": "the trainable's own"}
+        if recipe.optimizer == "shared":
+            group["lr"] = record["lr"] = lr * recipe.lr_factor
+            record["optimizer"] = "the trainable's own"
+        else:
+            group.update(lr=recipe.lr, betas=recipe.betas)
+        size_groups.append(group)
+        recipes.append(record)
+    weights = [p for p in model.parameters() if id(p) not in size_ids and p.requires_grad]
+    return [{"params": weights, "lr": lr, "weight_decay": weight_decay, "name": "weights"}, *size_groups], recipes

@@ -51,6 +51,7 @@ from nas_flex.tune.options import (
     resolve_objectives,
     split_options,
 )
+from nas_flex.tune.user import check_resumed_trainable, resolve_trainable
 
 if TYPE_CHECKING:
     from nas_flex.leaderboard import Leaderboard
@@ -120,6 +121,7 @@ class _Plan:
     max_epochs: int = 0
     finished: list[dict[str, Any]] = field(default_factory=list)
     resumed: list[dict[str, Any]] = field(default_factory=list)
+    trainable: bytes | None = None  # the user's training function, packed (nas_flex.tune.user); None: built-in
 
 
 def _new_plan(storage: Path, space: SearchSpace, experiment: str | None, tune: TuneConfig,
@@ -163,8 +165,8 @@ def _resumed_plan(storage: Path, space: SearchSpace, experiment: str | None, tun
 
 def _sized(plan: _Plan, storage: Path, validate: bool, resume: bool, verbose: int) -> _Plan:
     """``plan`` with its epochs (from a dry run of the space), its trial count and, on resume, what finished."""
-    if validate:
-        sampled = validate_space(plan.space, seed=plan.seed)
+    if validate:  # a user's function builds its own model: the built-in backbone is not dry-built
+        sampled = validate_space(plan.space, seed=plan.seed, build=plan.trainable is None)
     else:
         from nas_flex.train.config import resolve_config
 
@@ -199,7 +201,7 @@ def _write_experiment(storage: Path, plan: _Plan, res: dict[str, float], resume:
         meta = {"name": plan.experiment, "space": plan.space.name, "source": plan.space.source,
                 "sampler": plan.sampler, "objectives": plan.objectives, "num_samples": plan.num_samples,
                 "scheduler": plan.scheduler, "seed": plan.seed, "overrides": plan.space.overrides,
-                "resources_per_trial": res, "created": utc_now()}
+                "resources_per_trial": res, "trainable": plan.trainable is not None, "created": utc_now()}
     write_json_atomic(file, meta)
 
 
@@ -243,7 +245,8 @@ def _tuner(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, 
 
     res = run.resources
     fn = tune.with_resources(
-        tune.with_parameters(trainable, storage=str(storage), experiment=plan.experiment, dedupe=tune_config.dedupe),
+        tune.with_parameters(trainable, storage=str(storage), experiment=plan.experiment, dedupe=tune_config.dedupe,
+                             user=plan.trainable),
         {"cpu": res["cpu"], "gpu": res["gpu"]},
     )
     run_config = tune.RunConfig(
@@ -317,6 +320,7 @@ def search(
     overrides: Mapping[str, Any] | None = None,
     tune_config: TuneConfig | None = None,
     run_config: RunConfig | None = None,
+    trainable: Callable[[dict[str, Any], Any], Any] | None = None,
     **options: Any,
 ) -> Leaderboard:
     """Run a search and return its ``Leaderboard``.
@@ -340,6 +344,9 @@ def search(
         tune_config: what to sample and optimise: objectives, sampler, scheduler, seed, max_concurrent, dedupe,
             validate (``TuneConfig``; default ``TuneConfig()``).
         run_config: where and how trials run: address, resources_per_trial, max_failures, verbose (``RunConfig``).
+        trainable: the user's own training function ``trainable(config, ctx)`` run for each sampled config
+            instead of the built-in loop (``nas_flex.train.context.TrialContext``); default: the space file's
+            module-level ``trainable`` if it defines one. Pickled by value to the Ray workers.
         **options: any field of ``TuneConfig`` or ``RunConfig`` given flat instead, e.g. ``scheduler="asha"``
             (not both ways at once).
 
@@ -357,8 +364,11 @@ def search(
         check_experiment_name(experiment, storage)
     storage = _storage_path(storage)
     space = resolve_space(space)
+    packed = resolve_trainable(trainable, space)
     make_plan = _resumed_plan if resume else _new_plan
-    plan = make_plan(storage, space, experiment, tune_config, overrides, num_samples)
+    plan = replace(make_plan(storage, space, experiment, tune_config, overrides, num_samples), trainable=packed)
+    if resume:
+        check_resumed_trainable(StorageLayout(storage).experiment_file(plan.experiment), packed)
     check_storage_files(storage)  # a damaged row file would fail the search at its end, after all the training
     plan = _sized(plan, storage, tune_config.validate, resume, run_config.verbose)
     if plan.to_run:  # a resume of an experiment that is done runs nothing

@@ -168,12 +168,26 @@ def _start(params: Mapping[str, Any], layout: StorageLayout, experiment: str,
     return config, trial_id, params, work
 
 
-def _train(config: dict[str, Any], work: Path, layout: StorageLayout, experiment: str, trial_id: str,
-           started: str, search_params: Mapping[str, Any]) -> TrialRecord:
-    """Train the trial, keep its weights and write its row; an error writes an error row and propagates."""
-    from ray import tune
+def _runner(user: bytes | None) -> Callable[..., TrialRecord]:
+    """``run_trial``, or the user's packed training function run the same way (``run_trainable``)."""
+    from functools import partial
 
     from nas_flex.train import run_trial
+
+    if user is None:
+        return run_trial
+    from nas_flex.train.context import run_trainable
+    from nas_flex.tune.user import unpack
+
+    return partial(run_trainable, unpack(user))
+
+
+def _train(config: dict[str, Any], work: Path, layout: StorageLayout, experiment: str, trial_id: str,
+           started: str, search_params: Mapping[str, Any], user: bytes | None = None) -> TrialRecord:
+    """Train the trial (the built-in loop, or the user's packed function ``user``), keep its weights and write its
+    row; an error writes an error row and propagates."""
+    from ray import tune
+
     from nas_flex.train.trial import format_exception
 
     epochs = config["epochs"]
@@ -191,7 +205,7 @@ def _train(config: dict[str, Any], work: Path, layout: StorageLayout, experiment
         tune.report(out)  # no Ray checkpoint: the trial's own one is in the storage (work)
 
     try:
-        result = run_trial(config, report=report, checkpoint_dir=work).replace(search_params=search_params)
+        result = _runner(user)(config, report=report, checkpoint_dir=work).replace(search_params=search_params)
         _keep_weights(work, layout.weights(experiment, trial_id))
         _write(layout.root, result, experiment, trial_id)
     except Exception as err:  # the scratch folder stays: Ray's retry (or --resume) continues from its last epoch
@@ -204,9 +218,11 @@ def _train(config: dict[str, Any], work: Path, layout: StorageLayout, experiment
     return result
 
 
-def trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe: bool) -> None:
+def trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe: bool,
+              user: bytes | None = None) -> None:
     """Ray Tune's function trainable of a search: ``params`` carries the config under ``nas_flex_config`` (and a
-    resumed trial's id under ``nas_flex_trial_id``), the rest are Optuna's sampled params."""
+    resumed trial's id under ``nas_flex_trial_id``), the rest are Optuna's sampled params. ``user``: the user's
+    training function, packed by ``nas_flex.tune.user.pack`` (None: the built-in loop)."""
     started = utc_now()
     layout = StorageLayout(storage)
     config, trial_id, search_params, work = _start(params, layout, experiment, started)
@@ -222,7 +238,7 @@ def trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe: 
             shutil.rmtree(work, ignore_errors=True)
             _tune_report(duplicate, config["epochs"], train_seconds=0.0, epoch=config["epochs"])
             return
-    result = _train(config, work, layout, experiment, trial_id, started, search_params)
+    result = _train(config, work, layout, experiment, trial_id, started, search_params, user)
     if result.status is not TrialStatus.COMPLETED:  # tell the searcher how it ended (Optuna records FAIL)
         _tune_report(result, config["epochs"], epoch=result.epochs_completed)
 
