@@ -14,8 +14,8 @@ from nas_flex.errors import HyperparameterError, NasFlexError
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-__all__ = ["DatasetSplits", "DatasetNotFoundError", "MIN_IMAGE_SIZE", "check_image_size", "check_fraction",
-           "check_range", "check_count"]
+__all__ = ["DatasetSplits", "DatasetNotFoundError", "DatasetError", "MIN_IMAGE_SIZE", "check_image_size",
+           "check_fraction", "check_range", "check_count"]
 
 # below this a 3x3 convolution and one pooling step leave nothing to learn from
 MIN_IMAGE_SIZE = 4
@@ -23,6 +23,11 @@ MIN_IMAGE_SIZE = 4
 
 class DatasetNotFoundError(NasFlexError, FileNotFoundError):
     """A dataset's files are missing, incomplete or corrupted; the message names the path and how to get them."""
+
+
+class DatasetError(NasFlexError, ValueError):
+    """A dataset's files are there but unusable (no images, one class, an unreadable file, mixed sizes, bad arrays);
+    the message names the path."""
 
 
 @dataclass(frozen=True)
