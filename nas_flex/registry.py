@@ -140,6 +140,21 @@ class Registry(Generic[T]):
         self._load_builtins()
         return self._key(name) in self._builtin
 
+    def install(self, name: str, obj: T) -> None:
+        """Register ``obj`` under ``name``, replacing a user entry of that name (not a built-in one).
+
+        For entries shipped from another process (a search's driver to its trial workers): each trial brings its own
+        unpickled copy, which must replace the one an earlier trial of the same worker left.
+
+        Raises:
+            NasFlexError: ``name`` is a built-in entry's.
+        """
+        key = self._key(name)
+        if self.is_builtin(name):
+            raise NasFlexError(f"a {self.what} named {name!r} is already registered; choose another name")
+        self._user.pop(key, None)  # type: ignore[call-overload]
+        self.add(name, obj)
+
     def user_entries(self) -> dict[str, T]:
         """The entries registered by a user (name -> entry), what a search ships to its trial processes."""
         return dict(self._user)
