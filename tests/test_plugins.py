@@ -62,6 +62,14 @@ def test_registry_contract(kind):
     assert f"did you mean {builtin!r}" in msg and all(repr(n) in msg for n in module.available())
 
 
+def test_a_layer_class_keeps_its_one_name():
+    from nas_flex.layers.conv import Conv
+
+    with pytest.raises(NasFlexError, match="registered as 'conv'.*subclass"):
+        layers.register("my_plain_conv")(Conv)
+    assert Conv.kind == "conv" and "my_plain_conv" not in layers.available()
+
+
 def test_unknown_registered_names_fail_before_launch(tmp_path):
     import nas_flex
 
@@ -71,8 +79,10 @@ def test_unknown_registered_names_fail_before_launch(tmp_path):
     assert not (tmp_path / "r" / "_ray").exists()
 
 
+@pytest.mark.slow
 def test_shipped_entries_load_without_the_user_module(tmp_path):
-    """ship() marks a user module that a worker could not import for pickling by value."""
+    """ship() marks a user module that a worker could not import for pickling by value (two processes importing
+    Ray's cloudpickle: slow on a loaded machine, though no Ray starts)."""
     pkg = tmp_path / "userside"
     pkg.mkdir()
     (pkg / "my_layers_mod.py").write_text(textwrap.dedent('''

@@ -47,6 +47,10 @@ def register(name: str) -> Callable[[T], T]:
         raise NasFlexError(f"`name` must be a non-empty str, but got {name!r}")
 
     def decorator(cls: T) -> T:
+        own = cls.__dict__.get("kind")
+        if own and own != name and own in LAYERS and LAYERS.get(own) is cls:
+            raise NasFlexError(f"{cls.__name__} is registered as {own!r}; to register it under {name!r} too, "
+                               f"register a subclass (class Mine({cls.__name__}): ...)")
         LAYERS.add(name, cls)
         cls.kind = name
         return cls
