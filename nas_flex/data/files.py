@@ -174,27 +174,52 @@ def _check_flag(value: Any, key: str, name: str, *, none_ok: bool = False) -> No
 # ------------------------------------------------------------------------------------------------------- splits
 def _splits(name: str, classes: tuple[str, ...], x: Any, y: Any, vx: Any, vy: Any, *, seed: int, val_fraction: float,
             normalize: bool, options: dict[str, Any]) -> DatasetSplits:
-    """Train / val ``DatasetSplits`` of pixels in [0, 255] (uint8) or [0, 1] (float); a seeded split if no val."""
+    """Train / val ``DatasetSplits`` of pixels in [0, 255] (uint8, kept so in memory and made float per batch) or
+    [0, 1] (float); a seeded, stratified split when there is no val."""
     import torch
 
-    from nas_flex.data.tensors import ArrayDataset, channel_stats, rng, stratified_split
+    from nas_flex.data.tensors import ArrayDataset, ByteImageDataset, rng, stratified_split
     from nas_flex.data.tensors import normalize as standardise
 
     if vx is None:
         tr, va = stratified_split(y.numpy(), val_fraction, rng(seed, 0))
         tr, va = torch.from_numpy(tr), torch.from_numpy(va)
         vx, vy, x, y = x[va], y[va], x[tr], y[tr]
-    x, vx = (t.float().div_(255.0) if t.dtype == torch.uint8 else t.float() for t in (x, vx))
+    if x.dtype != vx.dtype:  # e.g. uint8 x, float x_val: both as floats in [0, 1]
+        x, vx = (t.float().div_(255.0) if t.dtype == torch.uint8 else t.float() for t in (x, vx))
     c = int(x.shape[1])
-    mean, std = channel_stats(x) if normalize else ((0.0,) * c, (1.0,) * c)
-    std = tuple(s if s > 0 else 1.0 for s in std)
+    mean, std = _channel_stats(x) if normalize else ((0.0,) * c, (1.0,) * c)
     # a seeded order mixing the classes: a train_subset / val_subset prefix holds every class
     order, vorder = (torch.from_numpy(rng(seed, 1, i).permutation(len(t))) for i, t in enumerate((y, vy)))
-    train = ArrayDataset(standardise(x[order], mean, std), y[order].clone())
-    val = ArrayDataset(standardise(vx[vorder], mean, std), vy[vorder].clone())
+    if x.dtype == torch.uint8:
+        train: Any = ByteImageDataset(x[order], y[order].clone(), mean, std)
+        val: Any = ByteImageDataset(vx[vorder], vy[vorder].clone(), mean, std)
+    else:
+        train = ArrayDataset(standardise(x[order].float(), mean, std), y[order].clone())
+        val = ArrayDataset(standardise(vx[vorder].float(), mean, std), vy[vorder].clone())
     return DatasetSplits(name=name, kind="image", train=train, val=val, num_classes=len(classes),
                          input_shape=tuple(int(s) for s in x.shape[1:]), classes=tuple(classes), mean=mean, std=std,
                          options=options)
+
+
+def _channel_stats(x: Any, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (N, C, H, W) inputs (uint8 scaled to [0, 1]), in chunks (no float copy of all);
+    a channel with no spread gets std 1."""
+    import torch
+
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk].double()
+        part = part / 255.0 if x.dtype == torch.uint8 else part
+        total += part.sum((0, 2, 3))
+        squares += part.pow(2).sum((0, 2, 3))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / n
+    var = ((squares - n * mean**2) / max(n - 1, 1)).clamp_min(0.0)
+    std = var.sqrt()
+    return (tuple(round(float(v), 6) for v in mean),
+            tuple(round(float(v), 6) if v > 1e-12 else 1.0 for v in std))
 
 
 # ------------------------------------------------------------------------------------------------------------ npz
