@@ -100,6 +100,12 @@ def test_imagefolder_split_layout_seeded_and_grayscale_option(tmp_path):
     assert any(torch.allclose(p[0], torch.from_numpy(ref).float(), atol=1e-6) for p in pixels)
 
 
+def test_imagefolder_train_folder_alone_is_split(tmp_path):
+    write_folder(tmp_path / "train", {"a": 5, "b": 5})
+    s = get_dataset("imagefolder", root=tmp_path, val_fraction=0.4)
+    assert s.classes == ("a", "b") and (len(s.train), len(s.val)) == (6, 4)
+
+
 def test_imagefolder_mixed_sizes_need_image_size(tmp_path):
     write_folder(tmp_path, {"a": 3}, size=(12, 12))
     write_folder(tmp_path / "b_", {}, size=(8, 8))

@@ -3,10 +3,11 @@ and ``npz`` (NumPy arrays).
 
 ``imagefolder``: ``data_root`` is a folder whose subfolders are the classes (sorted names; images found at any depth
 below each, with torchvision's extensions), or one holding ``train/`` and ``val/`` in that layout (the validation
-classes must be among the training ones). Without ``val/``, a seeded, stratified ``val_fraction`` of the images is
-held out. Images are read with PIL; ``grayscale`` None keeps one channel when every image is single-channel and
-reads RGB otherwise (True / False force it); ``image_size`` resizes every image to a square of that side
-(bilinear, antialiased), and without it all images must have the same size.
+classes must be among the training ones). Without ``val/`` (``train/`` alone, or the class folders themselves), a
+seeded, stratified ``val_fraction`` of the images is held out. Images are read with PIL and held in memory as
+uint8; ``grayscale`` None keeps one channel when every image is single-channel and reads RGB otherwise (True /
+False force it); ``image_size`` resizes every image to a square of that side (bilinear, antialiased), and without
+it all images must have the same size.
 
 ``npz``: ``data_root`` is a ``.npz`` file with ``x`` (N, C, H, W) or (N, H, W), ``y`` (N,) integer labels
 0..K-1, and optionally ``x_val`` and ``y_val`` (else a seeded ``val_fraction`` split). uint8 pixels are scaled to
@@ -133,9 +134,10 @@ def _read_folder(root: Path, image_size: int | None, grayscale: bool | None, sig
             raise DatasetError(f"imagefolder: images in {str(val_dir)!r} are {tuple(vx.shape[2:])} but those in "
                                f"{str(train_dir)!r} are {tuple(tx.shape[2:])}; pass image_size to resize them")
         return tuple(classes), tx, ty, vx, vy
-    classes, samples = _scan(root)
-    _check_classes(classes, samples, root)
-    x, y = _pixels(samples, image_size, grayscale, root)
+    folder = train_dir if train_dir.is_dir() else root  # train/ alone: its images, split
+    classes, samples = _scan(folder)
+    _check_classes(classes, samples, folder)
+    x, y = _pixels(samples, image_size, grayscale, folder)
     return tuple(classes), x, y, None, None
 
 
