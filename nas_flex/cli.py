@@ -162,10 +162,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from nas_flex.record import TrialStatus
 
     done = (df["experiment"] == experiment) & (df["status"] == TrialStatus.COMPLETED.value)
-    learned = df[done & (df["params_conv"] != "conv")]
-    if len(learned):
-        from nas_flex.leaderboard.sizes import format_size_changes, size_changes
+    from nas_flex.leaderboard.sizes import format_size_changes, learns_size, size_changes
 
+    learned = df[done & learns_size(df).fillna(False).astype(bool)]
+    if len(learned):
         ranked = learned.sort_values("metrics_val_acc", ascending=False, kind="stable")
         best = ranked.iloc[0]
         print(f"\nBest learned-size trial: {best['trial_id']} ({best['params_conv']}), val_acc "

@@ -23,6 +23,8 @@ __all__ = [
     "ExportError",
     "EquivalenceError",
     "DatasetNotFoundError",
+    "DatasetError",
+    "TrainableError",
     "QueryError",
     "check_shape",
     "check_known",
@@ -85,6 +87,15 @@ class EquivalenceError(ExportError):
 
 class DatasetNotFoundError(NasFlexError, FileNotFoundError):
     """A dataset's files are missing, incomplete or corrupted; the message names the path and how to get them."""
+
+
+class TrainableError(NasFlexError, RuntimeError):
+    """A user's training function raised, returned without reporting, or misused its context."""
+
+
+class DatasetError(NasFlexError, ValueError):
+    """A dataset's files are there but unusable (no images, one class, an unreadable file, mixed sizes, bad arrays);
+    the message names the path."""
 
 
 def did_you_mean(name: Any, valid: Iterable[Any]) -> str:

@@ -14,7 +14,8 @@ _BASE_COLUMNS = ["name", "kind", "height", "width"]
 
 
 def learned_size_records(model: nn.Module) -> list[dict[str, Any]]:
-    """One plain dict per learned-size layer: name, kind, height, width and the layer's raw size parameters."""
+    """One plain dict per learned-size layer: name, kind, height, width, the layer's raw size parameters
+    (``size_record``), and ``size_parameter`` (the headline one's key) and ``learns_size`` (``size_summary``)."""
     from nas_flex.layers.base import KernelLayer
 
     rows = []
@@ -22,7 +23,7 @@ def learned_size_records(model: nn.Module) -> list[dict[str, Any]]:
         if isinstance(module, KernelLayer) and module.learns_size:
             h, w = module.effective_kernel_size
             rows.append({"name": name or type(module).__name__, "kind": module.kind, "height": h, "width": w,
-                         **module.size_record()})
+                         **module.size_record(), **module.size_summary()})
     return rows
 
 

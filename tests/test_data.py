@@ -36,6 +36,7 @@ BUILTIN = {
     "textures": ((1, 32, 32), 3, 768, 192),
 }
 TORCHVISION = ["cifar10", "cifar100", "mnist", "fashionmnist", "svhn"]
+FILES = ["imagefolder", "npz"]  # a user's data on disk (tests/test_data_files.py)
 
 
 def _stack(split) -> tuple[torch.Tensor, list]:
@@ -60,7 +61,7 @@ def test_import_is_light():
 
 
 def test_available_datasets():
-    assert data.available_datasets() == sorted([*BUILTIN, *TORCHVISION])
+    assert data.available_datasets() == data.available() == sorted([*BUILTIN, *TORCHVISION, *FILES])
     assert data.describe_dataset("digits-multiscale")["options"]["scales"] == (1.0, 3.0)
 
 

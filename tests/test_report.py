@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -122,7 +123,11 @@ def _hand_board():
     return pd.DataFrame([{
         "experiment": "e", "trial_id": r[0], "params_conv": r[1], "params_kernel_size": r[2], "status": r[3],
         "started": r[4], "written_at": r[4] + 100 * s, "metrics_val_acc": r[5], "metrics_val_loss": None,
-        "train_seconds": r[6], "examples_per_second": r[7], "flops": r[8]} for r in rows])
+        "train_seconds": r[6], "examples_per_second": r[7], "flops": r[8],
+        # what a trial writes: no size record for a fixed-size layer, one per learned-size layer, none after an error
+        "learned_sizes_json": None if r[3] == "error" else "[]" if r[1] == "conv" else json.dumps(
+            [{"name": "features.0", "kind": r[1], "height": 3.0, "width": 3.0, "learns_size": True}]),
+    } for r in rows])
 
 
 def test_grid_curve_by_hand():

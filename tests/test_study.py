@@ -17,7 +17,10 @@ def _row(experiment: str, i: int, conv: str, acc: float, seconds: float, flops: 
             "started": pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(minutes=i),
             "written_at": pd.Timestamp("2026-01-01", tz="UTC") + pd.Timedelta(minutes=i, seconds=30),
             "params_conv": conv, "params_kernel_size": None, "metrics_val_acc": acc, "train_seconds": seconds,
-            "examples_per_second": 100.0, "flops": flops, "config": json.dumps({"pooling": list(pooling)})}
+            "examples_per_second": 100.0, "flops": flops, "config": json.dumps({"pooling": list(pooling)}),
+            # what a trial writes: no size record for the fixed-size conv, one per learned-size layer otherwise
+            "learned_sizes_json": "[]" if conv == "conv" else json.dumps(
+                [{"name": "features.0", "kind": conv, "height": 3.0, "width": 3.0, "learns_size": True}])}
 
 
 def _board() -> pd.DataFrame:

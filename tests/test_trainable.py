@@ -386,10 +386,6 @@ def _write_image_folder(root: Path, classes=("circle", "square"), per_split=(6, 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_the_example_searches_an_image_folder(tmp_path):
-    from nas_flex.data import available_datasets
-
-    if "imagefolder" not in available_datasets():
-        pytest.skip("imagefolder not yet available")
     _write_image_folder(tmp_path / "images")
     lb = search(EXAMPLE, storage=tmp_path / "lb", num_samples=2, experiment="example", max_failures=0, verbose=0,
                 overrides={"data_root": str(tmp_path / "images"), "epochs": 1, "batch_size": 4})

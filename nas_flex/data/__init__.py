@@ -18,6 +18,10 @@ well under a second:
 ``cifar10``, ``cifar100``, ``mnist``, ``fashionmnist`` and ``svhn`` are read from ``root`` by the torchvision dataset
 classes, in torchvision's own folder layout; they are downloaded only with ``download=True``.
 
+``imagefolder`` (a folder of class subfolders, or with ``train/`` and ``val/`` inside) and ``npz`` (arrays ``x``,
+``y``, optional ``x_val``, ``y_val``) read a user's own data from ``root`` (``nas_flex.data.files``). ``register``
+adds a dataset of one's own (``available()`` lists them all).
+
 ``import nas_flex.data`` is light: torch, torchvision, scikit-learn and scikit-image load when a dataset is built.
 """
 
@@ -26,21 +30,49 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from nas_flex.data.base import DatasetNotFoundError, DatasetSplits, check_image_size
-from nas_flex.errors import HyperparameterError, check_known, unknown_name
+from nas_flex.data.base import DatasetError, DatasetNotFoundError, DatasetSplits, check_image_size
+from nas_flex.errors import HyperparameterError, NasFlexError, check_known
+from nas_flex.registry import Registry
 
-__all__ = ["get_dataset", "dataset_from_config", "available_datasets", "describe_dataset", "clear_cache",
-           "DatasetSplits", "DatasetNotFoundError"]
+__all__ = ["get_dataset", "dataset_from_config", "available", "available_datasets", "describe_dataset", "clear_cache",
+           "register", "unregister", "DatasetEntry", "DatasetSplits", "DatasetNotFoundError", "DatasetError"]
 
 _DIGITS_SPLIT = {"val_fraction": 0.2}
 _MULTISCALE = {"scales": (1.0, 3.0), "val_scales": None, "copies": 1, **_DIGITS_SPLIT}
 _TORCHVISION = {"val_fraction": None}
 
+_FILES = {"val_fraction": 0.2, "grayscale": None, "normalize": True}
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset in the registry.
+
+    Attributes:
+        builder: ``builder(name, *, root, image_size, seed, download, **options) -> DatasetSplits``, or the
+            "module:function" path of a built-in one (imported when the dataset is built).
+        options: the dataset's own options and their defaults (other option names are refused).
+        description: one line for ``describe_dataset``.
+    """
+
+    builder: Callable[..., DatasetSplits] | str
+    options: Mapping[str, Any]
+    description: str
+
+    def resolve(self) -> Callable[..., DatasetSplits]:
+        """The builder function (imports a built-in's module)."""
+        if callable(self.builder):
+            return self.builder
+        module, attr = self.builder.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
 # name -> ("module:builder", the dataset's own options and their defaults, one line for `describe_dataset`)
-_DATASETS: dict[str, tuple[str, dict[str, Any], str]] = {
+_BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
     "digits": ("nas_flex.data.digits:build_digits", dict(_DIGITS_SPLIT),
                "scikit-learn 8x8 digits upsampled to image_size (default 16); 10 classes; stratified split"),
     "digits-multiscale": ("nas_flex.data.digits:build_multiscale", dict(_MULTISCALE),
@@ -61,15 +93,61 @@ _DATASETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "fashionmnist": ("nas_flex.data.vision:build_torchvision", dict(_TORCHVISION),
                      "Fashion-MNIST from root (torchvision)"),
     "svhn": ("nas_flex.data.vision:build_torchvision", dict(_TORCHVISION), "SVHN from root (torchvision)"),
+    "imagefolder": ("nas_flex.data.files:build_imagefolder", dict(_FILES),
+                    "images in class subfolders of data_root (or its train/ and val/), read with PIL"),
+    "npz": ("nas_flex.data.files:build_npz", {"val_fraction": 0.2, "normalize": True},
+            "arrays x, y (optional x_val, y_val) of the .npz file data_root"),
 }
+DATASETS: Registry[DatasetEntry] = Registry(
+    "dataset", builtin={k: DatasetEntry(*v) for k, v in _BUILTIN.items()}, normalize=str.lower)
+
+
+def register(name: str, *, options: Mapping[str, Any] | None = None,
+             description: str = "") -> Callable[[Callable[..., DatasetSplits]], Callable[..., DatasetSplits]]:
+    """Decorator adding a dataset builder to the registry under ``name`` (case-insensitive).
+
+    The builder is called as ``builder(name, *, root, image_size, seed, download, **options)`` (``root`` is the
+    config's ``data_root``, ``options`` its ``data_options`` over the defaults given here) and returns a
+    ``DatasetSplits``. The same builder registered again under its name is a no-op; another one raises.
+
+    Example:
+        >>> from nas_flex.data import register
+        >>> @register("noise", options={"n": 64})  # doctest: +SKIP
+        ... def noise(name, *, root, image_size, seed, download, n): ...
+    """
+    if not isinstance(name, str) or not name:
+        raise NasFlexError(f"a dataset name must be a non-empty str, but got {name!r}")
+
+    def decorator(builder: Callable[..., DatasetSplits]) -> Callable[..., DatasetSplits]:
+        if not callable(builder):
+            raise NasFlexError(f"dataset {name!r}: register() decorates a builder function, not {builder!r}")
+        key = name.lower()
+        entry = DatasetEntry(builder, dict(options or {}), description or (builder.__doc__ or "").strip()
+                             .split("\n")[0])
+        old = DATASETS.user_entries().get(key)
+        if old is None or old.builder is not builder:
+            DATASETS.add(name, entry)
+        return builder
+
+    return decorator
+
+
+def unregister(name: str) -> None:
+    """Remove a dataset ``register`` added; built-ins stay (``NasFlexError``)."""
+    DATASETS.unregister(name)
+
+
+def available() -> list[str]:
+    """Names ``get_dataset`` accepts, built-in and registered, sorted."""
+    return DATASETS.available()
 
 # modules whose in-memory caches `clear_cache` empties (only if already imported)
-_CACHED_MODULES = ("nas_flex.data.digits", "nas_flex.data.textures", "nas_flex.data.vision")
+_CACHED_MODULES = ("nas_flex.data.digits", "nas_flex.data.textures", "nas_flex.data.vision", "nas_flex.data.files")
 
 
 def available_datasets() -> list[str]:
-    """Names ``get_dataset`` accepts, sorted."""
-    return sorted(_DATASETS)
+    """Names ``get_dataset`` accepts, sorted (the same as ``available()``)."""
+    return DATASETS.available()
 
 
 def describe_dataset(name: str) -> dict[str, Any]:
@@ -79,8 +157,9 @@ def describe_dataset(name: str) -> dict[str, Any]:
         >>> describe_dataset("digits")["options"]
         {'val_fraction': 0.2}
     """
-    _, defaults, text = _DATASETS[_canonical(name)]
-    return {"name": _canonical(name), "description": text, "options": dict(defaults)}
+    key = DATASETS.canonical(name)
+    entry = DATASETS.get(key)
+    return {"name": key, "description": entry.description, "options": dict(entry.options)}
 
 
 def clear_cache() -> None:
@@ -88,13 +167,6 @@ def clear_cache() -> None:
     for module in _CACHED_MODULES:
         if module in sys.modules:
             sys.modules[module].clear_cache()
-
-
-def _canonical(name: Any) -> str:
-    key = name.lower() if isinstance(name, str) else name
-    if key in _DATASETS:
-        return key
-    raise unknown_name("dataset", name, _DATASETS)
 
 
 def get_dataset(
@@ -111,7 +183,8 @@ def get_dataset(
     Args:
         name: one of ``available_datasets()`` (case-insensitive).
         root: the folder of a torchvision dataset, in torchvision's layout (``<root>/cifar-10-batches-py/``,
-            ``<root>/MNIST/raw/``, ``<root>/train_32x32.mat``, ...). Ignored by the built-in datasets.
+            ``<root>/MNIST/raw/``, ``<root>/train_32x32.mat``, ...), of an ``imagefolder``, or the ``.npz`` file.
+            Ignored by the generated datasets.
         image_size: resize images to ``image_size x image_size`` (the canvas side for ``digits-multiscale``; the
             upsampled side, flattened, for ``digits-seq``). None: the dataset's default.
         seed: sets the train / validation split and every random draw of the built-in datasets. The same seed gives
@@ -136,8 +209,9 @@ def get_dataset(
         ((1, 16, 16), 10, 1438, 359)
         >>> x, y = splits.train[0]
     """
-    key = _canonical(name)
-    target, defaults, _ = _DATASETS[key]
+    key = DATASETS.canonical(name)
+    entry = DATASETS.get(key)
+    defaults = entry.options
     size = check_image_size(image_size, name=key)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise HyperparameterError(f"`seed` must be an int >= 0, but got seed={seed!r}")
@@ -145,9 +219,7 @@ def get_dataset(
         raise HyperparameterError(f"`download` must be a bool, but got download={download!r}")
     check_known(options, defaults, f"option(s) of dataset {key!r}")
     resolved: Mapping[str, Any] = {**defaults, **options}
-    module, attr = target.split(":")
-    build = getattr(importlib.import_module(module), attr)
-    return build(key, root=root, image_size=size, seed=seed, download=download, **resolved)
+    return entry.resolve()(key, root=root, image_size=size, seed=seed, download=download, **resolved)
 
 
 def dataset_from_config(config: Mapping[str, Any]) -> DatasetSplits:

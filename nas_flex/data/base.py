@@ -9,13 +9,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nas_flex.errors import DatasetNotFoundError, HyperparameterError
+from nas_flex.errors import DatasetError, DatasetNotFoundError, HyperparameterError
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-__all__ = ["DatasetSplits", "DatasetNotFoundError", "MIN_IMAGE_SIZE", "check_image_size", "check_fraction",
-           "check_range", "check_count"]
+__all__ = ["DatasetSplits", "DatasetNotFoundError", "DatasetError", "MIN_IMAGE_SIZE", "check_image_size",
+           "check_fraction", "check_range", "check_count"]
 
 # below this a 3x3 convolution and one pooling step leave nothing to learn from
 MIN_IMAGE_SIZE = 4

@@ -156,12 +156,7 @@ def _frozen(module: nn.Module) -> nn.Module | None:
     if isinstance(module, KernelLayer):
         if module.domain == "frequency":
             return FixedCircularConv2d.from_layer(module)
-        try:
-            return module.to_conv2d()
-        except NotImplementedError:
-            if hasattr(module, "to_conv1d"):  # FlexConv1d (TCN)
-                return module.to_conv1d()
-            raise
+        return module.to_conv1d() if module.spatial_dims == 1 else module.to_conv2d()
     if isinstance(module, SafeSubsample2d):
         return FixedSubsample2d(module.current_sigma(), module.r, module.mode)
     if isinstance(module, Pool2d) and module.mode in ("max", "avg", "none"):

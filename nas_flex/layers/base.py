@@ -119,10 +119,24 @@ class KernelLayer(nn.Module):
     ``size_parameters``, ``regularization``, ``to_conv2d`` / ``spatial_kernel``, ``size_record`` and
     ``constrain_``.
 
+    Every hook the rest of nas_flex reads from a layer is declared here with its default, so a new layer is one
+    class: the backbones (``spatial_stem``, ``sequence_layer``), training (``size_parameters``, ``size_recipe``,
+    ``regularization``, ``constrain_``), the leaderboard (``size_record`` and ``size_summary``: what
+    ``nas_flex.learned_sizes`` writes into each trial's row), and export (``to_conv2d``, ``frequency_kernel``,
+    ``to_conv1d``, by ``domain`` and ``spatial_dims``).
+
     Class attributes:
         kind: the registry name ("flexconv", ...); set by ``register``.
-        learns_size: False only for fixed-size layers (the ``conv`` baseline): they get no learned-sizes row.
-        domain: "spatial" (has ``to_conv2d``) or "frequency" (has ``spatial_kernel`` of the input's size).
+        learns_size: False only for fixed-size layers (the ``conv`` baseline): they get no learned-sizes row, and
+            reports treat a method whose trials have none as a grid method.
+        domain: "spatial" (has ``to_conv2d``) or "frequency" (has ``frequency_kernel`` and ``spatial_kernel`` of
+            the input's size).
+        spatial_dims: 2 for (N, C, H, W) layers; 1 for a sequence layer (N, C, L), exported by ``to_conv1d``.
+        size_parameter_names: the raw size parameters (keys of ``size_record``) that sum the layer's size up, the
+            headline one first (N-Jet's ``sigma``, FlexConv's ``mask_sigma_h``); the leaderboard's size summary
+            reports the first one a record holds.
+        spatial_stem: None, or the kernel size of a plain ``conv`` that backbones build as their first
+            convolution instead of this layer (NIFF: its papers' networks keep the stem spatial).
         example_hparams: a small, fast instance's hyperparameters, used by the demo and the contract tests.
         size_recipe: how ``size_parameters()`` are trained (``SizeRecipe``); each method sets its paper's.
     """
@@ -130,6 +144,9 @@ class KernelLayer(nn.Module):
     kind: ClassVar[str] = ""
     learns_size: ClassVar[bool] = True
     domain: ClassVar[str] = "spatial"
+    spatial_dims: ClassVar[int] = 2
+    size_parameter_names: ClassVar[tuple[str, ...]] = ()
+    spatial_stem: ClassVar[int | None] = None
     example_hparams: ClassVar[dict[str, Any]] = {}
     size_recipe: ClassVar[SizeRecipe] = SizeRecipe(source="default: the weights' optimizer and learning rate")
 
@@ -182,6 +199,19 @@ class KernelLayer(nn.Module):
         """The raw size parameters as plain Python values, for ``nas_flex.learned_sizes``."""
         return {}
 
+    def size_summary(self) -> dict[str, Any]:
+        """The facts about this layer's size a leaderboard row keeps beside ``size_record``: ``size_parameter`` (the
+        first of ``size_parameter_names`` the record holds, or None) and ``learns_size``."""
+        record = self.size_record()
+        headline = next((k for k in self.size_parameter_names if k in record), None)
+        return {"size_parameter": headline, "learns_size": self.learns_size}
+
+    @classmethod
+    def sequence_layer(cls) -> type[KernelLayer] | None:
+        """The 1-D form of this layer that a sequence backbone (TCN) builds with the same hyperparameters, or None
+        (the fixed-size ``conv`` gets a causal ``nn.Conv1d``; other layers without a 1-D form are refused)."""
+        return None
+
     def to_conv2d(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the same output as this layer in eval mode (spatial layers)."""
         raise NotImplementedError(f"{type(self).__name__} is a frequency-domain layer: use spatial_kernel()")
@@ -189,6 +219,15 @@ class KernelLayer(nn.Module):
     def spatial_kernel(self) -> Tensor:
         """The spatial kernel (C_out, C_in, kh, kw) the layer applies (frequency layers: circular, input-sized)."""
         return self.to_conv2d().weight.detach()
+
+    def frequency_kernel(self, size: tuple[int, int] | None = None) -> Tensor:
+        """Frequency layers: the complex (C_out, C_in, H, W // 2 + 1) spectrum the layer multiplies an input of
+        ``size`` (default: the last one seen) by; export freezes it."""
+        raise NotImplementedError(f"{type(self).__name__} is a spatial layer: use to_conv2d()")
+
+    def to_conv1d(self) -> nn.Module:
+        """Sequence layers (``spatial_dims == 1``): a plain module with the same output in eval mode."""
+        raise NotImplementedError(f"{type(self).__name__} is a 2-D layer: use to_conv2d()")
 
     # ---------------------------------------------------------------------------------------------------- helpers
     def _as_conv2d(self, weight: Tensor) -> nn.Conv2d:

@@ -104,6 +104,7 @@ class EnvelopeConv(KernelLayer):
     """
 
     example_hparams: ClassVar[dict[str, Any]] = {"kernel_size": 3, "sigma_init": (0.4, 0.8)}
+    size_parameter_names: ClassVar[tuple[str, ...]] = ("sigma", "sigma_min", "sigma_max")
     #: Tek et al. (ACONV, Sec. 3): the apertures are ordinary trainable weights of the network, updated by the same
     #: optimizer at the same learning rate and clipped to [1/n, n] after every update (``constrain_``).
     size_recipe: ClassVar[SizeRecipe] = SizeRecipe(

@@ -291,6 +291,12 @@ class FlexConv(_FlexBase):
 
     dims: ClassVar[int] = 2
     example_hparams: ClassVar[dict[str, Any]] = {"hidden_channels": 8}
+    size_parameter_names: ClassVar[tuple[str, ...]] = ("mask_sigma_h", "mask_sigma_w")
+
+    @classmethod
+    def sequence_layer(cls) -> type[KernelLayer]:
+        """``FlexConv1d``: FlexTCN's causal 1-D FlexConv."""
+        return FlexConv1d
 
     def __init__(
         self,
@@ -460,6 +466,8 @@ class FlexConv1d(_FlexBase):
     kind: ClassVar[str] = "flexconv1d"
     dims: ClassVar[int] = 1
     example_hparams: ClassVar[dict[str, Any]] = {"hidden_channels": 8}
+    size_parameter_names: ClassVar[tuple[str, ...]] = ("mask_sigma",)
+    spatial_dims: ClassVar[int] = 1
 
     def __init__(
         self,

@@ -110,6 +110,7 @@ class FrequencyKernelLayer(KernelLayer):
     (complex (C_out, C_in, H, W // 2 + 1)), its spatial form, and its size read off the kernel's mass."""
 
     domain: ClassVar[str] = "frequency"
+    size_parameter_names: ClassVar[tuple[str, ...]] = ("mass_height", "mass_width")
 
     def frequency_kernel(self, size: tuple[int, int] | None = None) -> Tensor:
         raise NotImplementedError

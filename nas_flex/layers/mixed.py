@@ -71,6 +71,7 @@ class MixedConv(KernelLayer):
     """
 
     example_hparams: ClassVar[dict[str, Any]] = {"kernel_sizes": (3, 5)}
+    size_parameter_names: ClassVar[tuple[str, ...]] = ("normalized_entropy", "argmax_kernel_size")
     #: DARTS (Liu et al. 2019, Sec. 3.1 and the authors' train_search.py): the architecture weights have their own Adam
     #: at a constant learning rate 3e-4, betas (0.5, 0.999), weight decay 1e-3. DARTS steps them on held-out data
     #: (bilevel); ``size_update="bilevel"`` in a trial config does that, the default steps them on the training batch.

@@ -83,6 +83,7 @@ class NJetConv(KernelLayer):
     """
 
     example_hparams: ClassVar[dict[str, Any]] = {"order": 2}
+    size_parameter_names: ClassVar[tuple[str, ...]] = ("sigma",)
     #: Pintea et al. 2021 (Sec. 3.2, 4): sigma is learned by backpropagation with the rest of the network, by the same
     #: optimizer at the same learning rate and without weight decay (the authors' code applies none to the scale).
     size_recipe: ClassVar[SizeRecipe] = SizeRecipe(

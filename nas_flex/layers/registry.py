@@ -1,43 +1,42 @@
 """The layer registry: ``build(name, in_channels, out_channels, **hparams)``, ``available()``, ``register(name)``,
 ``unregister(name)``.
 
-Built-in layers are listed by import path and imported on first use, so ``import nas_flex.layers`` stays cheap and a
-layer's module is only loaded when a model asks for it (the same idea as Ray Tune's ``SEARCH_ALG_IMPORT``).
+The built-in layers register themselves with the same decorator a user's layer uses; their modules are imported the
+first time a name is looked up, so ``import nas_flex.layers`` stays cheap. The rules (a taken name raises, an unknown
+one lists what exists, built-ins stay) are ``nas_flex.registry.Registry``'s, shared with backbones and datasets.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torch import nn
 
-from nas_flex.errors import NasFlexError, check_known, unknown_name
+from nas_flex.errors import NasFlexError, check_known
+from nas_flex.registry import Registry
 
-__all__ = ["register", "unregister", "build", "available", "get", "hparam_names"]
+__all__ = ["register", "unregister", "build", "available", "get", "hparam_names", "LAYERS"]
 
 T = TypeVar("T", bound=type[nn.Module])
 
-# name -> "module:attribute". Order is the order `available()` lists them in after sorting; keep it short.
-_BUILTIN: dict[str, str] = {
-    "conv": "nas_flex.layers.conv:Conv",
-    "mixed": "nas_flex.layers.mixed:MixedConv",
-    "flexconv": "nas_flex.layers.flexconv:FlexConv",
-    "njet": "nas_flex.layers.njet:NJetConv",
-    "envelope": "nas_flex.layers.envelope:EnvelopeConv",
-    "niff": "nas_flex.layers.niff:NIFFConv",
-    "cfconv": "nas_flex.layers.cfconv:CFConv",
-}
-_REGISTERED: dict[str, type[nn.Module]] = {}
+# the modules defining the built-in layers; each registers its layer with ``@register`` (the one source of their
+# names), and they are imported the first time a name is looked up
+_BUILTIN_MODULES = (
+    "nas_flex.layers.conv", "nas_flex.layers.mixed", "nas_flex.layers.flexconv", "nas_flex.layers.njet",
+    "nas_flex.layers.envelope", "nas_flex.layers.niff", "nas_flex.layers.cfconv",
+)
+LAYERS: Registry[type[nn.Module]] = Registry("layer", builtin_modules=_BUILTIN_MODULES)
 
 
 def register(name: str) -> Callable[[T], T]:
-    """Class decorator adding a layer to the registry under ``name``.
+    """Class decorator adding a layer to the registry under ``name`` (and setting its ``kind`` to ``name``).
+
+    Registering the same class again under the same name is a no-op.
 
     Raises:
-        NasFlexError: if ``name`` is taken (a layer is never silently replaced).
+        NasFlexError: if ``name`` is taken by another layer (a layer is never silently replaced).
 
     Example:
         >>> from nas_flex.layers import KernelLayer, register
@@ -48,13 +47,12 @@ def register(name: str) -> Callable[[T], T]:
         raise NasFlexError(f"`name` must be a non-empty str, but got {name!r}")
 
     def decorator(cls: T) -> T:
-        taken = _REGISTERED.get(name)
-        builtin = _BUILTIN.get(name)
-        own_builtin = builtin is not None and builtin == f"{cls.__module__}:{cls.__qualname__}"
-        if (taken is not None and taken is not cls) or (builtin is not None and not own_builtin):
-            raise NasFlexError(f"a layer named {name!r} is already registered; choose another name")
+        own = cls.__dict__.get("kind")
+        if own and own != name and own in LAYERS and LAYERS.get(own) is cls:
+            raise NasFlexError(f"{cls.__name__} is registered as {own!r}; to register it under {name!r} too, "
+                               f"register a subclass (class Mine({cls.__name__}): ...)")
+        LAYERS.add(name, cls)
         cls.kind = name
-        _REGISTERED[name] = cls
         return cls
 
     return decorator
@@ -73,28 +71,17 @@ def unregister(name: str) -> None:
         ... class MyConv(KernelLayer): ...
         >>> unregister("my_conv")  # doctest: +SKIP
     """
-    if name in _BUILTIN:
-        raise NasFlexError(f"{name!r} is a built-in layer and cannot be unregistered; only names given to register()")
-    if name not in _REGISTERED:
-        raise unknown_name("registered layer", name, sorted(set(_REGISTERED) - set(_BUILTIN)))
-    del _REGISTERED[name]
+    LAYERS.unregister(name)
 
 
 def available() -> list[str]:
     """Names of every registered layer, built-in and user-registered, sorted."""
-    return sorted(set(_BUILTIN) | set(_REGISTERED))
+    return LAYERS.available()
 
 
 def get(name: str) -> type[nn.Module]:
-    """The layer class registered under ``name`` (imports a built-in on first use)."""
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    if name not in _BUILTIN:
-        raise unknown_name("layer", name, available())
-    module, attr = _BUILTIN[name].split(":")
-    cls = getattr(importlib.import_module(module), attr)
-    _REGISTERED.setdefault(name, cls)
-    return cls
+    """The layer class registered under ``name`` (imports the built-in layers on first use)."""
+    return LAYERS.get(name)
 
 
 def hparam_names(name: str) -> list[str]:

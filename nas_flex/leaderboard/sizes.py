@@ -28,11 +28,10 @@ from nas_flex.errors import LeaderboardSchemaError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["size_changes", "format_size_changes", "SIZE_PARAMETERS"]
+__all__ = ["size_changes", "format_size_changes", "learns_size", "fixed_size_methods", "SIZE_PARAMETERS"]
 
-#: the raw size parameter that sums up a layer, first match wins: DARTS's normalized entropy (1 uniform, 0 one-hot),
-#: N-Jet's sigma / the envelope's mean aperture, FlexConv's mask sigma (1-D, then the 2-D mask's height), and the
-#: frequency layers' kernel-mass extent
+#: for rows written before size records named their headline parameter (``size_parameter``, from the layer's
+#: ``KernelLayer.size_parameter_names``): the raw size parameter that sums up a built-in layer, first match wins
 SIZE_PARAMETERS = ("normalized_entropy", "sigma", "mask_sigma", "mask_sigma_h", "mass_height")
 
 _RECORD_KEYS = ("name", "kind", "height", "width")
@@ -69,7 +68,7 @@ def size_changes(frame: pd.DataFrame) -> pd.DataFrame:
         A DataFrame with the frame's identity columns that it has (experiment, trial_id, params_conv,
         params_pooling, metrics_val_acc), then ``depth`` (0-based index among the trial's learned-size layers),
         ``layer``, ``kind``, ``init_height``, ``init_width``, ``height``, ``width`` (pixels), ``parameter`` (the
-        raw size parameter that sums the layer up, ``SIZE_PARAMETERS``), ``init_value``, ``learned_value``,
+        raw size parameter that sums the layer up: the record's ``size_parameter``), ``init_value``, ``learned_value``,
         ``change`` (learned / init - 1), and ``init_<key>`` / ``learned_<key>`` for every numeric raw size
         parameter the records hold (``sigma_min``, ``mask_mean_h``, ``entropy``, ...). A trial with no learned-size
         layer gets no row.
@@ -98,7 +97,8 @@ def size_changes(frame: pd.DataFrame) -> pd.DataFrame:
                        init_height=init.get("height", math.nan), init_width=init.get("width", math.nan),
                        height=rec.get("height", math.nan), width=rec.get("width", math.nan))
             now, before = _scalars(rec), _scalars(init)
-            name = next((k for k in SIZE_PARAMETERS if k in now), None)
+            name = rec.get("size_parameter") if rec.get("size_parameter") in now else None
+            name = name or next((k for k in SIZE_PARAMETERS if k in now), None)
             row["parameter"] = name
             row["init_value"] = before.get(name, math.nan) if name else math.nan
             row["learned_value"] = now.get(name, math.nan) if name else math.nan
@@ -114,6 +114,42 @@ def size_changes(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=base)
     extra = [c for c in out.columns if c not in base]
     return out[base + extra]
+
+
+def learns_size(frame: pd.DataFrame) -> pd.Series:
+    """Per row: whether the trial's model has a layer that learns its kernel size (its ``learned_sizes_json``
+    holds a size record whose ``learns_size`` is not False); missing (``pd.NA``) where the row has no records (a
+    trial that failed before its model was measured).
+
+    Reads only what each trial wrote into its row, so a layer registered by a user is classified like a built-in.
+    """
+    import pandas as pd
+
+    if "learned_sizes_json" not in frame.columns:
+        return pd.Series(pd.NA, index=frame.index, dtype="boolean")
+    values = []
+    for index, text in frame["learned_sizes_json"].items():
+        if text is None or (isinstance(text, float) and math.isnan(text)):
+            values.append(pd.NA)
+            continue
+        records = _records(text, "learned_sizes_json", f"row {index}")
+        values.append(any(r.get("learns_size", True) is not False for r in records))
+    return pd.Series(values, index=frame.index, dtype="boolean")
+
+
+def fixed_size_methods(frame: pd.DataFrame, column: str = "params_conv") -> set[str]:
+    """The methods (values of ``column``) whose trials learn no kernel size: the grid baselines (``conv``, or any
+    fixed-size layer a user registered). A method counts when at least one of its rows says so and none says
+    otherwise (``learns_size``); a method none of whose rows has size records counts as learned."""
+    if column not in frame.columns or frame.empty:
+        return set()
+    learned = learns_size(frame)
+    out = set()
+    for method, flags in learned.groupby(frame[column], dropna=True):
+        known = flags.dropna()
+        if len(known) and not known.any():
+            out.add(str(method))
+    return out
 
 
 def _num(v: Any, fmt: str) -> str:

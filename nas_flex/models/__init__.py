@@ -3,7 +3,8 @@
 ``build(config)`` reads the model part of a trial config:
 
 ==============  =======================================================================================
-backbone        "simple" (2/4-layer CNN), "resnet" (CIFAR ResNet 20/32/44), "flexnet", "tcn" (1-D)
+backbone        "simple" (2/4-layer CNN), "resnet" (CIFAR ResNet 20/32/44), "flexnet", "tcn" (1-D), or a name
+                given to ``register`` (``available()``)
 conv            a registry layer name (``nas_flex.layers.available()``); default "conv"
 conv_hparams    dict of that layer's hyperparameters (papers' names); default {}
 kernel_size     int, or one int per convolution in build order; for layers that take one (conv, envelope)
@@ -17,8 +18,9 @@ in_channels, num_classes, input_size   from the dataset (run_trial fills them in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -26,11 +28,61 @@ from nas_flex.errors import HyperparameterError, check_known, unknown_name
 from nas_flex.layers import build as build_layer
 from nas_flex.layers import hparam_names
 from nas_flex.models.backbones import TCN, CIFARResNet, FlexNet, SimpleCNN
-from nas_flex.models.common import POOLINGS, ConvFactory, make_pool
+from nas_flex.models.common import POOLINGS, ConvFactory, make_pool, pooling_plan
+from nas_flex.registry import Registry
 
-__all__ = ["build", "convert", "BACKBONES", "POOLINGS", "make_pool"]
+B = TypeVar("B", bound=Callable[..., nn.Module])
 
-BACKBONES = {"simple": SimpleCNN, "resnet": CIFARResNet, "flexnet": FlexNet, "tcn": TCN}
+__all__ = ["build", "convert", "register", "unregister", "available", "BACKBONES", "POOLINGS", "ConvFactory",
+           "make_pool", "pooling_plan"]
+
+#: the backbone registry: name -> factory ``(conv, in_channels, num_classes, **options) -> nn.Module``
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry(
+    "backbone", builtin={"simple": SimpleCNN, "resnet": CIFARResNet, "flexnet": FlexNet, "tcn": TCN})
+#: config keys handed to a backbone factory when set (not None)
+BACKBONE_OPTIONS = ("width", "depth", "dropout", "pooling", "head")
+
+
+def register(name: str) -> Callable[[B], B]:
+    """Decorator adding a backbone factory (a class or function) to the registry under ``name``.
+
+    The factory is called as ``factory(conv, in_channels, num_classes, **options)``: ``conv`` is a ``ConvFactory``
+    (``conv(c_in, c_out)`` builds each convolution from the trial's layer, ``conv.stem(c_in, c_out)`` the first
+    one), ``options`` the config's ``width``, ``depth``, ``dropout``, ``pooling`` and ``head`` that are set, and
+    ``input_size`` (H, W) if the factory takes it. Pooling steps come from ``make_pool(mode, channels, previous)``.
+
+    Raises:
+        NasFlexError: if ``name`` is taken by another backbone.
+
+    Example:
+        >>> from nas_flex.models import register
+        >>> @register("tiny")  # doctest: +SKIP
+        ... def tiny(conv, in_channels, num_classes, *, width=8, pooling="max"): ...
+    """
+    return BACKBONES.register(name)
+
+
+def unregister(name: str) -> None:
+    """Remove a backbone ``register`` added; built-ins stay (``NasFlexError``)."""
+    BACKBONES.unregister(name)
+
+
+def available() -> list[str]:
+    """Names of every backbone, built-in and registered, sorted."""
+    return BACKBONES.available()
+
+
+def _options(factory: Callable[..., nn.Module], name: str, kwargs: dict[str, Any],
+             input_size: tuple[int, ...] | None) -> dict[str, Any]:
+    """The options ``factory`` is called with: ``kwargs`` (checked against its signature) and ``input_size`` if it
+    takes one."""
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not takes_any:
+        check_known(kwargs, [k for k in params if k in BACKBONE_OPTIONS], f"option(s) of backbone {name!r}")
+    if "input_size" in params or takes_any:
+        kwargs = {**kwargs, "input_size": tuple(input_size[-2:]) if input_size is not None else None}
+    return kwargs
 
 
 def build(config: Mapping[str, Any], *, in_channels: int | None = None, num_classes: int | None = None,
@@ -44,33 +96,30 @@ def build(config: Mapping[str, Any], *, in_channels: int | None = None, num_clas
         torch.Size([2, 10])
     """
     backbone = config.get("backbone")
-    if backbone not in BACKBONES:
-        raise unknown_name("backbone", backbone, BACKBONES)
+    factory_cls = BACKBONES.get(backbone)
     in_channels = in_channels if in_channels is not None else config.get("in_channels")
     num_classes = num_classes if num_classes is not None else config.get("num_classes")
     if in_channels is None or num_classes is None:
         raise HyperparameterError("models.build needs `in_channels` and `num_classes` (arguments or config keys)")
     conv = config.get("conv", "conv")
     conv_hparams = dict(config.get("conv_hparams") or {})
-    kwargs = {k: config[k] for k in ("width", "depth", "dropout", "pooling", "head") if config.get(k) is not None}
+    kwargs = {k: config[k] for k in BACKBONE_OPTIONS if config.get(k) is not None}
     pooling = kwargs.get("pooling")
     for mode in [pooling] if isinstance(pooling, str) else (pooling or []):
         if mode not in POOLINGS:
             raise unknown_name("pooling", mode, POOLINGS)
-    if backbone == "tcn":
+    if factory_cls is TCN:
         kwargs.pop("pooling", None)
         kwargs.pop("head", None)
         if config.get("kernel_size") is not None:
             kwargs["kernel_size"] = config["kernel_size"]
         return TCN(conv, conv_hparams, in_channels, num_classes, **kwargs)
-    if backbone != "simple":
-        if "head" in kwargs:
-            raise HyperparameterError(f"`head` is an option of backbone 'simple' only, not {backbone!r}")
-    else:
-        size = input_size if input_size is not None else config.get("input_size")
-        kwargs["input_size"] = tuple(size[-2:]) if size is not None else None
+    size = input_size if input_size is not None else config.get("input_size")
+    kwargs = _options(factory_cls, backbone, kwargs, size)
     factory = ConvFactory(conv, conv_hparams, config.get("kernel_size"))
-    model = BACKBONES[backbone](factory, in_channels, num_classes, **kwargs)
+    model = factory_cls(factory, in_channels, num_classes, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise HyperparameterError(f"backbone {backbone!r} returned {type(model).__name__}, not an nn.Module")
     factory.finish()
     return model
 

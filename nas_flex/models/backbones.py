@@ -9,6 +9,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError
+from nas_flex.layers import get as get_layer
 from nas_flex.models.common import ConvFactory, make_pool, pooling_plan
 
 __all__ = ["SimpleCNN", "CIFARResNet", "FlexNet", "TCN"]
@@ -187,8 +188,9 @@ class TCNBlock(nn.Module):
 class TCN(nn.Module):
     """A residual temporal convolutional network for sequence classification (FlexTCN with conv='flexconv').
 
-    ``conv="flexconv"`` uses ``FlexConv1d`` (causal, mask centred at the last position, ``conv_hparams`` passed
-    on); ``conv="conv"`` uses causal ``nn.Conv1d`` of ``kernel_size``. The class is read from the last time step.
+    A layer with a 1-D form (``KernelLayer.sequence_layer``: ``flexconv`` gives ``FlexConv1d``, causal, mask
+    centred at the last position, ``conv_hparams`` passed on) is built in that form; a fixed-size layer
+    (``conv``) becomes a causal ``nn.Conv1d`` of ``kernel_size``. The class is read from the last time step.
 
     Shape:
         (N, C_in, L) -> (N, num_classes)
@@ -197,19 +199,22 @@ class TCN(nn.Module):
     def __init__(self, conv: str, conv_hparams: dict, in_channels: int, num_classes: int, *, width: int = 32,
                  depth: int = 2, kernel_size: int = 3, dropout: float = 0.1) -> None:
         super().__init__()
-        if conv == "flexconv":
-            from nas_flex.layers.flexconv import FlexConv1d
+        layer = get_layer(conv)
+        sequence = layer.sequence_layer()
+        if sequence is not None:
 
             def make(cin: int, cout: int) -> nn.Module:
-                return FlexConv1d(cin, cout, **conv_hparams)
-        elif conv == "conv":
+                return sequence(cin, cout, **conv_hparams)
+        elif not layer.learns_size:  # the fixed-size baseline: a causal nn.Conv1d of kernel_size
             if conv_hparams:
-                raise HyperparameterError(f"backbone 'tcn' with conv='conv' takes no conv_hparams, got {conv_hparams}")
+                raise HyperparameterError(
+                    f"backbone 'tcn' with conv={conv!r} takes no conv_hparams, got {conv_hparams}")
 
             def make(cin: int, cout: int) -> nn.Module:
                 return CausalConv1d(cin, cout, kernel_size)
         else:
-            raise HyperparameterError(f"backbone 'tcn' supports conv='flexconv' (FlexConv1d) or 'conv', not {conv!r}")
+            raise HyperparameterError(f"backbone 'tcn' needs a layer with a 1-D form (KernelLayer.sequence_layer: "
+                                      f"flexconv) or a fixed-size one (conv), not {conv!r}")
         if depth < 1:
             raise HyperparameterError(f"backbone 'tcn' needs depth >= 1 blocks, but got {depth=}")
         blocks, c = [], in_channels

@@ -60,7 +60,7 @@ class ConvFactory:
         their first convolution spatial); then a plain ``conv`` of that size, which learns no size and takes no
         ``kernel_size`` entry.
         """
-        side = getattr(get_layer(self.conv), "spatial_stem", None)
+        side = get_layer(self.conv).spatial_stem
         if side is None:
             return self(in_channels, out_channels)
         return build_layer("conv", in_channels, out_channels, kernel_size=side)

@@ -5,6 +5,6 @@ Example:
     >>> make_report("runs/digits", "reports/digits", export_dir="exports/best")  # doctest: +SKIP
 """
 
-from nas_flex.report.plots import FIXED_SIZE_METHODS, make_report
+from nas_flex.report.plots import fixed_size_methods, make_report
 
-__all__ = ["make_report", "FIXED_SIZE_METHODS"]
+__all__ = ["make_report", "fixed_size_methods"]

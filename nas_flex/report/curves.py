@@ -13,8 +13,9 @@ Training compute of a trial, two ways (both from the leaderboard row, no torch):
   seen (``examples_per_second x train_seconds``, the count the trial measured). It leaves out the backward pass
   (about twice the forward) and, for learned-size layers, the cost changing while the sizes were learned.
 
-The grid is the fixed-size method (``GRID_METHODS``: ``conv``); every other method, ``mixed`` (a learned,
-DARTS-style choice among the grid's sizes) included, is a learned-size method.
+The grid is a fixed-size method (``fixed_size_methods``: ``conv``, or any layer with ``learns_size = False``, read
+from the rows); every other method, ``mixed`` (a learned, DARTS-style choice among the grid's sizes) included, is a
+learned-size method.
 
 Example:
     >>> from nas_flex.leaderboard import Leaderboard  # doctest: +SKIP
@@ -26,14 +27,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from nas_flex.leaderboard.sizes import fixed_size_methods
 from nas_flex.record import METRIC_LABELS, TrialStatus
 
-__all__ = ["GRID_METHODS", "training_compute", "grid_curve", "learned_points", "grid_cost_to_reach", "metric_label"]
+__all__ = ["fixed_size_methods", "training_compute", "grid_curve", "learned_points", "grid_cost_to_reach",
+           "metric_label"]
 
 _COMPLETED = TrialStatus.COMPLETED.value  # the status column holds the plain string
 
-#: methods whose kernel size is a fixed hyperparameter, searched by a grid of trials
-GRID_METHODS = ("conv",)
 
 def metric_label(column: str) -> str:
     """A readable name of a leaderboard column ("metrics_val_acc" -> "validation accuracy")."""
@@ -78,7 +79,7 @@ def grid_curve(df: pd.DataFrame, metric: str = "metrics_val_acc", way: str = "ma
     """
     if way not in ("max", "min"):
         raise ValueError(f"`way` must be 'max' or 'min', but got {way!r}")
-    grid = training_compute(df[df["params_conv"].isin(GRID_METHODS)])
+    grid = training_compute(df[df["params_conv"].isin(fixed_size_methods(df))])
     grid = grid[(grid["train_seconds"] > 0) | (grid["status"] == _COMPLETED)]
     parts = []
     for _, group in grid.groupby("experiment", sort=True):
@@ -100,9 +101,10 @@ def grid_curve(df: pd.DataFrame, metric: str = "metrics_val_acc", way: str = "ma
 
 
 def learned_points(df: pd.DataFrame, metric: str = "metrics_val_acc") -> pd.DataFrame:
-    """Each completed run of a learned-size method (every method not in ``GRID_METHODS``), one row each: method,
-    experiment, trial_id, the metric, train_seconds, train_flops; sorted by method and run order."""
-    runs = df[df["params_conv"].notna() & ~df["params_conv"].isin(GRID_METHODS) & (df["status"] == _COMPLETED)]
+    """Each completed run of a learned-size method (every method not in ``fixed_size_methods``), one row each:
+    method, experiment, trial_id, the metric, train_seconds, train_flops; sorted by method and run order."""
+    grid = fixed_size_methods(df)
+    runs = df[df["params_conv"].notna() & ~df["params_conv"].isin(grid) & (df["status"] == _COMPLETED)]
     runs = _run_order(training_compute(runs))
     runs = runs[pd.to_numeric(runs[metric], errors="coerce").notna()]
     out = runs.rename(columns={"params_conv": "method"})[

@@ -22,13 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from nas_flex.record import TrialStatus
-from nas_flex.report.curves import GRID_METHODS, grid_cost_to_reach, grid_curve, learned_points, metric_label
+from nas_flex.report.curves import fixed_size_methods, grid_cost_to_reach, grid_curve, learned_points, metric_label
 
-__all__ = ["make_report", "FIXED_SIZE_METHODS"]
-
-# the grid: fixed kernel sizes searched by trials. mixed learns its choice among the grid's sizes (DARTS-style) in
-# one run, so it is a learned-size method
-FIXED_SIZE_METHODS = GRID_METHODS
+__all__ = ["make_report", "fixed_size_methods"]
 
 
 def _plt():
@@ -58,7 +54,7 @@ def _init_sizes(history, row: Any) -> list[dict[str, Any]]:
 
 def _sizes_vs_depth(df, metric: str, way: str, path: Path, top: int, history=None) -> str:
     plt = _plt()
-    learned = df[df["params_conv"].notna() & ~df["params_conv"].isin(GRID_METHODS) & df[metric].notna()]
+    learned = df[df["params_conv"].notna() & ~df["params_conv"].isin(fixed_size_methods(df)) & df[metric].notna()]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lines, with_init = [], 0
     for conv, group in learned.groupby("params_conv"):
@@ -126,13 +122,14 @@ def _acc_vs_flops(lb, df, metric: str, path: Path) -> str:
 def _grid_vs_learned(df, metric: str, way: str, path: Path) -> list[dict[str, Any]]:
     plt = _plt()
     ok = df[df[metric].notna()]
+    grid = fixed_size_methods(df)  # the grid: fixed kernel sizes searched by trials; mixed learns its choice
     best = []
     for conv, group in ok.groupby("params_conv"):
         row = group.sort_values(metric, ascending=way == "min").iloc[0]
         best.append({"conv": str(conv), "trial_id": row["trial_id"], metric: float(row[metric]),
                      "flops": float(row["flops"]) if row["flops"] == row["flops"] else float("nan"),
                      "params": int(row["params"]) if row["params"] is not None and row["params"] == row["params"]
-                     else 0, "trials": len(group), "kind": "grid" if conv in FIXED_SIZE_METHODS else "learned"})
+                     else 0, "trials": len(group), "kind": "grid" if conv in grid else "learned"})
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     names = [b["conv"] for b in best]
     colors = ["tab:gray" if b["kind"] == "grid" else "tab:blue" for b in best]

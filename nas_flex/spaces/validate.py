@@ -41,7 +41,8 @@ def validate_config(config: Any, params: Mapping[str, Any] | None = None, *, bui
     """Check one trial config; return it resolved (defaults filled). Raises SearchSpaceError naming ``params``."""
     from nas_flex.data import available_datasets
     from nas_flex.layers import available, hparam_names
-    from nas_flex.models import BACKBONES, POOLINGS
+    from nas_flex.models import POOLINGS
+    from nas_flex.models import available as available_backbones
     from nas_flex.train.config import resolve_config
 
     where = _where(params or {})
@@ -52,7 +53,7 @@ def validate_config(config: Any, params: Mapping[str, Any] | None = None, *, bui
     except NasFlexError as err:
         raise SearchSpaceError(f"invalid trial config {where}: {err}") from None
     checks = [
-        ("backbone", cfg["backbone"], list(BACKBONES)),
+        ("backbone", cfg["backbone"], available_backbones()),
         ("layer", cfg["conv"], available()),
         ("dataset", cfg["dataset"].lower(), available_datasets()),
     ]

@@ -17,7 +17,7 @@ __all__ = ["DEFAULTS", "KEY_DOCS", "resolve_config", "canonical_key"]
 # key -> (default, what it means). None means "the backbone's / dataset's / layer's own default".
 KEY_DOCS: dict[str, tuple[Any, str]] = {
     # model
-    "backbone": ("simple", "simple | resnet | flexnet | tcn (nas_flex.models.BACKBONES)"),
+    "backbone": ("simple", "simple | resnet | flexnet | tcn, or a registered one (nas_flex.models.available())"),
     "conv": ("conv", "registry layer name (nas_flex.layers.available())"),
     "conv_hparams": ({}, "the layer's hyperparameters, papers' names"),
     "kernel_size": (None, "int, or one per convolution; for layers that take one (conv, envelope)"),
@@ -27,8 +27,8 @@ KEY_DOCS: dict[str, tuple[Any, str]] = {
     "dropout": (None, "dropout probability"),
     "head": (None, "simple backbone only: gap | dense"),
     # data
-    "dataset": ("digits", "nas_flex.data.available_datasets()"),
-    "data_root": (None, "folder of a torchvision dataset"),
+    "dataset": ("digits", "a name from nas_flex.data.available(), e.g. imagefolder or npz with data_root"),
+    "data_root": (None, "folder of a torchvision or imagefolder dataset, or an npz file"),
     "image_size": (None, "resize images to this side (dataset default if None)"),
     "download": (False, "let torchvision download a missing dataset (never implicit)"),
     "data_options": ({}, "the dataset's own options, e.g. {'scales': [1, 2]} (nas_flex.data.describe_dataset)"),

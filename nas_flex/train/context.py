@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nas_flex.errors import NasFlexError, NonFiniteError, SearchSpaceError
+from nas_flex.errors import NonFiniteError, SearchSpaceError, TrainableError
 from nas_flex.layers.base import KernelLayer
 from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.sizes import learned_size_records
@@ -43,10 +43,6 @@ Trainable = Callable[[dict[str, Any], "TrialContext"], Any]
 
 #: the metrics ``TrialContext.report`` takes (the history table's per-epoch columns)
 REPORT_METRICS = (*TASK_METRICS, "train_reg", "lr")
-
-
-class TrainableError(NasFlexError, RuntimeError):
-    """A user's training function raised, returned without reporting, or misused its context."""
 
 
 def trainable_name(fn: Any) -> str:

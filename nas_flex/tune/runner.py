@@ -240,13 +240,15 @@ def _tuner(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, 
     """Ray's Tuner of the plan: the trainable with its resources, the Optuna searcher, ASHA if asked."""
     from ray import tune
 
+    from nas_flex.tune.plugins import collect, ship
     from nas_flex.tune.searcher import optuna_searcher
     from nas_flex.tune.trainable import trainable
 
     res = run.resources
     fn = tune.with_resources(
+        # plugins: the layers, backbones and datasets the user registered, registered again in each trial's worker
         tune.with_parameters(trainable, storage=str(storage), experiment=plan.experiment, dedupe=tune_config.dedupe,
-                             user=plan.trainable),
+                             user=plan.trainable, plugins=ship(collect())),
         {"cpu": res["cpu"], "gpu": res["gpu"]},
     )
     run_config = tune.RunConfig(

@@ -219,10 +219,14 @@ def _train(config: dict[str, Any], work: Path, layout: StorageLayout, experiment
 
 
 def trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe: bool,
-              user: bytes | None = None) -> None:
+              user: bytes | None = None, plugins: Mapping[str, Any] | None = None) -> None:
     """Ray Tune's function trainable of a search: ``params`` carries the config under ``nas_flex_config`` (and a
-    resumed trial's id under ``nas_flex_trial_id``), the rest are Optuna's sampled params. ``user``: the user's
-    training function, packed by ``nas_flex.tune.user.pack`` (None: the built-in loop)."""
+    resumed trial's id under ``nas_flex_trial_id``), the rest are Optuna's sampled params; ``user`` the user's
+    training function packed by ``nas_flex.tune.user.pack`` (None: the built-in loop); ``plugins`` the user's
+    registered layers, backbones and datasets (``nas_flex.tune.plugins``)."""
+    from nas_flex.tune.plugins import install
+
+    install(plugins)  # before anything resolves a name
     started = utc_now()
     layout = StorageLayout(storage)
     config, trial_id, search_params, work = _start(params, layout, experiment, started)
