@@ -167,10 +167,37 @@ def space(trial):
             "image_size": 8, "pooling": "max" if conv == "my_conv" else "safe"}
 
 
+def own_loop(config, ctx):
+    """The user's own training loop: the registered backbone built from the config, trained by hand."""
+    import torch
+
+    data = ctx.data()
+    model = nas_flex.models.build(config, in_channels=data.input_shape[0], num_classes=data.num_classes)
+    model.to(ctx.device)
+    opt = torch.optim.Adam(ctx.param_groups(model))
+    loader = torch.utils.data.DataLoader(data.train, batch_size=config["batch_size"], shuffle=True)
+    xv = torch.stack([data.val[i][0] for i in range(len(data.val))])
+    yv = torch.tensor([int(data.val[i][1]) for i in range(len(data.val))])
+    for _ in range(ctx.load(model, optimizer=opt), config["epochs"]):
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(model(x), y) + ctx.regularization(model)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ctx.constrain(model)
+        with torch.no_grad():
+            out = model.eval()(xv)
+        model.train()
+        ctx.report(model, train_loss=float(loss), val_acc=float((out.argmax(1) == yv).float().mean()),
+                   val_loss=float(torch.nn.functional.cross_entropy(out, yv)))
+        ctx.save(model, optimizer=opt)
+
+
 if __name__ == "__main__":
-    address = sys.argv[3] if len(sys.argv) > 3 else None
+    address = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "-" else None
+    trainable = own_loop if "--own-loop" in sys.argv else None
     lb = nas_flex.search(SearchSpace(space, sampler="grid"), storage=sys.argv[2], address=address,
-                         verbose=0, max_failures=0)
+                         verbose=0, max_failures=0, trainable=trainable)
     rows = [{"conv": r.params_conv, "status": r.status, "flops": float(r.flops), "error": str(r.error),
              "heights": [float(s["height"]) for s in (r.learned_sizes if r.learned_sizes is not None else [])]}
             for r in lb.to_pandas().itertuples()]
@@ -215,9 +242,13 @@ def _run_script(project: Path, *args: str, env: dict | None = None, timeout: int
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_registered_plugins_reach_the_embedded_ray(tmp_path):
+@pytest.mark.parametrize("loop", ["built-in", "own"])
+def test_registered_plugins_reach_the_embedded_ray(tmp_path, loop):
+    """A layer and a backbone from __main__, imagefolder and a user module's dataset, with nas_flex's loop or the
+    user's own (``trainable=``) in the same search."""
     project, images = _write_user_project(tmp_path)
-    _check_rows(_run_script(project, str(images), str(tmp_path / "runs")))
+    own = ["-", "--own-loop"] if loop == "own" else []
+    _check_rows(_run_script(project, str(images), str(tmp_path / "runs"), *own))
 
 
 def _free_port() -> int:
@@ -248,7 +279,9 @@ def test_registered_plugins_reach_a_two_node_cluster(tmp_path):
         nodes.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *common], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         time.sleep(6)
-        _check_rows(_run_script(project, str(images), str(tmp_path / "runs"), f"127.0.0.1:{port}", env=env))
+        # the user's own loop (trainable=) with their layer, backbone and datasets, on the cluster
+        _check_rows(_run_script(project, str(images), str(tmp_path / "runs"), f"127.0.0.1:{port}", "--own-loop",
+                                env=env))
     finally:
         for proc in reversed(nodes):
             _stop(proc)
