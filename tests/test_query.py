@@ -180,3 +180,7 @@ def test_mask_of_a_frame_with_nullable_columns():
     assert keep("s == None or ok") == [True, True, False]
     assert keep("x == k") == [True, False, True]  # column against column
     assert isinstance(parse_filter("x > 1", cols).mask(df), np.ndarray)
+    # backticks, @ and quotes inside a string literal are text (the search command filters by experiment this way)
+    name = "a`b@c'd\"e"
+    names = pd.DataFrame({"experiment": [name, "x"]})
+    assert parse_filter(f"experiment == {name!r}", ["experiment"]).mask(names).tolist() == [True, False]

@@ -220,9 +220,10 @@ class Leaderboard:
             raise _unknown_column("metric", metric, directions)
         return directions[metric]
 
-    def _snapshot_frame(self, snap: Snapshot) -> pd.DataFrame:
-        """The snapshot's columns as pandas, indexed by position (what ``_frame`` takes)."""
-        return to_pandas(without_location(snap.table))
+    @staticmethod
+    def _snapshot_frame(snap: Snapshot, columns: Sequence[str]) -> pd.DataFrame:
+        """``columns`` of the snapshot as pandas, indexed by position (what ``_frame`` takes)."""
+        return to_pandas(snap.table.select(list(columns)))
 
     def top(self, n: int = 10, metric: str = "metrics_val_acc", *,
             status: TrialStatus | str | None = TrialStatus.COMPLETED, where: str | Filter | None = None
@@ -238,10 +239,11 @@ class Leaderboard:
         query = _parse_where(where)
 
         def read(skip: Mapping[Path, str]) -> pd.DataFrame:
-            snap = self.snapshot(_needed("status", metric, query=query), skip=skip)
+            needed = _needed("status", metric, query=query)
+            snap = self.snapshot(needed, skip=skip)
             way = self._direction(metric, {**METRIC_DIRECTIONS, **snap.directions})
-            chosen = select(self._snapshot_frame(snap), {metric: way}, status=status, where=query, sort=metric,
-                            limit=n, drop_missing=True)
+            chosen = select(self._snapshot_frame(snap, needed), {metric: way}, status=status, where=query,
+                            sort=metric, limit=n, drop_missing=True)
             return self._frame(snap, chosen.index.to_numpy())
 
         return self._query(read)
@@ -282,7 +284,8 @@ class Leaderboard:
         query = _parse_where(where)
 
         def read(skip: Mapping[Path, str]) -> pd.DataFrame:
-            snap = self.snapshot(_needed("status", *objectives, query=query), skip=skip)
+            needed = _needed("status", *objectives, query=query)
+            snap = self.snapshot(needed, skip=skip)
             if isinstance(objectives, Mapping):
                 ways = dict(objectives)
             else:
@@ -290,7 +293,7 @@ class Leaderboard:
                 ways = {col: self._direction(col, directions) for col in objectives}
             # every objective as "smaller is better"; rows missing a value leave
             sign = {"max": -1.0, "min": 1.0}
-            rows = row_mask(self._snapshot_frame(snap), status=status, where=query)
+            rows = row_mask(self._snapshot_frame(snap, needed), status=status, where=query)
             for col in ways:
                 rows &= _present(snap.table.column(col))
             rows = np.flatnonzero(rows)

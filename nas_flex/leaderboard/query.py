@@ -284,6 +284,10 @@ def _missing(node: Node, df: pd.DataFrame) -> np.ndarray:
     return np.zeros(len(df), dtype=bool)
 
 
+def _describe(node: Node) -> str:
+    return str(node[1]) if node[0] == "col" else repr(node[1])
+
+
 def _operand(node: Node, df: pd.DataFrame) -> Any:
     return df[node[1]] if node[0] == "col" else node[1]
 
@@ -297,9 +301,9 @@ def _compare(left: Node, op: str, right: Node, df: pd.DataFrame, text: str) -> p
     try:
         result = _boolean(fn(_operand(left, df), _operand(right, df)), df.index)
     except Exception as err:  # noqa: BLE001 - pandas raises TypeError, ValueError, ... for values that do not compare
-        desc = " ".join(str(n[1]) if n[0] == "col" else repr(n[1]) for n in (left, right))
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise QueryError(f"bad filter {text!r}: cannot compare {desc.replace(' ', f' {op} ', 1)}: {first}") from None
+        raise QueryError(f"bad filter {text!r}: cannot compare {_describe(left)} {op} {_describe(right)}: "
+                         f"{first}") from None
     result[_missing(left, df) | _missing(right, df)] = None  # unknown
     return result
 

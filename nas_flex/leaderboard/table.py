@@ -114,7 +114,8 @@ def select_rows(df: pd.DataFrame, directions: dict[str, str], *, top: int | None
 
 
 def _footer(shown: int, total: int, kept: int, status: TrialStatus | str | None, sort: str | None) -> str:
-    """``(3 of 8 trials, completed only: --all-statuses shows every status, sorted by metrics_val_acc)``."""
+    """The table's last line, e.g. ``(3 of 8 trials, completed only (2 other: --all-statuses shows them), sorted by
+    metrics_val_acc)``."""
     text = f"{shown} of {total} trials"
     if status is not None and kept < total:
         text += f", {status} only ({total - kept} other: --all-statuses shows them)"
