@@ -34,7 +34,8 @@ import pyarrow as pa
 
 from nas_flex.leaderboard import MERGE_AT, merge, write_trial
 from nas_flex.leaderboard.schema import TRIAL_SCHEMA, trial_table
-from nas_flex.leaderboard.store import _write_atomic, merged_file_name
+from nas_flex.leaderboard.store import write_table_atomic
+from nas_flex.storage import merged_file_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVS = ["conv", "flexconv", "njet", "envelope", "niff", "cfconv", "mixed"]
@@ -136,7 +137,7 @@ def build_merged(path: Path, trials: int, written: int, rng: np.random.Generator
     t0 = time.perf_counter()
     rows = BulkRows(rng)
     for start in range(0, bulk, chunk):  # level-1 files as a merge of `chunk` row files writes them
-        _write_atomic(rows.rows(start, chunk), path / merged_file_name(1), sync=False)
+        write_table_atomic(rows.rows(start, chunk), path / merged_file_name(1), sync=False)
         merge.maybe_merge(path)  # the real merges upwards (levels 2..4)
         if start // chunk % 200 == 0:
             print(f"  {start + chunk:>7} rows bulk-written", flush=True)

@@ -18,6 +18,9 @@ __all__ = [
     "CorruptLeaderboardError",
     "HyperparameterError",
     "NonFiniteError",
+    "StorageError",
+    "StorageFullError",
+    "UnsafeStorageError",
     "check_shape",
     "check_known",
     "unknown_name",
@@ -54,6 +57,18 @@ class CorruptLeaderboardError(LeaderboardSchemaError):
 
 class NonFiniteError(NasFlexError, FloatingPointError):
     """A NaN or inf appeared in a size parameter or a generated kernel."""
+
+
+class StorageError(NasFlexError, ValueError):
+    """The ``storage`` folder cannot hold a leaderboard: a file, not writable, or holding unreadable files."""
+
+
+class StorageFullError(StorageError, OSError):
+    """The disk (or quota) of the storage is full; what was written before is kept, nothing half-written is left."""
+
+
+class UnsafeStorageError(StorageError):
+    """Something in the storage would make nas_flex write or delete outside it (a symlink, a forged trial id)."""
 
 
 def _did_you_mean(name: Any, valid: Sequence[str]) -> str:

@@ -18,16 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nas_flex.errors import LeaderboardSchemaError
+from nas_flex.leaderboard.merge import compact
 from nas_flex.leaderboard.schema import TRIAL_SCHEMA
 from nas_flex.leaderboard.store import (
     Snapshot,
-    compact,
     read_history,
     retry_reads,
     scan,
     without_location,
-    write_trial,
 )
+from nas_flex.leaderboard.write import write_trial
 from nas_flex.record import METRIC_DIRECTIONS, TrialRecord, TrialStatus
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ class Leaderboard:
         return write_trial(self.path, result, experiment=experiment, trial_id=trial_id, config_key=config_key)
 
     def compact(self, *, history: bool = True) -> Path | None:
-        """Merge the row files (and history files) into one each, atomically; see ``store.compact``."""
+        """Merge the row files (and history files) into one each, atomically; see ``merge.compact``."""
         return compact(self.path, history=history)
 
     @property

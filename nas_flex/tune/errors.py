@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from nas_flex.errors import NasFlexError
+from nas_flex.errors import NasFlexError, StorageError
 
 __all__ = ["ResourceError", "StorageError"]
 
 
 class ResourceError(NasFlexError, RuntimeError):
     """A trial asks for resources the cluster does not have (Ray would leave it pending forever)."""
-
-
-class StorageError(NasFlexError, ValueError):
-    """The ``storage`` folder cannot hold a leaderboard: a file, not writable, or holding unreadable files."""
