@@ -267,16 +267,18 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+PLANTED = ("_ray/e/tuner.pkl", "_ray/e/searcher-state-2000-01-01.pkl", "_ray/e/trial_tbad/error.pkl")
+
+
 def _attacker(storage: Path, payload: bytes, stop: threading.Event) -> None:
     """Someone with write access to the storage: plants pickles where Ray kept its files and swaps every pickle
     that appears anywhere in the storage for the payload, until ``stop``."""
-    planted = [storage / "_ray" / "e" / name for name in ("tuner.pkl", "searcher-state-2000-01-01.pkl")]
-    planted += [storage / "_ray" / "e" / "trial_tbad" / "error.pkl"]
+    planted = [storage / name for name in PLANTED]
     while not stop.is_set():
         for file in planted + [p for p in storage.rglob("*.pkl") if p not in planted]:
             file.parent.mkdir(parents=True, exist_ok=True)
             file.write_bytes(payload)
-        stop.wait(0.05)
+        stop.wait(0.01)
 
 
 def _killed_states(storage: Path, space: SearchSpace, monkeypatch) -> None:
@@ -321,6 +323,8 @@ def test_resume_finishes_every_kill_state_with_one_row_each_and_unpickles_nothin
         stop.set()
         race.join()
     assert not marker.exists()  # no pickle of the storage was ever read
+    ours = sorted(str(p.relative_to(storage)) for p in (storage / "_ray").rglob("*") if p.is_file())
+    assert ours == sorted(PLANTED)  # and Ray wrote nothing there (a race lost today could be won tomorrow)
     ray_errors = list((tmp_path / "cache" / "nas_flex" / "ray").rglob("error.pkl"))
     assert ray_errors, "tbad raised, so Ray wrote its error.pkl: in the private folder"
     df = Leaderboard(storage).to_pandas()
