@@ -446,8 +446,9 @@ def check_storage(path: str | os.PathLike, *, deep: bool = False) -> int:
 
     Args:
         path: the leaderboard directory.
-        deep: also read every column of every file (catches damage inside a file, not only a bad footer: the
-            common damage, a truncated or empty file, has a bad footer).
+        deep: also read every page of every file, verifying its checksum (catches damage inside a file, e.g. a
+            flipped byte in a data page, not only a bad footer: the common damage, a truncated or empty file, has a
+            bad footer).
 
     Returns:
         The number of Parquet files checked.
