@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, config_hash, utc_now
-from nas_flex.storage import StorageLayout, claim, remove_tree, write_atomic, write_trial_file
+from nas_flex.storage import (
+    StorageLayout,
+    check_trial_id,
+    claim,
+    inside,
+    remove_tree,
+    write_atomic,
+    write_trial_file,
+)
 
 __all__ = ["trainable", "wait_for_owner", "owner_row", "record_stopped", "record_unreported_errors", "config_key"]
 
@@ -145,7 +153,8 @@ def _start(params: Mapping[str, Any], layout: StorageLayout, experiment: str,
         pass
     # the scratch folder lives in the storage (shared on a cluster): a retry on any node, or --resume, finds the
     # trial's config and last epoch there; it is removed once the trial's row is written
-    work = layout.running(experiment, trial_id)
+    check_trial_id(trial_id, "the trial's parameters")
+    work = inside(layout.root, layout.running(experiment, trial_id))  # a link planted since the check: refused
     work.mkdir(parents=True, exist_ok=True)
     write_trial_file(work, {"trial_id": trial_id, "experiment": experiment, "config": config,
                             "search_params": params, "started": started})
@@ -177,7 +186,7 @@ def _train(config: dict[str, Any], work: Path, layout: StorageLayout, experiment
     try:
         result = run_trial(config, report=report, checkpoint=layout.checkpoint(experiment, trial_id))
         result = result.replace(search_params=search_params)
-        _keep_weights(layout.checkpoint(experiment, trial_id), layout.weights(experiment, trial_id))
+        _keep_weights(layout.root, layout.checkpoint(experiment, trial_id), layout.weights(experiment, trial_id))
         _write(layout.root, result, experiment, trial_id)
     except Exception as err:  # the scratch folder stays: Ray's retry (or --resume) continues from its last epoch
         _write(layout.root, _failed(config, format_exception(err), started=started, search_params=search_params),
@@ -215,7 +224,7 @@ def trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe: 
         _tune_report(result, config["epochs"], epoch=result.epochs_completed)
 
 
-def _keep_weights(state_file: Path, final: Path) -> None:
+def _keep_weights(storage: Path, state_file: Path, final: Path) -> None:
     """Keep the trained model's state_dict at ``final`` (``StorageLayout.weights``: tensors and plain values only,
     loads with ``torch.load(..., weights_only=True)``), so export needs no retraining."""
     import torch
@@ -223,7 +232,7 @@ def _keep_weights(state_file: Path, final: Path) -> None:
     if not state_file.is_file():  # no epoch completed
         return
     model_state = torch.load(state_file, map_location="cpu", weights_only=True)["model"]
-    write_atomic(final, lambda tmp: torch.save(model_state, tmp))
+    write_atomic(inside(storage, final), lambda tmp: torch.save(model_state, tmp))
 
 
 # ------------------------------------------------------------------------------------ rows the driver writes
