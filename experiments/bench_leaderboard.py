@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 from experiments.common import write_json
 from nas_flex.leaderboard import MERGE_AT, merge, write_trial
 from nas_flex.leaderboard.schema import TRIAL_SCHEMA, trial_table
-from nas_flex.leaderboard.store import merged_file_name, write_options
+from nas_flex.leaderboard.store import write_table_atomic
+from nas_flex.storage import merged_file_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVS = ["conv", "flexconv", "njet", "envelope", "niff", "cfconv", "mixed"]
@@ -138,8 +139,7 @@ def build_merged(path: Path, trials: int, written: int, rng: np.random.Generator
     t0 = time.perf_counter()
     rows = BulkRows(rng)
     for start in range(0, bulk, chunk):  # level-1 files as a merge of `chunk` row files writes them
-        table = rows.rows(start, chunk)  # one process builds the folder: no reader to hide a partial file from
-        pq.write_table(table, path / merged_file_name(1), **write_options(table.schema))
+        write_table_atomic(rows.rows(start, chunk), path / merged_file_name(1), sync=False)
         merge.maybe_merge(path)  # the real merges upwards (levels 2..4)
         if start // chunk % 200 == 0:
             print(f"  {start + chunk:>7} rows bulk-written", flush=True)

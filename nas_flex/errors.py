@@ -26,6 +26,8 @@ __all__ = [
     "DatasetError",
     "TrainableError",
     "QueryError",
+    "StorageFullError",
+    "UnsafeStorageError",
     "check_shape",
     "check_known",
     "did_you_mean",
@@ -75,6 +77,14 @@ class ResourceError(NasFlexError, RuntimeError):
 
 class StorageError(NasFlexError, ValueError):
     """The ``storage`` folder cannot hold a leaderboard: a file, not writable, or holding unreadable files."""
+
+
+class StorageFullError(StorageError, OSError):
+    """The disk (or quota) of the storage is full; what was written before is kept, nothing half-written is left."""
+
+
+class UnsafeStorageError(StorageError):
+    """Something in the storage would make nas_flex write or delete outside it (a symlink, a forged trial id)."""
 
 
 class ExportError(NasFlexError):

@@ -465,7 +465,7 @@ def _wait(storage: Path, **kwargs) -> tuple[dict | None, list[float]]:
 
 def test_a_duplicate_waits_for_its_owners_row_and_no_longer_than_the_owner_runs(tmp_path):
     from nas_flex.leaderboard import write_trial
-    from nas_flex.leaderboard.layout import StorageLayout
+    from nas_flex.storage import StorageLayout
 
     layout = StorageLayout(tmp_path)
     # the owner ended without a row (its scratch folder is gone): no wait at all, whatever the timeout

@@ -25,13 +25,13 @@ import functools
 import gzip
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nas_flex.data.base import DatasetNotFoundError, DatasetSplits, check_fraction
 from nas_flex.errors import NasFlexError
+from nas_flex.storage.atomic import write_atomic
 
 __all__ = ["build_torchvision", "expected_files", "clear_cache"]
 
@@ -123,10 +123,11 @@ def _gunzip_idx(root: Path, spec: _Spec) -> None:
         packed = target.with_name(target.name + ".gz")
         if target.is_file() or not packed.is_file():
             continue
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "wb") as out, gzip.open(packed, "rb") as src:
-            shutil.copyfileobj(src, out)
-        os.replace(tmp, target)  # atomic: a crash never leaves half a file under the real name
+        def unpack(tmp: Path, packed: Path = packed) -> None:
+            with open(tmp, "wb") as out, gzip.open(packed, "rb") as src:
+                shutil.copyfileobj(src, out)
+
+        write_atomic(target, unpack, sync=False)  # a crash never leaves half a file under the real name
 
 
 def _signature(root: Path, spec: _Spec) -> tuple[tuple[str, int, int], ...]:

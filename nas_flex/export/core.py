@@ -1,7 +1,7 @@
 """``export_trial`` / ``export_best``: a leaderboard trial -> architecture JSON + weights + deployable model.
 
 **Weights.** ``nas_flex.search`` keeps every trial's trained weights in the storage
-(``<storage>/_weights/<experiment>--<trial_id>.pt``, see ``nas_flex.leaderboard.layout``); ``export_trial`` and
+(``<storage>/_weights/<experiment>--<trial_id>.pt``, see ``nas_flex.storage.layout``); ``export_trial`` and
 ``export_best`` use them. A state_dict given with ``weights=`` takes precedence. Only when neither exists (a row
 written by hand, or a storage whose weights were deleted) does export *retrain* the trial from its stored config
 with ``nas_flex.train.run_trial`` into ``<out>/training/`` (deterministic on the CPU for a given seed; on a GPU it may
@@ -49,8 +49,9 @@ from nas_flex.export.architecture import (
 )
 from nas_flex.export.deploy import ExportError, check_outputs_match, to_deployable
 from nas_flex.export.folder import TRAINING_DIR, check_out, staged_export
-from nas_flex.leaderboard.layout import TRIAL_STATE_FILE, StorageLayout
 from nas_flex.record import TrialStatus, to_jsonable
+from nas_flex.storage.atomic import write_atomic
+from nas_flex.storage.layout import TRIAL_STATE_FILE, StorageLayout
 
 __all__ = ["ExportResult", "export_trial", "export_best", "export_row", "find_row", "TORCHSCRIPT_FILE",
            "EXPORTED_PROGRAM_FILE", "ONNX_FILE", "ONNX_PACKAGES", "run_onnx"]
@@ -416,9 +417,8 @@ def _discrete_config(cfg: dict[str, Any], layers: list[dict[str, Any]], dims: tu
 
 
 def _write_architecture(file: Path, arch: dict[str, Any]) -> None:
-    tmp = file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(to_jsonable(arch), indent=2, allow_nan=False))
-    os.replace(tmp, file)
+    text = json.dumps(to_jsonable(arch), indent=2, allow_nan=False)
+    write_atomic(file, lambda tmp: tmp.write_text(text))
 
 
 def _export_row(row: Any, out: Path, *, weights: Any, check_examples: int, rtol: float,

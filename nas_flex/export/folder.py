@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nas_flex.errors import ExportError
-from nas_flex.leaderboard.layout import TRIAL_STATE_FILE
+from nas_flex.storage.layout import TRIAL_STATE_FILE
 
 __all__ = ["check_out", "staged_export", "TRAINING_DIR"]
 

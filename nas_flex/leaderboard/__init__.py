@@ -12,7 +12,7 @@ Example:
 """
 
 from nas_flex.leaderboard.board import Leaderboard
-from nas_flex.leaderboard.layout import StorageLayout
+from nas_flex.leaderboard.merge import compact
 from nas_flex.leaderboard.query import Filter, parse_filter
 from nas_flex.leaderboard.schema import (
     CONFIG_COLUMNS,
@@ -28,11 +28,11 @@ from nas_flex.leaderboard.store import (
     CorruptFileWarning,
     MergeWarning,
     check_storage,
-    compact,
     trial_file_name,
-    write_trial,
 )
 from nas_flex.leaderboard.table import format_leaderboard
+from nas_flex.leaderboard.write import write_trial
+from nas_flex.storage.layout import StorageLayout
 
 __all__ = [
     "Leaderboard",

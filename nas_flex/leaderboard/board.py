@@ -17,17 +17,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nas_flex.errors import LeaderboardSchemaError, unknown_name
+from nas_flex.leaderboard.merge import compact
 from nas_flex.leaderboard.query import Filter, parse_filter, row_mask, select
 from nas_flex.leaderboard.schema import TRIAL_SCHEMA
 from nas_flex.leaderboard.store import (
     Snapshot,
-    compact,
     read_history,
     retry_reads,
     scan,
     without_location,
-    write_trial,
 )
+from nas_flex.leaderboard.write import write_trial
 from nas_flex.record import METRIC_DIRECTIONS, TrialRecord, TrialStatus
 
 if TYPE_CHECKING:
@@ -312,7 +312,7 @@ class Leaderboard:
         return write_trial(self.path, result, experiment=experiment, trial_id=trial_id, config_key=config_key)
 
     def compact(self, *, history: bool = True) -> Path | None:
-        """Merge the row files (and history files) into one each, atomically; see ``store.compact``."""
+        """Merge the row files (and history files) into one each, atomically; see ``merge.compact``."""
         return compact(self.path, history=history)
 
     @property

@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -43,26 +44,29 @@ import pyarrow.parquet as pq
 from nas_flex.errors import LeaderboardSchemaError
 from nas_flex.leaderboard.schema import HISTORY_SCHEMA, TRIAL_SCHEMA
 from nas_flex.leaderboard.store import (
-    COMPACTED_LEVEL,
-    HISTORY_DIR,
     MERGE_AT,
-    MERGE_DIR,
-    _fsync,
-    _fsync_dir,
-    _is_row_file,
-    _row_files,
+    MergeWarning,
     conform,
     current_versions,
-    file_level,
     latest_indices,
-    merged_file_name,
     open_parquet,
     read_parts,
     report_corrupt,
+    row_files,
     scan,
     stat_key,
-    temporary_name,
     write_options,
+)
+from nas_flex.storage.atomic import write_atomic, write_json_atomic
+from nas_flex.storage.layout import (
+    COMPACTED_LEVEL,
+    HISTORY_DIR,
+    MERGE_DIR,
+    file_level,
+    merged_file_name,
+)
+from nas_flex.storage.layout import (
+    is_row_file as _is_row_file,
 )
 
 __all__ = ["MERGE_FANOUT", "MAX_LEVEL", "ROW_GROUP_ROWS", "maybe_merge", "compact"]
@@ -81,6 +85,11 @@ _TABLES = (
     (HISTORY_DIR, HISTORY_SCHEMA, "history.json"),
 )
 _HISTORY_KEYS = ("experiment", "trial_id", "written_at", "epoch")
+
+
+class _InputChanged(Exception):
+    """An input of a merge was retired or rewritten since it was read: merge another time."""
+
 
 # picks the rows to keep from the inputs' key columns (with _file, _row): indices into that table
 Select = Callable[[pa.Table], pa.Array]
@@ -176,15 +185,37 @@ def _journal_path(root: Path, journal: str) -> Path:
 
 
 def _write_journal(path: Path, record: dict, *, sync: bool) -> None:
-    tmp = temporary_name(path)
-    tmp.write_text(json.dumps(record))
-    if sync:
-        _fsync(tmp)
-    os.replace(tmp, path)
+    write_json_atomic(path, record, sync=sync)
 
 
-def _recover(root: Path, sub: str, journal: str) -> None:
-    """Finish (output in place) or undo (not yet) a merge whose process died; call with the lock held."""
+def _drop_doubles(directory: Path, schema: pa.Schema) -> int:
+    """Retire every file whose rows (by experiment, trial, version and epoch) all sit in files of a higher level:
+    the inputs of a merge whose output is in place. Returns how many were retired; call with the lock held."""
+    keys = [c for c in ("experiment", "trial_id", "written_at", "epoch") if c in schema.names]
+    files = row_files(directory)
+    parts = read_parts(files, schema, keys)
+    sets: dict[int, list[tuple[Path, object, set]]] = {}
+    for file, part in zip(files, parts):
+        if part.table is not None:
+            rows = set(zip(*(part.table.column(k).cast(pa.int64()).to_pylist() if k == "written_at"
+                             else part.table.column(k).to_pylist() for k in keys)))
+            sets.setdefault(file_level(file.name), []).append((file, part.stat, rows))
+    retired = 0
+    for level in sorted(sets):
+        higher = set().union(*(rows for lv, items in sets.items() if lv > level for _, _, rows in items))
+        for file, stat, rows in sets[level]:
+            if rows and rows <= higher:
+                _retire(file, stat)
+                retired += 1
+    return retired
+
+
+def _recover(root: Path, sub: str, journal: str, schema: pa.Schema) -> None:
+    """Finish (output in place) or undo (not yet) a merge whose process died; call with the lock held.
+
+    A damaged journal is reported (``MergeWarning`` naming it) and repaired without it: the files a killed merge
+    had claimed are put back, and every file whose rows all sit in a merged file of a higher level is retired.
+    """
     path = _journal_path(root, journal)
     try:
         record = json.loads(path.read_text())
@@ -212,6 +243,12 @@ def _recover(root: Path, sub: str, journal: str) -> None:
             with contextlib.suppress(FileNotFoundError):
                 if stat_key(os.stat(file)) == key:
                     _retire(file, key)
+    elif not valid:
+        _clean_leftovers(directory, 0.0, locked=True)  # put back what the killed merge had claimed
+        retired = _drop_doubles(directory, schema)
+        warnings.warn(f"the merge journal {str(path)!r} was damaged (not a journal nas_flex wrote); repaired without "
+                      f"it: {retired} file(s) whose rows were all in a merged file removed, no row lost",
+                      MergeWarning, stacklevel=3)
     path.unlink(missing_ok=True)
 
 
@@ -290,20 +327,25 @@ def merge_files(root: Path, sub: str, schema: pa.Schema, inputs: Sequence[Path],
     if directions:
         meta[b"nas_flex.metric_directions"] = json.dumps(directions).encode()
     target = directory / merged_file_name(level)
-    tmp = temporary_name(target)
-    try:
+    journal_file = _journal_path(root, journal)
+    # the journal first: a merge killed after the rename is finished by the next one, one killed before is undone
+    record = {"target": target.name, "inputs": [[f.name, *stat_key(p.stat)] for f, p in files]}
+    _write_journal(journal_file, record, sync=sync)
+
+    def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema.with_metadata(meta), **write_options(schema)) as writer:
             if not _copy_rows(writer, files, masks, schema, meta):  # pass 2: row group by row group
-                return None
-        if sync:
-            _fsync(tmp)
-        record = {"target": target.name, "inputs": [[f.name, *stat_key(p.stat)] for f, p in files]}
-        _write_journal(_journal_path(root, journal), record, sync=sync)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if sync:
-        _fsync_dir(directory)
+                raise _InputChanged
+
+    try:
+        write_atomic(target, write, sync=sync)
+    except _InputChanged:
+        journal_file.unlink(missing_ok=True)
+        return None
+    except BaseException:
+        if not target.exists():  # nothing to finish: the next merge need not look at the journal
+            journal_file.unlink(missing_ok=True)
+        raise
     for file, part in files:  # the merged file is in place: readers drop the doubles until these are gone
         _retire(file, part.stat)
     _journal_path(root, journal).unlink(missing_ok=True)
@@ -312,7 +354,7 @@ def merge_files(root: Path, sub: str, schema: pa.Schema, inputs: Sequence[Path],
 
 def _levels(directory: Path) -> dict[int, list[Path]]:
     out: dict[int, list[Path]] = {}
-    for f in _row_files(directory):
+    for f in row_files(directory):
         out.setdefault(file_level(f.name), []).append(f)
     return out
 
@@ -341,7 +383,7 @@ def _merge_levels(root: Path, sub: str, schema: pa.Schema, select: Select, journ
     return made
 
 
-def _count_row_files(directory: Path) -> int:
+def _countrow_files(directory: Path) -> int:
     try:
         return sum(1 for n in os.listdir(directory) if _is_row_file(n) and file_level(n) == 0)
     except (FileNotFoundError, NotADirectoryError):
@@ -357,7 +399,7 @@ def maybe_merge(path: str | os.PathLike, *, merge_at: int = MERGE_AT, sync: bool
     if merge_at < 2:
         return []
     pending = any(_journal_path(root, j).exists() for _, _, j in _TABLES)
-    if not pending and all(_count_row_files(root / sub) < merge_at for sub, _, _ in _TABLES):
+    if not pending and all(_countrow_files(root / sub) < merge_at for sub, _, _ in _TABLES):
         return []
     made: list[Path] = []
     with _merge_lock(root, blocking=False) as held:
@@ -365,7 +407,7 @@ def maybe_merge(path: str | os.PathLike, *, merge_at: int = MERGE_AT, sync: bool
             return []  # someone else is merging (or no flock here: merging unguarded could double rows)
         _clean_leftovers(root / MERGE_DIR, 0.0, locked=True)
         for sub, schema, journal in _TABLES:
-            _recover(root, sub, journal)
+            _recover(root, sub, journal, schema)
             _clean_leftovers(root / sub, _LEFTOVER_SECONDS, locked=True)
             select = _latest_trials if schema is TRIAL_SCHEMA else _distinct_history
             made += _merge_levels(root, sub, schema, select, journal, merge_at=merge_at, sync=sync)
@@ -395,14 +437,14 @@ def compact(path: str | os.PathLike, *, history: bool = True, leftovers_older_th
             if sub and not history:
                 continue
             if held:
-                _recover(root, sub, journal)
+                _recover(root, sub, journal, schema)
             _clean_leftovers(root / sub, leftovers_older_than, locked=bool(held))
             if schema is TRIAL_SCHEMA:
                 select = _latest_trials
             else:
                 current = current_versions(scan(root, columns=["written_at"], on_corrupt="ignore").table)
                 select = _history_of(current)
-            made = merge_files(root, sub, schema, _row_files(root / sub), COMPACTED_LEVEL, select, journal=journal)
+            made = merge_files(root, sub, schema, row_files(root / sub), COMPACTED_LEVEL, select, journal=journal)
             target = made if schema is TRIAL_SCHEMA else target
     return target
 

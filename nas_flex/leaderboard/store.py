@@ -1,41 +1,29 @@
-"""The leaderboard directory: its layout, atomic writes, reading it back (only the columns a query needs), checks.
+"""Reading a leaderboard directory back (only the columns a query needs), and checking it; the Parquet write
+options every leaderboard file shares.
 
-Layout of a leaderboard directory ``PATH``::
+The directory's files and their names are those of ``nas_flex.storage.layout``: one row file per trial
+(``<experiment>--<trial_id>.parquet``), merged files (``nas_flex.leaderboard.merge``), ``_history/`` with the
+per-epoch rows, and hidden temporary files of writers (``nas_flex.storage.atomic``). Parquet readers
+(``pandas.read_parquet(PATH)``, ``pyarrow.dataset``) skip names that start with "_" or ".", so reading the directory
+gives exactly the trial rows; DuckDB's ``'PATH/*.parquet'`` glob matches the same files. Rewriting a trial replaces
+its row file; where an older version of the row already sits in a merged file, readers keep the latest
+(``finished``, then ``written_at``), and a file that a merge removes between the listing and the read is read again.
 
-    PATH/<experiment>--<trial_id>.parquet          one finished trial's row (TRIAL_SCHEMA), as write_trial wrote it
-    PATH/merged-<level>-<uuid>.parquet             many trials' rows, merged from row files (level 1) or from
-                                                   merged files of the level below (see nas_flex.leaderboard.merge)
-    PATH/compacted-<uuid>.parquet                  every row, made by compact()
-    PATH/_history/...                              the same files for the per-epoch rows (HISTORY_SCHEMA)
-    PATH/_merge/lock, PATH/_merge/*.json           the merge lock, and the journal of a merge under way
-    PATH/.<name>.<pid>.<random>.tmp                a file being written (or left by a crash)
-
-Parquet readers (``pandas.read_parquet(PATH)``, ``pyarrow.dataset``) skip names that start with "_" or ".", so
-reading the directory gives exactly the trial rows; DuckDB's ``'PATH/*.parquet'`` glob matches the same files.
-A file is written under a hidden temporary name and renamed into place (``os.replace``), so a reader never sees
-half a file and a crash leaves at most an invisible ``.tmp`` file. Rewriting a trial replaces its row file; where an
-older version of the row already sits in a merged file, readers keep the latest (``finished``, then ``written_at``).
-
-Once ``MERGE_AT`` row files pile up, the writer that notices merges them into one file (``merge.maybe_merge``), so a
-leaderboard of 10^5 trials is a hundred or so files and a query reads a few columns of each.
+Every file is written with page checksums and read with their verification: damage inside a data page is an
+unreadable file (named, its rows left out, or an error), never a silently changed value.
 
 pyarrow, NumPy and the standard library only: a trial process writes without pandas or torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import json
 import os
-import re
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,30 +33,31 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nas_flex.errors import CorruptLeaderboardError, LeaderboardSchemaError
-from nas_flex.leaderboard.layout import HISTORY_DIR, MERGE_DIR  # noqa: F401 - re-exported (merge.py)
-from nas_flex.leaderboard.schema import HISTORY_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, history_table, trial_table
-from nas_flex.record import TrialRecord
+from nas_flex.leaderboard.schema import HISTORY_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA
+from nas_flex.storage.atomic import write_atomic
+from nas_flex.storage.layout import (  # noqa: F401 - trial_file_name: re-exported (a public name of this module)
+    HISTORY_DIR,
+    file_level,
+    is_row_file,
+    trial_file_name,
+)
 
 __all__ = [
     "HISTORY_DIR",
     "MERGE_AT",
     "CorruptFileWarning",
     "MergeWarning",
-    "write_trial",
     "trial_file_name",
+    "row_files",
+    "write_options",
+    "write_table_atomic",
     "read_trials",
     "read_history",
     "check_storage",
-    "compact",
 ]
 
 #: row files that make a writer merge them into one file (0: never merge; see nas_flex.leaderboard.merge)
 MERGE_AT = 16
-_SUFFIX = ".parquet"
-_CLEAN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
-# merged files: never a "--" in the name, which every trial's row file has
-_MERGED = re.compile(r"(?:merged-(\d{1,2})|compacted)-[0-9a-f]{32}\.parquet")
-COMPACTED_LEVEL = 99  # compact()'s output: never merged again automatically
 _READ_RETRIES = 20
 _KEYS = ("experiment", "trial_id", "finished", "written_at")  # what one-row-per-trial needs
 # long free-text columns: min/max statistics of them fill the footer and no query filters on them
@@ -87,47 +76,13 @@ class MergeWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------------------- naming
-def trial_file_name(experiment: str, trial_id: str) -> str:
-    """The file name of a trial's row: ``<experiment>--<trial_id>.parquet``.
-
-    Names with characters outside ``[A-Za-z0-9_.+-]``, a ``--``, a trailing ``-`` or over 100 characters are
-    sanitised and get a ``~<hash>`` suffix of the exact pair, so distinct pairs never share a file.
-    """
-    if all(_CLEAN.fullmatch(s) and "--" not in s and not s.endswith("-") for s in (experiment, trial_id)):
-        return f"{experiment}--{trial_id}{_SUFFIX}"
-    digest = hashlib.sha256(json.dumps([experiment, trial_id]).encode()).hexdigest()[:12]
-
-    def safe(s: str) -> str:
-        s = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9_.+-]", "_", s))[:80].strip("-")
-        return s if s[:1].isalnum() else "x" + s
-
-    return f"{safe(experiment)}--{safe(trial_id)}~{digest}{_SUFFIX}"
-
-
-def merged_file_name(level: int) -> str:
-    """A fresh name for a merged file of ``level`` (``COMPACTED_LEVEL``: compact()'s output)."""
-    prefix = "compacted" if level == COMPACTED_LEVEL else f"merged-{level}"
-    return f"{prefix}-{uuid.uuid4().hex}{_SUFFIX}"
-
-
-def file_level(name: str) -> int:
-    """0 for a trial's row file, the level of a merged file, ``COMPACTED_LEVEL`` for compact()'s output."""
-    m = _MERGED.fullmatch(name)
-    if m is None:
-        return 0
-    return COMPACTED_LEVEL if m.group(1) is None else int(m.group(1))
-
-
-def _is_row_file(name: str) -> bool:
-    return name.endswith(_SUFFIX) and not name.startswith((".", "_"))
-
-
-def _row_files(directory: Path) -> list[Path]:
+def row_files(directory: Path) -> list[Path]:
+    """The visible Parquet files of a leaderboard directory (row files and merged files), sorted; [] if none."""
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(directory / n for n in names if _is_row_file(n))
+    return sorted(directory / n for n in names if is_row_file(n))
 
 
 def stat_key(stat: os.stat_result) -> tuple[int, int, int, int]:
@@ -136,110 +91,20 @@ def stat_key(stat: os.stat_result) -> tuple[int, int, int, int]:
 
 
 # ----------------------------------------------------------------------------------------------------- write
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be opened or synced
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync(file: Path) -> None:
-    fd = os.open(file, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the data is on disk before the name points at it (no empty file after power loss)
-    finally:
-        os.close(fd)
-
-
 @functools.lru_cache(maxsize=4)
 def _statistics_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if f.name not in _NO_STATISTICS]
 
 
 def write_options(schema: pa.Schema) -> dict[str, Any]:
-    """Keyword arguments of ``pq.write_table`` / ``pq.ParquetWriter`` for leaderboard files (small footers)."""
-    return {"write_statistics": _statistics_columns(schema), "compression": "snappy"}
+    """Keyword arguments of ``pq.write_table`` / ``pq.ParquetWriter`` for leaderboard files: small footers, and a
+    CRC checksum on every page (readers verify them: a flipped byte is an error, never a changed value)."""
+    return {"write_statistics": _statistics_columns(schema), "compression": "snappy", "write_page_checksum": True}
 
 
-def temporary_name(final: Path) -> Path:
-    """The hidden name ``final`` is written under before its rename (``.<name>.<pid>.<random>.tmp``)."""
-    return final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def _write_atomic(table: pa.Table, final: Path, *, sync: bool = True) -> Path:
-    """Write ``table`` to a hidden temporary file beside ``final``, sync it, and rename it to ``final``."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(final)
-    try:
-        pq.write_table(table, tmp, **write_options(table.schema))
-        if sync:
-            _fsync(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    if sync:
-        _fsync_dir(final.parent)
-    return final
-
-
-def write_trial(path: str | os.PathLike, result: TrialRecord | Mapping[str, Any], *, experiment: str, trial_id: str,
-                config_key: str | None = None, history: bool = True, sync: bool = True,
-                merge_at: int = MERGE_AT) -> Path:
-    """Write one finished trial to the leaderboard at ``path``, atomically; return the row's file.
-
-    The per-epoch history (``result['history']``) goes to ``path/_history/`` first, then the row, so a visible row
-    always has its history. Writing the same ``(experiment, trial_id)`` again replaces both: the leaderboard keeps
-    one row per trial. Many processes may write at once.
-
-    Once ``merge_at`` row files are in the directory, the writer merges them into one Parquet file (and merged
-    files into larger ones, see ``nas_flex.leaderboard.merge``), unless another writer is merging already: a large
-    leaderboard stays a few hundred files. A failed merge only warns (``MergeWarning``): the row is written.
-
-    Args:
-        path: the leaderboard directory (created if missing).
-        result: what ``nas_flex.train.run_trial`` returns (a ``nas_flex.record.TrialRecord``), or its ``to_dict()``.
-        experiment: the experiment name.
-        trial_id: the trial id within the experiment.
-        config_key: a key of the config (e.g. ``nas_flex.train.canonical_key`` or a hash of it); default: the first
-            16 hex digits of the sha256 of the config's canonical JSON.
-        history: also write the per-epoch history.
-        sync: fsync each file before its rename and the directory after it, so a power loss leaves the old row or
-            the new one, never an empty file. Costs a few ms per write; False for scratch boards and tests.
-        merge_at: row files that trigger a merge (``MERGE_AT``); 0 never merges.
-
-    Raises:
-        LeaderboardSchemaError: the result does not fit the schema (an unknown key, a wrong type, ...), or
-            ``merge_at`` is not 0 or >= 2.
-
-    Example:
-        >>> write_trial("runs/digits", result, experiment="digits", trial_id="t0001")  # doctest: +SKIP
-        PosixPath('runs/digits/digits--t0001.parquet')
-    """
-    if isinstance(merge_at, bool) or not isinstance(merge_at, int) or merge_at < 0 or merge_at == 1:
-        raise LeaderboardSchemaError(f"`merge_at` must be 0 (never merge) or an integer >= 2, but got {merge_at!r}")
-    root = Path(path)
-    written_at = datetime.now(timezone.utc)
-    row = trial_table(result, experiment=experiment, trial_id=trial_id, written_at=written_at,
-                      config_key=config_key)  # validate everything before touching the disk
-    name = trial_file_name(experiment, trial_id)
-    if history:
-        epochs = history_table(result, experiment=experiment, trial_id=trial_id, written_at=written_at)
-        _write_atomic(epochs, root / HISTORY_DIR / name, sync=sync)
-    file = _write_atomic(row, root / name, sync=sync)
-    if merge_at:
-        from nas_flex.leaderboard.merge import maybe_merge
-
-        try:
-            maybe_merge(root, merge_at=merge_at, sync=sync)
-        except Exception as err:  # noqa: BLE001 - the row is in place; a merge that fails leaves more files, no fewer rows
-            warnings.warn(f"could not merge the row files of the leaderboard {str(root)!r} "
-                          f"({type(err).__name__}: {err}); every row is kept, reading is slower until a merge "
-                          "succeeds", MergeWarning, stacklevel=2)
-    return file
+def write_table_atomic(table: pa.Table, final: Path, *, sync: bool = True) -> Path:
+    """Write ``table`` as a leaderboard Parquet file at ``final``, atomically (``nas_flex.storage.write_atomic``)."""
+    return write_atomic(final, lambda tmp: pq.write_table(table, tmp, **write_options(table.schema)), sync=sync)
 
 
 # ------------------------------------------------------------------------------------------------------ read
@@ -271,9 +136,9 @@ def open_parquet(file: Path) -> tuple[pq.ParquetFile, os.stat_result]:
         with open(file, "rb") as fh:
             stat = os.fstat(fh.fileno())
             data = fh.read()
-        return pq.ParquetFile(pa.BufferReader(data)), stat
+        return pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True), stat
     stat = os.stat(file)  # a merged file is never rewritten under its name, only removed
-    return pq.ParquetFile(pa.memory_map(str(file))), stat
+    return pq.ParquetFile(pa.memory_map(str(file)), page_checksum_verification=True), stat
 
 
 def _missing_columns(have: pa.Schema, schema: pa.Schema) -> str | None:
@@ -486,7 +351,7 @@ def scan(directory: str | os.PathLike, *, schema: pa.Schema = TRIAL_SCHEMA, colu
     directory = Path(directory)
     cols = _columns(schema, columns, latest)
     for _ in range(_READ_RETRIES):
-        files = [f for f in _row_files(directory) if not skip or f not in skip]
+        files = [f for f in row_files(directory) if not skip or f not in skip]
         parts = read_parts(files, schema, cols)
         if any(p.gone for p in parts):
             continue  # a merge replaced some files between the listing and the read: list again
@@ -581,8 +446,9 @@ def check_storage(path: str | os.PathLike, *, deep: bool = False) -> int:
 
     Args:
         path: the leaderboard directory.
-        deep: also read every column of every file (catches damage inside a file, not only a bad footer: the
-            common damage, a truncated or empty file, has a bad footer).
+        deep: also read every page of every file, verifying its checksum (catches damage inside a file, e.g. a
+            flipped byte in a data page, not only a bad footer: the common damage, a truncated or empty file, has a
+            bad footer).
 
     Returns:
         The number of Parquet files checked.
@@ -602,7 +468,7 @@ def check_storage(path: str | os.PathLike, *, deep: bool = False) -> int:
     bad: dict[Path, str] = {}
     checked = 0
     for directory, schema in ((root, TRIAL_SCHEMA), (root / HISTORY_DIR, HISTORY_SCHEMA)):
-        for file in _row_files(directory):
+        for file in row_files(directory):
             try:
                 pf, _ = open_parquet(file)
                 reason = _missing_columns(pf.schema_arrow, schema)
@@ -625,9 +491,3 @@ def check_storage(path: str | os.PathLike, *, deep: bool = False) -> int:
         )
     return checked
 
-
-def compact(path: str | os.PathLike, *, history: bool = True, leftovers_older_than: float = 3600.0) -> Path | None:
-    """Merge every file of the leaderboard into one; see ``nas_flex.leaderboard.merge.compact``."""
-    from nas_flex.leaderboard.merge import compact as _compact
-
-    return _compact(path, history=history, leftovers_older_than=leftovers_older_than)

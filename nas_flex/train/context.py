@@ -208,10 +208,9 @@ class TrialContext:
         state = {"model": model.state_dict(), "objects": {k: v.state_dict() for k, v in objects.items()},
                  "epoch": self.epoch, "history": self.history, "train_seconds": self.train_seconds,
                  "initial_sizes": self.initial_sizes, "rng": torch.get_rng_state()}
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_name(f".{self.checkpoint_path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        from nas_flex.storage.atomic import write_atomic
+
+        write_atomic(self.checkpoint_path, lambda tmp: torch.save(state, tmp), sync=False)
         self._clock += time.perf_counter() - t0  # saving is not training time
 
     def load(self, model: nn.Module, **objects: Any) -> int:
@@ -267,17 +266,19 @@ class TrialContext:
 
 
 def run_trainable(fn: Trainable, config: dict[str, Any], report: Callable[[dict[str, Any]], None] | None = None, *,
+                  checkpoint: str | os.PathLike | None = None,
                   checkpoint_dir: str | os.PathLike | None = None) -> TrialRecord:
     """Run the user's ``fn(config, ctx)`` as one trial, the way ``run_trial`` runs the built-in loop.
 
-    Seeds Python, NumPy and torch from ``config["seed"]``, builds the ``TrialContext`` (its checkpoint in
-    ``checkpoint_dir``), calls ``fn`` and summarises what it reported.
+    Seeds Python, NumPy and torch from ``config["seed"]``, builds the ``TrialContext`` (its checkpoint file
+    ``checkpoint``), calls ``fn`` and summarises what it reported.
 
     Args:
         fn: the user's training function ``fn(config, ctx)``.
         config: a trial config (resolved here).
         report: called after every reported epoch with its record (as ``run_trial``'s ``report``).
-        checkpoint_dir: the folder of the trial's checkpoint (``ctx.checkpoint_path``); None: no checkpoint.
+        checkpoint: the trial's checkpoint file (``ctx.checkpoint_path``); None: no checkpoint.
+        checkpoint_dir: older form: the folder holding it (as ``run_trial``'s).
 
     Returns:
         A completed ``TrialRecord``; status "oom" when the accelerator ran out of memory, "diverged" when a layer
@@ -286,14 +287,15 @@ def run_trainable(fn: Trainable, config: dict[str, Any], report: Callable[[dict[
     Raises:
         TrainableError: ``fn`` raised (the message names ``fn`` and the exception) or reported no epoch.
     """
-    from nas_flex.leaderboard.layout import TRIAL_STATE_FILE
+    from nas_flex.storage.layout import TRIAL_STATE_FILE
 
+    if checkpoint is None and checkpoint_dir is not None:
+        checkpoint = Path(checkpoint_dir) / TRIAL_STATE_FILE
     cfg = resolve_config(config)
     started = utc_now()
     device = resolve_device(cfg["device"])
     _seed_everything(cfg["seed"], cfg["deterministic"])
-    ctx = TrialContext(cfg, device=device,
-                       checkpoint_path=None if checkpoint_dir is None else Path(checkpoint_dir) / TRIAL_STATE_FILE)
+    ctx = TrialContext(cfg, device=device, checkpoint_path=None if checkpoint is None else Path(checkpoint))
     ctx.on_report = report
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

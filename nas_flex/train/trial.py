@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from nas_flex import __version__
-from nas_flex.errors import NonFiniteError
+from nas_flex.errors import HyperparameterError, NonFiniteError
 from nas_flex.layers.base import KernelLayer
 from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.sizes import learned_size_records
@@ -239,13 +239,12 @@ def setup_trial(cfg: dict[str, Any]) -> tuple[TrialSetup, FlopCount]:
 # -------------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, trial: TrialSetup, progress: TrialProgress, epoch: int) -> None:
     """The trial's state after ``epoch``, written atomically; tensors and plain values (``weights_only`` loads it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": trial.model.state_dict(), "optimizers": trial.opts.state_dict(),
-                "scaler": trial.scaler.state_dict(), "epoch": epoch, "history": progress.history,
-                "train_seconds": progress.train_seconds, "examples": progress.examples,
-                "rng": torch.get_rng_state()}, tmp)
-    os.replace(tmp, path)
+    from nas_flex.storage.atomic import write_atomic
+
+    state = {"model": trial.model.state_dict(), "optimizers": trial.opts.state_dict(),
+             "scaler": trial.scaler.state_dict(), "epoch": epoch, "history": progress.history,
+             "train_seconds": progress.train_seconds, "examples": progress.examples, "rng": torch.get_rng_state()}
+    write_atomic(path, lambda tmp: torch.save(state, tmp), sync=False)
 
 
 def load_checkpoint(path: Path, trial: TrialSetup) -> TrialProgress:
@@ -381,7 +380,7 @@ def summarise(trial: TrialSetup, progress: TrialProgress, *, started: str) -> Tr
 
 
 # ------------------------------------------------------------------------------------------------------- trial
-def run_trial(config: dict[str, Any], report: Report | None = None, *,
+def run_trial(config: dict[str, Any], report: Report | None = None, *, checkpoint: str | os.PathLike | None = None,
               checkpoint_dir: str | os.PathLike | None = None) -> TrialRecord:
     """Build the model and data a trial config describes, train it, and return what the leaderboard records.
 
@@ -395,8 +394,9 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
             val_loss, val_acc, lr, seconds, learned_sizes) and the trial's params and flops; the search runner passes
             Ray Tune's report here. ``train_loss`` is the task loss; ``train_reg`` the layers' regularization term
             (mean per step) that the optimiser adds to it.
-        checkpoint_dir: if given, the trial saves its state there after every epoch (``torch.save`` of tensors and
-            plain values, loadable with ``weights_only=True``) and resumes from it when called again.
+        checkpoint: if given, the file the trial saves its state to after every epoch (atomically; ``torch.save``
+            of tensors and plain values, loadable with ``weights_only=True``) and resumes from when called again.
+        checkpoint_dir: a folder instead of ``checkpoint``: the file is its ``trial_state.pt``.
 
     Returns:
         A ``nas_flex.record.TrialRecord``. ``status`` is completed, diverged (a NaN/inf loss or size
@@ -410,12 +410,16 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *,
         >>> result = run_trial({"dataset": "digits", "epochs": 1})  # doctest: +SKIP
         >>> result.status, result.metrics["val_acc"]  # doctest: +SKIP
     """
-    from nas_flex.leaderboard.layout import TRIAL_STATE_FILE  # the storage layout names the checkpoint file
+    if checkpoint is not None and checkpoint_dir is not None:
+        raise HyperparameterError("pass `checkpoint` (a file) or `checkpoint_dir` (a folder), not both")
+    if checkpoint_dir is not None:
+        from nas_flex.storage.layout import TRIAL_STATE_FILE
 
+        checkpoint = Path(checkpoint_dir) / TRIAL_STATE_FILE
     cfg = resolve_config(config)
     started = utc_now()
     trial, flops = setup_trial(cfg)
-    ckpt_path = Path(checkpoint_dir) / TRIAL_STATE_FILE if checkpoint_dir is not None else None
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and ckpt_path.exists():
         progress = load_checkpoint(ckpt_path, trial)
     else:

@@ -7,12 +7,13 @@ leaderboard row (one Parquet file, atomically) when it ends, whatever the ending
 trials' own records with its explicit schema, never from ``ResultGrid.get_dataframe()``.
 
 ``storage`` (a shared path on a cluster) holds the leaderboard rows and, in folders whose names start with "_",
-each trial's kept weights, the experiments' settings, the dedupe claims, the started trials' scratch folders and
-Ray's own files: the tree is in ``nas_flex.leaderboard.layout``.
+each trial's kept weights, the experiments' settings, the dedupe claims and the started trials' scratch folders:
+the tree is in ``nas_flex.storage.layout``. Ray's own files, some of which Ray reads back with pickle (a failed
+trial's ``error.pkl``), go to a private per-user folder outside the storage (``nas_flex.storage.private_ray_dir``).
 
-Resume reads only JSON, Parquet and ``weights_only`` checkpoints (``nas_flex.tune.experiments.plan_resume``).
+Resume reads only JSON, Parquet and ``weights_only`` checkpoints (``nas_flex.tune.resume.plan_resume``).
 Nothing in the storage is unpickled, so resuming a shared storage runs no code a third party could have placed there
-(Ray's ``Tuner.restore`` would unpickle ``_ray/<run>/tuner.pkl``; it is not used).
+(Ray's ``Tuner.restore`` would unpickle ``tuner.pkl``; it is not used).
 """
 
 from __future__ import annotations
@@ -27,21 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nas_flex.errors import SearchSpaceError
-from nas_flex.leaderboard.layout import StorageLayout
+from nas_flex.errors import SearchSpaceError, StorageFullError
 from nas_flex.record import METRIC_COLUMNS, METRICS, utc_now
 from nas_flex.spaces import SearchSpace, grid_size, load_space, sample_configs, validate_space
+from nas_flex.storage import StorageLayout, private_ray_dir
 from nas_flex.tune.errors import ResourceError, StorageError
-from nas_flex.tune.experiments import (
-    check_storage_files,
-    check_storage_path,
-    latest_experiment,
-    plan_resume,
-    prepare_storage,
-    read_json,
-    sweep_running,
-    write_json_atomic,
-)
 from nas_flex.tune.options import (
     RunConfig,
     TuneConfig,
@@ -50,6 +41,18 @@ from nas_flex.tune.options import (
     check_sampler,
     resolve_objectives,
     split_options,
+)
+from nas_flex.tune.resume import (
+    check_space_unchanged,
+    check_storage_files,
+    check_storage_path,
+    latest_experiment,
+    plan_resume,
+    prepare_storage,
+    read_json,
+    space_sample,
+    sweep_running,
+    write_json_atomic,
 )
 from nas_flex.tune.user import check_resumed_trainable, resolve_trainable
 
@@ -157,6 +160,7 @@ def _resumed_plan(storage: Path, space: SearchSpace, experiment: str | None, tun
         if value is not None and recorded_overrides.get(key, value) != value:
             raise SearchSpaceError(f"`overrides` {key}={value!r} differs from experiment {experiment!r}'s "
                                    f"{key}={recorded_overrides[key]!r}; leave it out to resume")
+    check_space_unchanged(meta, space.with_overrides(**recorded_overrides), experiment)
     added = {k: v for k, v in (overrides or {}).items() if k not in recorded_overrides}
     return _Plan(space.with_overrides(**recorded_overrides, **added), experiment, recorded["sampler"],
                  recorded["scheduler"], int(meta.get("seed", 0)), resolve_objectives(recorded["objectives"]),
@@ -201,7 +205,8 @@ def _write_experiment(storage: Path, plan: _Plan, res: dict[str, float], resume:
         meta = {"name": plan.experiment, "space": plan.space.name, "source": plan.space.source,
                 "sampler": plan.sampler, "objectives": plan.objectives, "num_samples": plan.num_samples,
                 "scheduler": plan.scheduler, "seed": plan.seed, "overrides": plan.space.overrides,
-                "resources_per_trial": res, "trainable": plan.trainable is not None, "created": utc_now()}
+                "resources_per_trial": res, "trainable": plan.trainable is not None, "created": utc_now(),
+                "space_sample": space_sample(plan.space, plan.sampler, plan.seed)}
     write_json_atomic(file, meta)
 
 
@@ -252,9 +257,9 @@ def _tuner(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, 
         {"cpu": res["cpu"], "gpu": res["gpu"]},
     )
     run_config = tune.RunConfig(
-        # a resume is a new Ray run beside the first one's files, which are never read back (no unpickling)
-        name=f"{plan.experiment}--resume-{datetime.now().strftime('%Y%m%d-%H%M%S')}" if resume else plan.experiment,
-        storage_path=str(StorageLayout(storage).ray_dir),
+        # Ray's files (pickles among them) never in the storage; each run, a resume too, is a new Ray run
+        name=f"{plan.experiment}--{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}{'--resume' if resume else ''}",
+        storage_path=str(private_ray_dir()),
         failure_config=tune.FailureConfig(max_failures=run.max_failures), verbose=0, callbacks=[progress.callback],
     )
     searcher = optuna_searcher(plan.space, plan.objectives, plan.sampler, plan.seed, study_name=plan.experiment,
@@ -294,9 +299,14 @@ def _fit(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, re
         print(f"interrupted: finished trials are in the leaderboard; continue with resume=True "
               f"(nas-flex search SPACE --storage {storage} --resume --experiment {plan.experiment})", file=sys.stderr)
         raise
-    record_unreported_errors(progress.errored, storage, plan.experiment)
-    if plan.scheduler is not None:  # without a scheduler nothing stops a trial early but an interruption
-        record_stopped(progress.stopped, storage, plan.experiment)
+    try:
+        record_unreported_errors(progress.errored, storage, plan.experiment)
+        if plan.scheduler is not None:  # without a scheduler nothing stops a trial early but an interruption
+            record_stopped(progress.stopped, storage, plan.experiment)
+    except StorageFullError as err:
+        raise StorageFullError(f"{err}: trials without a row kept their scratch folders; after freeing space continue "
+                               f"with resume=True (nas-flex search SPACE --storage {storage} --resume --experiment "
+                               f"{plan.experiment})") from None
     sweep_running(storage, plan.experiment)
 
 
@@ -334,7 +344,7 @@ def search(
         space: a ``SearchSpace``, a define-by-run function ``space(trial) -> config``, or a path to a .py file
             defining ``space`` (see ``search_spaces/``).
         storage: the leaderboard folder (a shared path on a cluster); also holds the kept weights, the trials'
-            scratch folders and Ray's files (``nas_flex.leaderboard.layout``).
+            scratch folders (``nas_flex.storage.layout``); Ray's own files go to a private folder outside it.
         num_samples: trials to run (>= 1); a grid defaults to its size; required otherwise. On resume: the
             experiment's new total (default: its recorded one).
         experiment: the experiment's name (default: the space's name and a timestamp).

@@ -2,22 +2,28 @@
 write its own leaderboard row whatever the ending: completed, diverged, out of memory, a duplicate of an
 architecture already trained, or an error (then re-raised for Tune's retry). Trials that end without their
 trainable's say (stopped by the scheduler, a crashed worker) get their row from the driver (``record_stopped``,
-``record_unreported_errors``). Paths come from ``nas_flex.leaderboard.layout``.
+``record_unreported_errors``). Paths, claims, scratch records and the atomic write come from ``nas_flex.storage``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nas_flex.leaderboard.layout import TRIAL_FILE, TRIAL_STATE_FILE, StorageLayout
 from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, config_hash, utc_now
-from nas_flex.tune.experiments import write_json_atomic
+from nas_flex.storage import (
+    StorageLayout,
+    check_trial_id,
+    claim,
+    inside,
+    remove_tree,
+    write_atomic,
+    write_trial_file,
+)
 
 __all__ = ["trainable", "wait_for_owner", "owner_row", "record_stopped", "record_unreported_errors", "config_key"]
 
@@ -105,19 +111,6 @@ def wait_for_owner(storage: str | os.PathLike, experiment: str, owner: str, *, t
         pause = min(2 * pause, poll[1])
 
 
-def _claim(layout: StorageLayout, experiment: str, key: str, trial_id: str) -> str:
-    """Claim the config ``key`` for ``trial_id``; return the trial id that holds the claim (maybe another)."""
-    claim = layout.claim(experiment, key)
-    claim.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return claim.read_text().strip()
-    os.write(fd, trial_id.encode())
-    os.close(fd)
-    return trial_id
-
-
 def _duplicate_of(config: Mapping[str, Any], owner: str, row: Mapping[str, Any], started: str,
                   search_params: Mapping[str, Any]) -> TrialRecord:
     return _failed(
@@ -160,11 +153,11 @@ def _start(params: Mapping[str, Any], layout: StorageLayout, experiment: str,
         pass
     # the scratch folder lives in the storage (shared on a cluster): a retry on any node, or --resume, finds the
     # trial's config and last epoch there; it is removed once the trial's row is written
-    work = layout.running(experiment, trial_id)
+    check_trial_id(trial_id, "the trial's parameters")
+    work = inside(layout.root, layout.running(experiment, trial_id))  # a link planted since the check: refused
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / TRIAL_FILE).is_file():
-        write_json_atomic(work / TRIAL_FILE, {"trial_id": trial_id, "experiment": experiment, "config": config,
-                                              "search_params": params, "started": started})
+    write_trial_file(work, {"trial_id": trial_id, "experiment": experiment, "config": config,
+                            "search_params": params, "started": started})
     return config, trial_id, params, work
 
 
@@ -205,16 +198,20 @@ def _train(config: dict[str, Any], work: Path, layout: StorageLayout, experiment
         tune.report(out)  # no Ray checkpoint: the trial's own one is in the storage (work)
 
     try:
-        result = _runner(user)(config, report=report, checkpoint_dir=work).replace(search_params=search_params)
-        _keep_weights(work, layout.weights(experiment, trial_id))
+        result = _runner(user)(config, report=report, checkpoint=layout.checkpoint(experiment, trial_id))
+        result = result.replace(search_params=search_params)
+        _keep_weights(layout.root, layout.checkpoint(experiment, trial_id), layout.weights(experiment, trial_id))
         _write(layout.root, result, experiment, trial_id)
     except Exception as err:  # the scratch folder stays: Ray's retry (or --resume) continues from its last epoch
         _write(layout.root, _failed(config, format_exception(err), started=started, search_params=search_params),
                experiment, trial_id)
         raise
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(layout.root, work)
     if final:
         tune.report(final)
+    elif result.status is TrialStatus.COMPLETED:
+        # resumed from its last epoch's checkpoint (its row was not written): no epoch ran, report the result
+        _tune_report(result, epochs, epoch=result.epochs_completed)
     return result
 
 
@@ -232,14 +229,14 @@ def trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe: 
     config, trial_id, search_params, work = _start(params, layout, experiment, started)
     if dedupe:
         key = config_key(config)
-        owner = _claim(layout, experiment, key, trial_id)
+        owner = claim(layout, experiment, key, trial_id)
         row = None
         if owner != trial_id:
             row = wait_for_owner(layout.root, experiment, owner, claim=layout.claim(experiment, key))
         if row is not None:
             duplicate = _duplicate_of(config, owner, row, started, search_params)
             _write(layout.root, duplicate, experiment, trial_id)
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(layout.root, work)
             _tune_report(duplicate, config["epochs"], train_seconds=0.0, epoch=config["epochs"])
             return
     result = _train(config, work, layout, experiment, trial_id, started, search_params, user)
@@ -247,19 +244,15 @@ def trainable(params: dict[str, Any], *, storage: str, experiment: str, dedupe: 
         _tune_report(result, config["epochs"], epoch=result.epochs_completed)
 
 
-def _keep_weights(work: Path, final: Path) -> None:
+def _keep_weights(storage: Path, state_file: Path, final: Path) -> None:
     """Keep the trained model's state_dict at ``final`` (``StorageLayout.weights``: tensors and plain values only,
     loads with ``torch.load(..., weights_only=True)``), so export needs no retraining."""
     import torch
 
-    state_file = work / TRIAL_STATE_FILE
     if not state_file.is_file():  # no epoch completed
         return
     model_state = torch.load(state_file, map_location="cpu", weights_only=True)["model"]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    torch.save(model_state, tmp)
-    os.replace(tmp, final)
+    write_atomic(inside(storage, final), lambda tmp: torch.save(model_state, tmp))
 
 
 # ------------------------------------------------------------------------------------ rows the driver writes

@@ -77,7 +77,7 @@ def check_resumed_trainable(experiment_file: Path, packed: bytes | None) -> None
     """A resume runs the loop the experiment started with: its user's function again, or the built-in loop again
     (a checkpoint of one cannot continue in the other); else a one-line ``SearchSpaceError`` before Ray starts."""
     from nas_flex.errors import SearchSpaceError
-    from nas_flex.tune.experiments import read_json
+    from nas_flex.tune.resume import read_json
 
     recorded = bool(read_json(experiment_file).get("trainable", False))
     if recorded != (packed is not None):

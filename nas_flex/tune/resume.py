@@ -1,8 +1,9 @@
-"""An experiment in a search's storage: checking the storage, the experiment's settings file, and what a resume
-continues (``plan_resume``). Paths come from ``nas_flex.leaderboard.layout``.
+"""Resuming an experiment: checking the storage before any work, whether the space changed since the experiment
+was recorded, and what a resume continues (``plan_resume``). Paths and records come from ``nas_flex.storage``.
 
 Resume reads only JSON, Parquet and ``weights_only`` checkpoints: the experiment's JSON, the leaderboard rows (what
-finished), and the scratch folders (what started and did not finish). Nothing in the storage is unpickled.
+finished), and the scratch folders (what started and did not finish). Nothing in the storage is unpickled, and
+nothing outside it is deleted: a storage holding a link is refused, trial ids are checked to be plain names.
 """
 
 from __future__ import annotations
@@ -10,20 +11,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas_flex.errors import NasFlexError, SearchSpaceError
-from nas_flex.leaderboard.layout import TRIAL_FILE, StorageLayout
+from nas_flex.errors import NasFlexError, SearchSpaceError, StorageError
 from nas_flex.record import TrialStatus
-from nas_flex.tune.errors import StorageError
+from nas_flex.storage import (
+    StorageLayout,
+    check_no_links,
+    check_trial_id,
+    read_json,
+    read_trial_file,
+    remove_tree,
+    write_json_atomic,
+)
 
 __all__ = ["ResumePlan", "plan_resume", "sweep_running", "latest_experiment", "read_json", "write_json_atomic",
-           "check_storage_path", "prepare_storage", "check_storage_files"]
+           "check_storage_path", "prepare_storage", "check_storage_files", "space_sample", "check_space_unchanged"]
 
 
 # ------------------------------------------------------------------------------------------------ the storage
@@ -54,34 +61,17 @@ def prepare_storage(storage: Path) -> None:
 
 
 def check_storage_files(storage: Path) -> None:
-    """Every Parquet file already in the storage reads (``nas_flex.leaderboard.check_storage``), before any trial
-    trains: a damaged file would otherwise show only at the search's end."""
+    """No link anywhere in the storage (``nas_flex.storage.check_no_links``) and every Parquet file already in it
+    reads (``nas_flex.leaderboard.check_storage``), before any trial trains: a damaged file would otherwise show only
+    at the search's end, a link would let the clean-up delete outside the storage."""
     from nas_flex.errors import CorruptLeaderboardError
     from nas_flex.leaderboard import check_storage
 
+    check_no_links(storage)
     try:
         check_storage(storage)
     except CorruptLeaderboardError as err:
         raise StorageError(f"`storage`: {err}") from None
-
-
-def read_json(file: Path) -> dict[str, Any]:
-    """A JSON object file of the storage (never a pickle); a damaged one is a one-line StorageError naming it."""
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as err:
-        raise StorageError(f"cannot read {str(file)!r}: {err}") from None
-    if not isinstance(data, dict):
-        raise StorageError(f"{str(file)!r} does not hold a JSON object")
-    return data
-
-
-def write_json_atomic(file: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as JSON under a hidden temporary name and rename it into place."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, file)
 
 
 def latest_experiment(storage: Path, space_name: str | None) -> str:
@@ -95,6 +85,51 @@ def latest_experiment(storage: Path, space_name: str | None) -> str:
     if not metas:
         raise SearchSpaceError(f"nothing to resume: no experiment of space {space_name!r} under {storage}")
     return max(metas, key=lambda m: m["created"])["name"]
+
+
+# ------------------------------------------------------------------------------------------ has the space changed
+#: sampled configs an experiment records of its space (what a resume compares)
+SPACE_SAMPLES = 8
+
+
+def space_sample(space: Any, sampler: str, seed: int) -> list[dict[str, Any]]:
+    """What an experiment records of its space: ``SPACE_SAMPLES`` (params, config) pairs drawn with its sampler and
+    seed, as plain JSON values. The same space draws the same pairs; a changed one (its choices, its epochs, ...)
+    does not."""
+    from nas_flex.spaces import sample_configs
+
+    params, configs = sample_configs(space, sampler, SPACE_SAMPLES, seed)
+    return json.loads(json.dumps([{"params": p, "config": c} for p, c in zip(params, configs)], default=str))
+
+
+def _differences(recorded: list, now: list) -> list[str]:
+    """``'key' (old -> new)`` for each params / config key whose value differs in some sample (first difference)."""
+    seen: dict[str, str] = {}
+    for old, new in zip(recorded, now):
+        for part in ("params", "config"):
+            a, b = old.get(part, {}), new.get(part, {})
+            for key in sorted(set(a) | set(b)):
+                if a.get(key, "<unset>") != b.get(key, "<unset>") and key not in seen:
+                    seen[key] = f"{key!r} ({a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r})"
+    if len(recorded) != len(now):
+        seen.setdefault("", f"the number of points ({len(recorded)} -> {len(now)})")
+    return list(seen.values())
+
+
+def check_space_unchanged(meta: Mapping[str, Any], space: Any, experiment: str) -> None:
+    """Before Ray starts: the space of a resume draws what the experiment recorded (``space_sample``), else a
+    one-line ``SearchSpaceError`` naming what changed. Experiments recorded without a sample are not checked."""
+    recorded = meta.get("space_sample")
+    if not isinstance(recorded, list) or not all(isinstance(r, dict) for r in recorded):
+        return
+    now = space_sample(space, str(meta.get("sampler")), int(meta.get("seed", 0)))
+    changed = _differences(recorded, now)
+    if changed:
+        raise SearchSpaceError(
+            f"the space of experiment {experiment!r} changed since it was recorded: {', '.join(changed[:6])}; a "
+            "resume continues the experiment as it was (restore the space), or search the changed space as a new "
+            "experiment (another experiment name, without resume)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------- resume
@@ -133,18 +168,17 @@ def plan_resume(storage: str | os.PathLike, experiment: str) -> ResumePlan:
     rows = _experiment_rows(storage, experiment)
     errored = set(rows.loc[rows["status"] == TrialStatus.ERROR.value, "trial_id"]) if len(rows) else set()
     final_ids = set(rows["trial_id"]) - errored if len(rows) else set()
+    for trial_id in final_ids | errored:
+        check_trial_id(trial_id, f"a row of experiment {experiment!r}")
     unfinished = []
     folder = StorageLayout(storage).running_dir(experiment)
     for trial_dir in sorted(folder.iterdir()) if folder.is_dir() else []:
         if trial_dir.name in final_ids:
-            shutil.rmtree(trial_dir, ignore_errors=True)
+            remove_tree(storage, trial_dir)  # refuses a link, and a path that resolves outside the storage
             continue
-        if not (trial_dir / TRIAL_FILE).is_file():
-            continue  # the trial was killed before it wrote its config: it never started training
-        info = read_json(trial_dir / TRIAL_FILE)
-        if info.get("trial_id") != trial_dir.name or not isinstance(info.get("config"), dict):
-            raise StorageError(f"{str(trial_dir / TRIAL_FILE)!r} does not describe trial {trial_dir.name!r}")
-        unfinished.append(info)
+        info = read_trial_file(trial_dir)
+        if info is not None:  # None: the trial was killed before it wrote its config, it never started training
+            unfinished.append(info)
     final = rows[rows["trial_id"].isin(final_ids)] if len(rows) else rows
     return ResumePlan(final, unfinished)
 
