@@ -22,13 +22,13 @@ from typing import Any
 
 from torch import nn
 
-from nas_flex.errors import HyperparameterError, check_known, unknown_name
+from nas_flex.errors import HyperparameterError, unknown_name
 from nas_flex.layers import build as build_layer
-from nas_flex.layers import hparam_names
+from nas_flex.layers import check_hparams
 from nas_flex.models.backbones import TCN, CIFARResNet, FlexNet, SimpleCNN
-from nas_flex.models.common import POOLINGS, ConvFactory, make_pool
+from nas_flex.models.common import POOLINGS, ConvFactory, check_pooling, make_pool
 
-__all__ = ["build", "convert", "BACKBONES", "POOLINGS", "make_pool"]
+__all__ = ["build", "convert", "BACKBONES", "POOLINGS", "check_pooling", "make_pool"]
 
 BACKBONES = {"simple": SimpleCNN, "resnet": CIFARResNet, "flexnet": FlexNet, "tcn": TCN}
 
@@ -53,10 +53,7 @@ def build(config: Mapping[str, Any], *, in_channels: int | None = None, num_clas
     conv = config.get("conv", "conv")
     conv_hparams = dict(config.get("conv_hparams") or {})
     kwargs = {k: config[k] for k in ("width", "depth", "dropout", "pooling", "head") if config.get(k) is not None}
-    pooling = kwargs.get("pooling")
-    for mode in [pooling] if isinstance(pooling, str) else (pooling or []):
-        if mode not in POOLINGS:
-            raise unknown_name("pooling", mode, POOLINGS)
+    check_pooling(kwargs.get("pooling"))
     if backbone == "tcn":
         kwargs.pop("pooling", None)
         kwargs.pop("head", None)
@@ -100,8 +97,7 @@ def convert(model: nn.Module, to: str, **hparams: Any) -> list[dict[str, Any]]:
         >>> model = torchvision.models.resnet18(num_classes=10)  # doctest: +SKIP
         >>> report = convert(model, to="njet")  # doctest: +SKIP
     """
-    valid = hparam_names(to)  # unknown layer names fail here, listing the valid ones
-    check_known(hparams, valid, f"hyperparameter(s) of layer {to!r}")
+    valid = check_hparams(to, hparams)  # unknown layer names fail here, listing the valid ones
     records: list[dict[str, Any]] = []
     targets: list[tuple[nn.Module, str, str, nn.Conv2d]] = []
     for parent_name, parent in model.named_modules():
