@@ -420,7 +420,7 @@ def test_resume_plan_reseeds_optuna_from_rows_and_scratch_folders(tmp_path):
     first, second, third = (searcher.suggest(t) for t in ("ray_a", "ray_b", "ray_c"))
     assert (first["nas_flex_trial_id"], second["nas_flex_trial_id"]) == ("t1", "t2")
     # resolved once, here in the driver: the trainable takes the TrialConfig as it is
-    assert first["nas_flex_config"] == resolve_config({**TINY, **GRID4[1]}) is not None
+    assert first["nas_flex_config"] == resolve_config({**TINY, **GRID4[1]})
     assert isinstance(first["nas_flex_config"], TrialConfig)
     assert second["nas_flex_config"] == resolve_config({**TINY, **GRID4[2]})
     assert "nas_flex_trial_id" not in third
