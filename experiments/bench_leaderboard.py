@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from experiments.common import write_json
 from nas_flex.leaderboard import MERGE_AT, merge, write_trial

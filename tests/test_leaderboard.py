@@ -141,7 +141,7 @@ def test_round_trip(tmp_path):
 def test_schema_columns_types_and_metadata(tmp_path):
     res = make_result(kernel_size=[3, 5], data_options={"scales": [1, 2]})
     res["metrics"]["val_acc"] = float("nan")  # a trial that diverged before its first evaluation
-    res["config"]["my_extra_key"] = "only in the JSON"
+    res["config"] = {**res["config"], "my_extra_key": "only in the JSON"}  # a resolved config is read-only
     file = write_trial(tmp_path, res, experiment="e", trial_id="t")
     schema = pq.read_schema(file)
     assert schema.equals(TRIAL_SCHEMA, check_metadata=True)

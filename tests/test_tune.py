@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nas_flex.config import TrialConfig, resolve_config
 from nas_flex.errors import SearchSpaceError
 from nas_flex.leaderboard import TRIAL_SCHEMA, Leaderboard
 from nas_flex.record import TrialRecord, TrialStatus
@@ -418,7 +419,10 @@ def test_resume_plan_reseeds_optuna_from_rows_and_scratch_folders(tmp_path):
     assert seeded.state == TrialState.COMPLETE and seeded.value == 0.75 and seeded.params == GRID4[0]
     first, second, third = (searcher.suggest(t) for t in ("ray_a", "ray_b", "ray_c"))
     assert (first["nas_flex_trial_id"], second["nas_flex_trial_id"]) == ("t1", "t2")
-    assert first["nas_flex_config"] == {**TINY, **GRID4[1]} and second["nas_flex_config"] == {**TINY, **GRID4[2]}
+    # resolved once, here in the driver: the trainable takes the TrialConfig as it is
+    assert first["nas_flex_config"] == resolve_config({**TINY, **GRID4[1]})
+    assert isinstance(first["nas_flex_config"], TrialConfig)
+    assert second["nas_flex_config"] == resolve_config({**TINY, **GRID4[2]})
     assert "nas_flex_trial_id" not in third
     assert {k: third["nas_flex_config"][k] for k in ("conv", "pooling")} == GRID4[3]
 

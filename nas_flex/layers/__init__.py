@@ -5,6 +5,6 @@ docs/layers.md.
 """
 
 from nas_flex.layers.base import KernelLayer
-from nas_flex.layers.registry import available, build, get, hparam_names, register, unregister
+from nas_flex.layers.registry import available, build, check_hparams, get, hparam_names, register, unregister
 
-__all__ = ["KernelLayer", "available", "build", "get", "hparam_names", "register", "unregister"]
+__all__ = ["KernelLayer", "available", "build", "check_hparams", "get", "hparam_names", "register", "unregister"]

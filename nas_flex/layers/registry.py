@@ -9,7 +9,7 @@ one lists what exists, built-ins stay) are ``nas_flex.registry.Registry``'s, sha
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from torch import nn
@@ -17,7 +17,7 @@ from torch import nn
 from nas_flex.errors import NasFlexError, check_known
 from nas_flex.registry import Registry
 
-__all__ = ["register", "unregister", "build", "available", "get", "hparam_names", "LAYERS"]
+__all__ = ["register", "unregister", "build", "available", "get", "hparam_names", "check_hparams", "LAYERS"]
 
 T = TypeVar("T", bound=type[nn.Module])
 
@@ -90,6 +90,25 @@ def hparam_names(name: str) -> list[str]:
     return [p for p in params if p not in ("self", "in_channels", "out_channels")]
 
 
+def check_hparams(name: str, hparams: Iterable[str], *, where: str = "") -> list[str]:
+    """The one check of a layer's hyperparameter names: every name in ``hparams`` must be one the layer takes.
+
+    Args:
+        name: a layer name (an unknown one raises UnknownNameError, listing the valid ones).
+        hparams: the names given (e.g. a config's ``conv_hparams``).
+        where: where they were given, for the message (e.g. ``" in conv_hparams"``).
+
+    Returns:
+        The layer's hyperparameter names (``hparam_names(name)``).
+
+    Raises:
+        HyperparameterError: naming each unknown hyperparameter, with the closest valid one.
+    """
+    names = hparam_names(name)
+    check_known(hparams, names, f"hyperparameter(s) of layer {name!r}{where}")
+    return names
+
+
 def build(name: str, in_channels: int, out_channels: int, **hparams: Any) -> nn.Module:
     """Build the layer ``name`` mapping ``in_channels`` to ``out_channels``.
 
@@ -110,5 +129,5 @@ def build(name: str, in_channels: int, out_channels: int, **hparams: Any) -> nn.
         (5.0, 5.0)
     """
     cls = get(name)
-    check_known(hparams, hparam_names(name), f"hyperparameter(s) of layer {name!r}")
+    check_hparams(name, hparams)
     return cls(in_channels, out_channels, **hparams)

@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from nas_flex.config import arrow_types
 from nas_flex.errors import LeaderboardSchemaError
 from nas_flex.record import (
     HISTORY_METRIC_DIRECTIONS,
@@ -60,47 +61,12 @@ _SIZES_LIST = pa.list_(pa.field("element", LEARNED_SIZE_TYPE))
 
 _JSON = "json"  # marker: stored as JSON text (a string column)
 
+_ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(), "json": _JSON}
+
 #: trial-config key -> the type of its ``params_<key>`` column. A value that does not fit the type (a per-layer
 #: list of kernel sizes, a float where an int is expected, ...) is null in its column; ``config`` always holds it.
-#: Keys not listed here live only in ``config``. Mirrors ``nas_flex.train.config.KEY_DOCS`` (a test checks it).
-CONFIG_COLUMNS: dict[str, Any] = {
-    # model
-    "backbone": pa.string(),
-    "conv": pa.string(),
-    "conv_hparams": _JSON,
-    "kernel_size": pa.int64(),
-    "pooling": pa.string(),
-    "width": pa.int64(),
-    "depth": pa.int64(),
-    "dropout": pa.float64(),
-    "head": pa.string(),
-    # data
-    "dataset": pa.string(),
-    "data_root": pa.string(),
-    "image_size": pa.int64(),
-    "download": pa.bool_(),
-    "data_options": _JSON,
-    "train_subset": pa.int64(),
-    "val_subset": pa.int64(),
-    # optimisation
-    "epochs": pa.int64(),
-    "batch_size": pa.int64(),
-    "optimizer": pa.string(),
-    "lr": pa.float64(),
-    "size_lr_factor": pa.float64(),
-    "size_update": pa.string(),
-    "bilevel_split": pa.float64(),
-    "weight_decay": pa.float64(),
-    "warmup_epochs": pa.float64(),
-    "grad_clip": pa.float64(),
-    "label_smoothing": pa.float64(),
-    # run
-    "seed": pa.int64(),
-    "device": pa.string(),
-    "amp": pa.bool_(),
-    "deterministic": pa.bool_(),
-    "num_workers": pa.int64(),
-}
+#: Built from the config's one field table (``nas_flex.config.FIELDS``).
+CONFIG_COLUMNS: dict[str, Any] = {k: _ARROW[t] for k, t in arrow_types().items()}
 
 _UTC = pa.timestamp("us", tz="UTC")
 

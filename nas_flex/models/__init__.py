@@ -24,17 +24,17 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from nas_flex.errors import HyperparameterError, check_known, unknown_name
+from nas_flex.errors import HyperparameterError, check_known
 from nas_flex.layers import build as build_layer
-from nas_flex.layers import hparam_names
+from nas_flex.layers import check_hparams
 from nas_flex.models.backbones import TCN, CIFARResNet, FlexNet, SimpleCNN
-from nas_flex.models.common import POOLINGS, ConvFactory, make_pool, pooling_plan
+from nas_flex.models.common import POOLINGS, ConvFactory, check_pooling, make_pool, pooling_plan
 from nas_flex.registry import Registry
 
 B = TypeVar("B", bound=Callable[..., nn.Module])
 
 __all__ = ["build", "convert", "register", "unregister", "available", "BACKBONES", "POOLINGS", "ConvFactory",
-           "make_pool", "pooling_plan"]
+           "check_pooling", "make_pool", "pooling_plan"]
 
 #: the backbone registry: name -> factory ``(conv, in_channels, num_classes, **options) -> nn.Module``
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry(
@@ -104,10 +104,7 @@ def build(config: Mapping[str, Any], *, in_channels: int | None = None, num_clas
     conv = config.get("conv", "conv")
     conv_hparams = dict(config.get("conv_hparams") or {})
     kwargs = {k: config[k] for k in BACKBONE_OPTIONS if config.get(k) is not None}
-    pooling = kwargs.get("pooling")
-    for mode in [pooling] if isinstance(pooling, str) else (pooling or []):
-        if mode not in POOLINGS:
-            raise unknown_name("pooling", mode, POOLINGS)
+    check_pooling(kwargs.get("pooling"))
     if factory_cls is TCN:
         kwargs.pop("pooling", None)
         kwargs.pop("head", None)
@@ -149,8 +146,7 @@ def convert(model: nn.Module, to: str, **hparams: Any) -> list[dict[str, Any]]:
         >>> model = torchvision.models.resnet18(num_classes=10)  # doctest: +SKIP
         >>> report = convert(model, to="njet")  # doctest: +SKIP
     """
-    valid = hparam_names(to)  # unknown layer names fail here, listing the valid ones
-    check_known(hparams, valid, f"hyperparameter(s) of layer {to!r}")
+    valid = check_hparams(to, hparams)  # unknown layer names fail here, listing the valid ones
     records: list[dict[str, Any]] = []
     targets: list[tuple[nn.Module, str, str, nn.Conv2d]] = []
     for parent_name, parent in model.named_modules():

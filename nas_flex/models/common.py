@@ -7,13 +7,13 @@ from typing import Any
 
 from torch import nn
 
-from nas_flex.errors import HyperparameterError, check_known, unknown_name
+from nas_flex.errors import HyperparameterError, unknown_name
 from nas_flex.layers import build as build_layer
+from nas_flex.layers import check_hparams
 from nas_flex.layers import get as get_layer
-from nas_flex.layers import hparam_names
 from nas_flex.layers.pooling import POOLING_MODES, Pool2d
 
-__all__ = ["ConvFactory", "make_pool", "pooling_plan", "POOLINGS"]
+__all__ = ["ConvFactory", "make_pool", "pooling_plan", "check_pooling", "POOLINGS"]
 
 POOLINGS = (*POOLING_MODES, "safe")  # "safe": N-Jet's safe-subsampling, reading sigma of the N-Jet layer before it
 
@@ -31,8 +31,8 @@ class ConvFactory:
                  kernel_size: int | Sequence[int] | None = None) -> None:
         self.conv = conv
         self.hparams = dict(conv_hparams or {})
-        names = hparam_names(conv)  # raises UnknownNameError for an unknown layer, listing the valid ones
-        check_known(self.hparams, names, f"hyperparameter(s) of layer {conv!r} in conv_hparams")
+        # an unknown layer raises UnknownNameError, listing the valid ones
+        names = check_hparams(conv, self.hparams, where=" in conv_hparams")
         self.takes_kernel_size = "kernel_size" in names and "kernel_size" not in self.hparams
         self.kernel_size = kernel_size
         self.built: list[nn.Module] = []
@@ -74,21 +74,33 @@ class ConvFactory:
                 )
 
 
+def check_pooling(pooling: str | Sequence[str] | None) -> list[str]:
+    """The one check of pooling names: a config's ``pooling`` (None, one mode, or one per step) must name modes of
+    ``POOLINGS``; returns the modes given (none for None).
+
+    Raises:
+        UnknownNameError: an unknown mode, with the closest valid one.
+    """
+    modes = [] if pooling is None else [pooling] if isinstance(pooling, str) else list(pooling)
+    for mode in modes:
+        if mode not in POOLINGS:
+            raise unknown_name("pooling", mode, POOLINGS)
+    return modes
+
+
 def pooling_plan(pooling: str | Sequence[str], steps: int, backbone: str) -> list[str]:
     """One pooling mode per pooling step of a backbone: a single mode for every step, or a list, one per step.
 
     Raises:
         HyperparameterError: a list of the wrong length; UnknownNameError: an unknown mode.
     """
-    modes = [pooling] * steps if isinstance(pooling, str) else list(pooling)
+    modes = check_pooling(pooling)
+    modes = modes * steps if isinstance(pooling, str) else modes
     if len(modes) != steps:
         raise HyperparameterError(
             f"`pooling` lists {len(modes)} modes, but backbone {backbone!r} has {steps} pooling step(s) here; "
             "give one mode per step or a single mode"
         )
-    for mode in modes:
-        if mode not in POOLINGS:
-            raise unknown_name("pooling", mode, POOLINGS)
     return modes
 
 
@@ -100,8 +112,7 @@ def make_pool(mode: str, channels: int, previous: nn.Module | None = None) -> nn
         channels: the channel count in and out (strided conv).
         previous: the convolution right before this step ("safe" reads its sigma; it must be an N-Jet layer).
     """
-    if mode not in POOLINGS:
-        raise unknown_name("pooling", mode, POOLINGS)
+    check_pooling(mode)
     if mode == "safe":
         if previous is None or getattr(previous, "kind", None) != "njet":
             raise HyperparameterError(

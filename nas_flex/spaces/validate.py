@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from nas_flex.errors import NasFlexError, SearchSpaceError, check_known, unknown_name
+from nas_flex.errors import NasFlexError, SearchSpaceError, unknown_name
 from nas_flex.spaces.space import SearchSpace
 
 __all__ = ["validate_space", "validate_config", "replay", "sample_configs", "grid_size"]
@@ -37,12 +37,13 @@ def _where(params: Mapping[str, Any]) -> str:
     return "with params " + json.dumps(dict(params), sort_keys=True, default=str) if params else "(no params)"
 
 
-def validate_config(config: Any, params: Mapping[str, Any] | None = None, *, build: bool = False) -> dict[str, Any]:
+def validate_config(config: Any, params: Mapping[str, Any] | None = None, *,
+                    build: bool = False) -> Mapping[str, Any]:
     """Check one trial config; return it resolved (defaults filled). Raises SearchSpaceError naming ``params``."""
     from nas_flex.data import available_datasets
-    from nas_flex.layers import available, hparam_names
-    from nas_flex.models import POOLINGS
+    from nas_flex.layers import available, check_hparams
     from nas_flex.models import available as available_backbones
+    from nas_flex.models import check_pooling
     from nas_flex.train.config import resolve_config
 
     where = _where(params or {})
@@ -57,15 +58,12 @@ def validate_config(config: Any, params: Mapping[str, Any] | None = None, *, bui
         ("layer", cfg["conv"], available()),
         ("dataset", cfg["dataset"].lower(), available_datasets()),
     ]
-    pooling = cfg["pooling"]
-    for mode in [] if pooling is None else [pooling] if isinstance(pooling, str) else pooling:
-        checks.append(("pooling", mode, list(POOLINGS)))
     try:
         for key, value, valid in checks:
             if value not in valid:
                 raise unknown_name(key, value, valid)
-        check_known(cfg["conv_hparams"], hparam_names(cfg["conv"]),
-                    f"hyperparameter(s) of layer {cfg['conv']!r} in conv_hparams")
+        check_pooling(cfg["pooling"])
+        check_hparams(cfg["conv"], cfg["conv_hparams"], where=" in conv_hparams")
     except NasFlexError as err:
         raise SearchSpaceError(f"invalid trial config {where}: {err}") from None
     if build:
@@ -73,7 +71,7 @@ def validate_config(config: Any, params: Mapping[str, Any] | None = None, *, bui
     return cfg
 
 
-def _dry_build(cfg: dict[str, Any], where: str) -> None:
+def _dry_build(cfg: Mapping[str, Any], where: str) -> None:
     """Build the model and run one zero example of the dataset's shape (catches kernels larger than a stage)."""
     import torch
 
@@ -130,7 +128,7 @@ def sample_configs(space: SearchSpace, sampler: str, n: int, seed: int = 0) -> t
 
 
 def validate_space(space: SearchSpace, *, samples: int = 32, seed: int = 0, build: bool = True,
-                   max_builds: int = 12) -> list[dict[str, Any]]:
+                   max_builds: int = 12) -> list[Mapping[str, Any]]:
     """Dry-run ``space`` and check every sampled config; return the resolved configs.
 
     Args:
@@ -142,8 +140,6 @@ def validate_space(space: SearchSpace, *, samples: int = 32, seed: int = 0, buil
     Raises:
         SearchSpaceError: naming the trial params that produced the first invalid config.
     """
-    from nas_flex.train.config import canonical_key
-
     n = samples * 100 if space.sampler == "grid" else samples
     params_list, configs = sample_configs(space, space.sampler, n, seed)
     if not configs:
@@ -151,7 +147,7 @@ def validate_space(space: SearchSpace, *, samples: int = 32, seed: int = 0, buil
     resolved, built = [], set()
     for params, config in zip(params_list, configs):
         cfg = validate_config(config, params)
-        key = canonical_key(cfg)
+        key = cfg.key
         if build and key not in built and len(built) < max_builds:
             _dry_build(cfg, _where(params))
             built.add(key)

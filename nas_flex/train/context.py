@@ -266,8 +266,8 @@ class TrialContext:
 
 
 def run_trainable(fn: Trainable, config: dict[str, Any], report: Callable[[dict[str, Any]], None] | None = None, *,
-                  checkpoint: str | os.PathLike | None = None,
-                  checkpoint_dir: str | os.PathLike | None = None) -> TrialRecord:
+                  checkpoint: str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                  device: str | None = None) -> TrialRecord:
     """Run the user's ``fn(config, ctx)`` as one trial, the way ``run_trial`` runs the built-in loop.
 
     Seeds Python, NumPy and torch from ``config["seed"]``, builds the ``TrialContext`` (its checkpoint file
@@ -279,6 +279,7 @@ def run_trainable(fn: Trainable, config: dict[str, Any], report: Callable[[dict[
         report: called after every reported epoch with its record (as ``run_trial``'s ``report``).
         checkpoint: the trial's checkpoint file (``ctx.checkpoint_path``); None: no checkpoint.
         checkpoint_dir: older form: the folder holding it (as ``run_trial``'s).
+        device: where to train (``ctx.device``), chosen by the caller at run time; default: the config's ``device``.
 
     Returns:
         A completed ``TrialRecord``; status "oom" when the accelerator ran out of memory, "diverged" when a layer
@@ -293,7 +294,7 @@ def run_trainable(fn: Trainable, config: dict[str, Any], report: Callable[[dict[
         checkpoint = Path(checkpoint_dir) / TRIAL_STATE_FILE
     cfg = resolve_config(config)
     started = utc_now()
-    device = resolve_device(cfg["device"])
+    device = resolve_device(device or cfg["device"])
     _seed_everything(cfg["seed"], cfg["deterministic"])
     ctx = TrialContext(cfg, device=device, checkpoint_path=None if checkpoint is None else Path(checkpoint))
     ctx.on_report = report

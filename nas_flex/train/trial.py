@@ -13,7 +13,7 @@ import resource
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,12 +210,13 @@ def _optimisation(cfg: dict[str, Any], model: nn.Module, train_set, device: torc
     return train_set, size_set, opts, scaler, autocast
 
 
-def setup_trial(cfg: dict[str, Any]) -> tuple[TrialSetup, FlopCount]:
+def setup_trial(cfg: Mapping[str, Any], *, device: str | None = None) -> tuple[TrialSetup, FlopCount]:
     """Seed, data, model and optimizers of a resolved config, and the model's FLOPs at initialisation.
 
     The order (seed, data, model, FLOPs, optimizers) fixes the random stream: a trial is a function of its config.
+    ``device`` overrides the config's ``device`` (chosen at run time; the config is not changed).
     """
-    device = resolve_device(cfg["device"])
+    device = resolve_device(device or cfg["device"])
     _seed_everything(cfg["seed"], cfg["deterministic"])
     splits, train_set, val_loader, loader_args = _loaders(cfg, device)
 
@@ -380,8 +381,8 @@ def summarise(trial: TrialSetup, progress: TrialProgress, *, started: str) -> Tr
 
 
 # ------------------------------------------------------------------------------------------------------- trial
-def run_trial(config: dict[str, Any], report: Report | None = None, *, checkpoint: str | os.PathLike | None = None,
-              checkpoint_dir: str | os.PathLike | None = None) -> TrialRecord:
+def run_trial(config: Mapping[str, Any], report: Report | None = None, *, checkpoint: str | os.PathLike | None = None,
+              checkpoint_dir: str | os.PathLike | None = None, device: str | None = None) -> TrialRecord:
     """Build the model and data a trial config describes, train it, and return what the leaderboard records.
 
     The steps, as in timm's and torchvision's reference scripts: ``setup_trial`` (seed, data, model, optimizers),
@@ -389,7 +390,8 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *, checkpoin
     (``save_checkpoint`` after each), ``summarise``.
 
     Args:
-        config: a trial config (``nas_flex.train.config.KEY_DOCS`` lists the keys and defaults).
+        config: a trial config (``nas_flex.train.config.KEY_DOCS`` lists the keys and defaults): a plain dict is
+            resolved here, a resolved ``TrialConfig`` is used as it is.
         report: called after every epoch with that epoch's metrics (epoch, train_loss, train_acc, train_reg,
             val_loss, val_acc, lr, seconds, learned_sizes) and the trial's params and flops; the search runner passes
             Ray Tune's report here. ``train_loss`` is the task loss; ``train_reg`` the layers' regularization term
@@ -397,6 +399,8 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *, checkpoin
         checkpoint: if given, the file the trial saves its state to after every epoch (atomically; ``torch.save``
             of tensors and plain values, loadable with ``weights_only=True``) and resumes from when called again.
         checkpoint_dir: a folder instead of ``checkpoint``: the file is its ``trial_state.pt``.
+        device: where to train, chosen by the caller at run time (the search's worker: the GPU Ray gave it);
+            default: the config's ``device``. The config, and so the stored row's ``config``, is left as asked.
 
     Returns:
         A ``nas_flex.record.TrialRecord``. ``status`` is completed, diverged (a NaN/inf loss or size
@@ -418,7 +422,7 @@ def run_trial(config: dict[str, Any], report: Report | None = None, *, checkpoin
         checkpoint = Path(checkpoint_dir) / TRIAL_STATE_FILE
     cfg = resolve_config(config)
     started = utc_now()
-    trial, flops = setup_trial(cfg)
+    trial, flops = setup_trial(cfg, device=device)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and ckpt_path.exists():
         progress = load_checkpoint(ckpt_path, trial)

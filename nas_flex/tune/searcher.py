@@ -15,6 +15,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from nas_flex.config import resolve_config
+from nas_flex.errors import NasFlexError
 from nas_flex.record import METRIC_COLUMNS, TrialStatus
 from nas_flex.spaces import SearchSpace
 
@@ -75,7 +77,7 @@ class NasFlexOptunaSearch(OptunaSearch):
         out = super().suggest(trial_id)
         if out is not None and self.nas_flex_resumed:  # Optuna asks the enqueued params of these first
             info = self.nas_flex_resumed.pop(0)
-            out = {**out, "nas_flex_config": info["config"], "nas_flex_trial_id": info["trial_id"]}
+            out = {**out, "nas_flex_config": _resolved(info["config"]), "nas_flex_trial_id": info["trial_id"]}
         return out
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -108,6 +110,15 @@ def _sampler(sampler: str, seed: int, n_objectives: int) -> optuna.samplers.Base
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
+def _resolved(config: Any) -> Any:
+    """The trial's config resolved once, here in the driver: the trainable and ``run_trial`` take the
+    ``TrialConfig`` as it is. An invalid one travels as it is, so its trial fails (and is recorded) as before."""
+    try:
+        return resolve_config(config)
+    except NasFlexError:
+        return config
+
+
 def optuna_searcher(space: SearchSpace, objectives: Mapping[str, str], sampler: str, seed: int, study_name: str,
                     finished: Sequence[Mapping[str, Any]] = (),
                     resumed: Sequence[Mapping[str, Any]] = ()) -> NasFlexOptunaSearch:
@@ -119,7 +130,7 @@ def optuna_searcher(space: SearchSpace, objectives: Mapping[str, str], sampler: 
     """
     def define_by_run(trial):
         # the config travels under one key so the trainable can tell it apart from the raw Optuna params
-        return {"nas_flex_config": space(trial)}
+        return {"nas_flex_config": _resolved(space(trial))}
 
     wrapped = SearchSpace(define_by_run, name=space.name)  # pickles by value (Ray pickles its searcher)
     metrics, modes = list(objectives), list(objectives.values())

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, config_hash, utc_now
+from nas_flex.config import TrialConfig, resolve_config
+from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.storage import (
     StorageLayout,
     check_trial_id,
@@ -37,10 +38,9 @@ _OWNER_COLUMNS = ("status", *(f"metrics_{k}" for k in TASK_METRICS), "best_val_a
 
 
 def config_key(config: Mapping[str, Any]) -> str:
-    """The key of a resolved trial config (what dedupe and the leaderboard's ``config_key`` compare)."""
-    from nas_flex.train.config import canonical_key
-
-    return config_hash(canonical_key(config))
+    """The key of a trial config (what dedupe and the leaderboard's ``config_key`` compare): ``TrialConfig.key``,
+    resolving a plain dict first."""
+    return resolve_config(config).key
 
 
 def _failed(config: Mapping[str, Any], error: str | None, *, started: str = "", **fields: Any) -> TrialRecord:
@@ -131,20 +131,15 @@ def _tune_report(record: TrialRecord, epochs: int, **extra: Any) -> None:
 
 
 def _start(params: Mapping[str, Any], layout: StorageLayout, experiment: str,
-           started: str) -> tuple[dict[str, Any], str, dict[str, Any], Path]:
+           started: str) -> tuple[TrialConfig, str, dict[str, Any], Path]:
     """(config, trial id, sampler params, scratch folder) of the trial Ray started with ``params``."""
-    import ray
     from ray import tune
 
-    from nas_flex.train import resolve_config
-
     params = dict(params)
-    config = resolve_config(params.pop("nas_flex_config"))
+    config = resolve_config(params.pop("nas_flex_config"))  # the searcher's resolved config: not checked again
     ctx = tune.get_context()
     # a trial continued by --resume keeps the id (row, checkpoint, claim) it had; Ray gives it a new one
     trial_id = params.pop("nas_flex_trial_id", None) or ctx.get_trial_id()
-    if config["device"] == "auto":
-        config["device"] = "cuda" if ray.get_gpu_ids() else "cpu"
     try:
         import torch
 
@@ -156,9 +151,16 @@ def _start(params: Mapping[str, Any], layout: StorageLayout, experiment: str,
     check_trial_id(trial_id, "the trial's parameters")
     work = inside(layout.root, layout.running(experiment, trial_id))  # a link planted since the check: refused
     work.mkdir(parents=True, exist_ok=True)
-    write_trial_file(work, {"trial_id": trial_id, "experiment": experiment, "config": config,
+    write_trial_file(work, {"trial_id": trial_id, "experiment": experiment, "config": config.to_dict(),
                             "search_params": params, "started": started})
     return config, trial_id, params, work
+
+
+def _run_device(config: TrialConfig) -> str | None:
+    """The device this worker trains on when the config asks for "auto": CUDA if Ray gave the trial a GPU."""
+    import ray
+
+    return ("cuda" if ray.get_gpu_ids() else "cpu") if config["device"] == "auto" else None
 
 
 def _runner(user: bytes | None) -> Callable[..., TrialRecord]:
@@ -175,7 +177,7 @@ def _runner(user: bytes | None) -> Callable[..., TrialRecord]:
     return partial(run_trainable, unpack(user))
 
 
-def _train(config: dict[str, Any], work: Path, layout: StorageLayout, experiment: str, trial_id: str,
+def _train(config: TrialConfig, work: Path, layout: StorageLayout, experiment: str, trial_id: str,
            started: str, search_params: Mapping[str, Any], user: bytes | None = None) -> TrialRecord:
     """Train the trial (the built-in loop, or the user's packed function ``user``), keep its weights and write its
     row; an error writes an error row and propagates."""
@@ -198,7 +200,8 @@ def _train(config: dict[str, Any], work: Path, layout: StorageLayout, experiment
         tune.report(out)  # no Ray checkpoint: the trial's own one is in the storage (work)
 
     try:
-        result = _runner(user)(config, report=report, checkpoint=layout.checkpoint(experiment, trial_id))
+        result = _runner(user)(config, report=report, checkpoint=layout.checkpoint(experiment, trial_id),
+                               device=_run_device(config))
         result = result.replace(search_params=search_params)
         _keep_weights(layout.root, layout.checkpoint(experiment, trial_id), layout.weights(experiment, trial_id))
         _write(layout.root, result, experiment, trial_id)
