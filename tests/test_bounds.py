@@ -69,7 +69,7 @@ def test_a_sigma_pulled_far_with_a_tiny_budget_is_marked_schedule():
     (rec,) = _fit(sigma_init=1.0, target_sigma=4.0, lr=1e-3, steps=20)
     assert rec["at_bound"] == "schedule"
     assert rec["budget_used"] >= 0.9
-    assert rec["sigma"] < 1.02  # it could not get anywhere near 4
+    assert rec["sigma"] < 1.05  # log sigma moved by at most 20 x 1e-3: nowhere near 4
 
 
 def test_a_sigma_that_reaches_its_target_is_not_marked():
