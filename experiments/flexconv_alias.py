@@ -27,6 +27,7 @@ Writes ``results/flexconv_alias.json`` and ``results/flexconv_alias.png``.
 
 from __future__ import annotations
 
+import json
 import statistics
 
 from experiments.size_common import evaluate, load_model, parser, save, scope, setup, train
@@ -83,6 +84,9 @@ def main() -> None:
                   f"({100 * (r['acc32_bn'] - r['acc16']):+.1f}); penalty {r['penalty_first']:.3g} -> "
                   f"{r['penalty_last']:.3g}; max frequency {r['max_frequency']:.2f} (Nyquist {r['nyquist']:g})",
                   flush=True)
+            # the runs so far, so a run cut short keeps its numbers (the figure comes at the end)
+            (out / "flexconv_alias.partial.json").write_text(json.dumps({"scope": scope(args, epochs, seeds),
+                                                                          "runs": rows}, indent=1) + "\n")
     summary = {}
     for name, rs in rows.items():
         summary[name] = {"acc16": _mean_sd([r["acc16"] for r in rs]),
@@ -112,6 +116,7 @@ def main() -> None:
     ax.legend(fontsize=7)
     save(fig, out, "flexconv_alias", {"scope": scope(args, epochs, seeds), "runs": rows, "summary": summary,
                                       "paper": {"off": -34.4, "on": -3.8}})
+    (out / "flexconv_alias.partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -89,12 +89,17 @@ def test_a_kernel_spanning_the_input_is_marked_input():
         assert rec["budget_used"] is None  # no optimizer: no budget
 
 
-def test_a_trial_records_the_marks_and_the_summary_shows_them():
-    # one optimizer step: Adam's first step is exactly lr, so the whole budget is used; sigma 3 on 8 px is capped
+@pytest.fixture(scope="module")
+def bounded_trial():
+    """One optimizer step: Adam's first step is exactly lr, so the whole budget is used; sigma 3 on 8 px is capped."""
     cfg = {"dataset": "digits", "backbone": "simple", "conv": "njet", "conv_hparams": {"order": 2, "sigma_init": 3.0},
            "width": 4, "depth": 2, "pooling": "none", "image_size": 8, "epochs": 1, "batch_size": 32,
            "train_subset": 32, "val_subset": 32, "lr": 1e-3, "seed": 0}
-    result = run_trial(cfg)
+    return run_trial(cfg)
+
+
+def test_a_trial_records_the_marks_and_the_summary_shows_them(bounded_trial):
+    result = bounded_trial
     first = result.learned_sizes[0]
     assert first["at_bound"] == "schedule+input"
     assert first["budget_used"] == pytest.approx(1.0, abs=1e-3)
@@ -129,3 +134,12 @@ def test_constant_size_schedule_keeps_the_peak_learning_rate():
 def test_unknown_size_schedule_is_refused():
     with pytest.raises(HyperparameterError, match="schedule"):
         SizeRecipe(source="x", schedule="cosine")
+
+
+def test_the_report_lists_sizes_at_bound(bounded_trial, tmp_path):
+    from nas_flex.leaderboard import write_trial
+    from nas_flex.report import make_report
+
+    write_trial(tmp_path / "lb", bounded_trial.to_dict(), experiment="e", trial_id="nj", sync=False)
+    text = make_report(tmp_path / "lb", tmp_path / "rep").read_text()
+    assert "at bound" in text and "njet nj layer 1 (schedule+input)" in text
