@@ -11,7 +11,8 @@ digits at 32 px, where sigma wants to grow:
 * ``reference``: the paper's recipe trained ``4x`` as long, standing in for "where the data wants sigma".
 
 For each: the first layer's final sigma, the share of its travel budget used (|Delta log sigma| / sum of lr), the
-validation accuracy, 3 seeds. ``python -m experiments.njet_sigma_schedule`` (about 12 min at 1 thread).
+validation accuracy, 3 seeds. ``python -m experiments.njet_sigma_schedule`` (about 12 min at 1 thread on an idle
+core).
 """
 
 from __future__ import annotations
@@ -40,13 +41,12 @@ def travel_budget(epochs: int, schedule: str) -> float:
 def run(variant: str, epochs: int, seed: int, device: str) -> dict:
     from nas_flex.layers.njet import NJetConv
 
-    paper = NJetConv.size_recipe
-    if variant == "constant":
-        NJetConv.size_recipe = dataclasses.replace(paper, schedule="constant")
+    recipe = NJetConv.size_recipe
+    NJetConv.size_recipe = dataclasses.replace(recipe, schedule="constant" if variant == "constant" else "weights")
     try:
         result, _ = train({**CONFIG, "epochs": epochs, "seed": seed, "device": device})
     finally:
-        NJetConv.size_recipe = paper
+        NJetConv.size_recipe = recipe
     sigmas = [r["sigma"] for r in result["learned_sizes"]]
     budget = travel_budget(epochs, "constant" if variant == "constant" else "weights")
     used = [abs(math.log(s)) / budget for s in sigmas]  # sigma starts at 1: log sigma starts at 0
