@@ -21,7 +21,7 @@ At 32 px: the accuracy with the training BatchNorm statistics, and with the stat
 training images (no labels, no gradient step).
 
     python -m experiments.flexconv_alias                 # a few minutes at 1 thread on an idle core
-    python -m experiments.flexconv_alias --paper-init    # also penalty on from the MAGNet's usual init (25.6)
+    python -m experiments.flexconv_alias --inits usual   # from the MAGNet's usual init (25.6), penalty off / on
 
 Writes ``results/flexconv_alias.json`` and ``results/flexconv_alias.png``.
 """
@@ -42,8 +42,8 @@ CONFIG = {"backbone": "simple", "conv": "flexconv", "depth": 4, "width": 8, "poo
 def _max_frequency(cfg: dict, state: dict) -> float:
     """The largest MAGNet frequency bound over the net's FlexConv layers (cycles per unit of [-1, 1])."""
     model, _ = load_model(cfg, state, image_size=TRAIN_SIZE)
-    bounds = [float(m.kernel_net.max_frequency(2.0).max()) for m in model.modules() if getattr(m, "kind", "") ==
-              "flexconv"]
+    layers = [m for m in model.modules() if getattr(m, "kind", "") == "flexconv"]
+    bounds = [float(m.kernel_net.max_frequency(2.0).detach().max()) for m in layers]
     return max(bounds)
 
 
@@ -67,14 +67,17 @@ def _mean_sd(values: list[float]) -> list[float]:
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--paper-init", action="store_true",
-                   help="also train with the penalty on from the MAGNet's usual init (input_scale 25.6, beta 1)")
+    p.add_argument("--inits", nargs="+", choices=["band", "usual"], default=["band"],
+                   help="the MAGNet's init: band-limited (default) and/or the usual one (input_scale 25.6, beta 1); "
+                        "other than the default, the results are named flexconv_alias_<inits>")
     args = p.parse_args()
     epochs, seeds, out = setup(args, epochs=(6, 40), seeds=([0, 1, 2], [0, 1, 2, 3, 4]))
-    settings = {"off": {"regularize": False, "kernel_net_options": BAND_LIMITED},
-                "on": {"regularize": True, "regularization_weight": 0.1, "kernel_net_options": BAND_LIMITED}}
-    if args.paper_init:
-        settings["on, init 25.6"] = {"regularize": True, "regularization_weight": 0.1}
+    stem = "flexconv_alias" if args.inits == ["band"] else "flexconv_alias_" + "_".join(args.inits)
+    settings = {}
+    for init in args.inits:
+        tag, options = ("", {"kernel_net_options": BAND_LIMITED}) if init == "band" else (", init 25.6", {})
+        settings[f"off{tag}"] = {"regularize": False, **options}
+        settings[f"on{tag}"] = {"regularize": True, "regularization_weight": 0.1, **options}
     rows: dict[str, list[dict]] = {k: [] for k in settings}
     for seed in seeds:
         for name, hparams in settings.items():
@@ -86,7 +89,7 @@ def main() -> None:
                   f"{r['penalty_last']:.3g}; max frequency {r['max_frequency']:.2f} (Nyquist {r['nyquist']:g})",
                   flush=True)
             # the runs so far, so a run cut short keeps its numbers (the figure comes at the end)
-            (out / "flexconv_alias.partial.json").write_text(json.dumps({"scope": scope(args, epochs, seeds),
+            (out / f"{stem}.partial.json").write_text(json.dumps({"scope": scope(args, epochs, seeds),
                                                                           "runs": rows}, indent=1) + "\n")
     summary = {}
     for name, rs in rows.items():
@@ -115,9 +118,9 @@ def main() -> None:
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"FlexConv, no pooling, trained at {TRAIN_SIZE} px\n({epochs} ep, one line per seed)", fontsize=9)
     ax.legend(fontsize=7)
-    save(fig, out, "flexconv_alias", {"scope": scope(args, epochs, seeds), "runs": rows, "summary": summary,
+    save(fig, out, stem, {"scope": scope(args, epochs, seeds), "runs": rows, "summary": summary,
                                       "paper": {"off": -34.4, "on": -3.8}})
-    (out / "flexconv_alias.partial.json").unlink(missing_ok=True)
+    (out / f"{stem}.partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
