@@ -56,18 +56,23 @@ def run(variant: str, epochs: int, seed: int, device: str) -> dict:
 
 
 def main() -> None:
-    args = parser(__doc__.split("\n\n")[0]).parse_args()
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--reference-factor", type=int, default=4,
+                   help="the reference run's epochs as a multiple of --epochs (0: no reference run)")
+    args = p.parse_args()
     epochs, seeds, out = setup(args, epochs=(8, 30), seeds=([0, 1, 2], [0, 1, 2]))
     runs = []
     for seed in seeds:
-        for variant, n in (("cosine", epochs), ("constant", epochs), ("reference", 4 * epochs)):
+        plan = [("cosine", epochs), ("constant", epochs), ("reference", args.reference_factor * epochs)]
+        for variant, n in [(v, n) for v, n in plan if n > 0]:
             r = run(variant, n, seed, args.device)
             runs.append(r)
             print(f"seed {seed} {variant:<9} {n:>3} ep: sigma {', '.join(f'{s:.2f}' for s in r['sigmas'])}, "
                   f"budget used {', '.join(f'{u:.0%}' for u in r['budget_used'])}, val_acc {r['val_acc']:.3f}",
                   flush=True)
     summary = {}
-    for variant in ("cosine", "constant", "reference"):
+    variants = [v for v in ("cosine", "constant", "reference") if any(r["variant"] == v for r in runs)]
+    for variant in variants:
         rs = [r for r in runs if r["variant"] == variant]
         s1 = [r["sigmas"][0] for r in rs]
         acc = [r["val_acc"] for r in rs]
@@ -84,10 +89,12 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for i, variant in enumerate(("cosine", "constant", "reference")):
+    for i, variant in enumerate(variants):
         rs = [r for r in runs if r["variant"] == variant]
         ax.scatter([i] * len(rs), [r["sigmas"][0] for r in rs], label=variant)
-    ax.set_xticks([0, 1, 2], [f"cosine {epochs} ep", f"constant {epochs} ep", f"cosine {4 * epochs} ep"])
+    labels = {"cosine": f"cosine {epochs} ep", "constant": f"constant {epochs} ep",
+              "reference": f"cosine {args.reference_factor * epochs} ep"}
+    ax.set_xticks(range(len(variants)), [labels[v] for v in variants])
     ax.set_ylabel("first layer's learned sigma (px)")
     ax.set_title("N-Jet sigma at 32 px: schedule of the size learning rate", fontsize=9)
     save(fig, out, "njet_sigma_schedule", {"scope": scope(args, epochs, seeds), "runs": runs, "summary": summary})
