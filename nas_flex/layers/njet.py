@@ -13,8 +13,9 @@ Decisions (the paper vs the authors' public code, N-JetNet); the first two chang
     * alphas: initialised like ``nn.Conv2d`` (Kaiming-uniform, fan-in C_in * B), not the code's N(0, 1). With
       BatchNorm after every layer the scale should not matter, yet it does in short runs: N(0, 1) alphas are about
       sqrt(3 C_in B) times larger, so each Adam step (about lr per coefficient) changes the filters relatively less.
-      Measured (``experiments/njet_alpha_init.py``) on the simple 4-layer net, digits, 10 epochs, 3 seeds: see
-      docs/reproductions.md, "N-Jet against its authors' code";
+      Measured (``experiments/njet_alpha_init.py``: the simple 4-layer net, digits at 8 px, 10 epochs, seeds 0-2,
+      1 CPU thread): val_acc 0.996 +- 0.004 with Kaiming-uniform against 0.978 +- 0.007 with N(0, 1), lower on
+      every seed (docs/reproductions.md);
     * basis: scale-normalised Hermite form, Gaussian factor normalised to sum 1 over the grid (as the code and
       scipy do), so the basis equals ``scipy.ndimage.gaussian_filter(impulse, s, order=(i, j)) * s**(i+j)``;
     * sigma = exp(log_sigma), positive by construction (the code stores 2^scale), bounded to ``SIGMA_BOUNDS``;
