@@ -1,7 +1,7 @@
 """The N-Jet convolution (a learned combination of Gaussian derivatives of one learned scale) and safe-subsampling.
 
 Pintea, Tomen, Goes, Loog, van Gemert, "Resolution learning in deep convolutional networks using scale-space
-theory", IEEE TIP 2021 (papers/njet.txt). Each filter is sum_{i+j<=N} alpha_{i,j} s^(i+j) G^{i,j}(s): the alphas set
+theory", IEEE TIP 2021. Each filter is sum_{i+j<=N} alpha_{i,j} s^(i+j) G^{i,j}(s): the alphas set
 its shape, the one scale s per layer sets its resolution and, through the side 2 * ceil(k * s) + 1, its size.
 Safe-subsampling (Sec. 4.1) replaces pooling: after an N-Jet layer of scale s a map of side n becomes
 n * (1/2)^(s / r).
