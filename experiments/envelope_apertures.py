@@ -6,8 +6,8 @@ of varied sizes (its Fig. 4c, 5f). Here: the main job's envelope network (simple
 n = 7 base grid, max pooling) on ``digits-multiscale``, apertures at the weights' learning rate (the paper's
 recipe). Where does each filter's aperture go, and does the initial linear order survive?
 
-    python experiments/envelope_apertures.py                # CPU budget: 8 epochs, 1 seed, a few minutes
-    python experiments/envelope_apertures.py --full --device cuda   # 60 epochs, 3 seeds
+    python -m experiments.envelope_apertures                # CPU budget: 8 epochs, 1 seed, a few minutes
+    python -m experiments.envelope_apertures --full --device cuda   # 60 epochs, 3 seeds
 
 Prints, per layer, the aperture range at init and after training, the mean relative change, and the rank
 correlation between initial and learned apertures; writes ``results/envelope_apertures.png`` (learned against
@@ -19,8 +19,8 @@ from __future__ import annotations
 import statistics
 
 import torch
-from size_common import parser, save, scope, setup, train
 
+from experiments.size_common import parser, save, scope, setup, train
 from nas_flex.layers import build
 
 CONFIG = {"backbone": "simple", "conv": "envelope", "kernel_size": 7, "depth": 4, "width": 16, "pooling": "max",

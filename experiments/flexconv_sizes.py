@@ -8,8 +8,8 @@ channels and max pooling after the second (FlexNet has none; pooling halves the 
 relative positions in [-1, 1] across the layer's input, so its sigma compares across depth as a fraction of the
 feature map (layers 3-4 see 16x16, so their pixels are twice as large in the image).
 
-    python experiments/flexconv_sizes.py                 # CPU budget: 12 epochs, 1 seed, a few minutes at 1 thread
-    python experiments/flexconv_sizes.py --full --device cuda   # 40 epochs, 3 seeds
+    python -m experiments.flexconv_sizes                 # CPU budget: 12 epochs, 1 seed, a few minutes at 1 thread
+    python -m experiments.flexconv_sizes --full --device cuda   # 40 epochs, 3 seeds
 
 Prints each layer's kernel size (px, the mask's crop) and mask sigma at init and after training, per scale, and
 writes ``results/flexconv_sizes.png``.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 
-from size_common import layer_records, parser, save, scope, setup, train
+from experiments.size_common import layer_records, parser, save, scope, setup, train
 
 SCALES = {"small": [1.0, 1.25], "large": [2.5, 3.0]}
 CONFIG = {"backbone": "simple", "conv": "flexconv", "depth": 4, "width": 16, "pooling": "max",

@@ -1,7 +1,8 @@
 """What the size-reproduction scripts share: the command line, runs with kept weights, evaluation, small figures.
 
-Each script (``njet_resize.py``, ``flexconv_sizes.py``, ``flexconv_alias.py``, ``envelope_apertures.py``) has a
-CPU budget of a few minutes at one thread on the built-in digits data, and ``--full`` for the paper-size run
+Each script (``njet_resize.py``, ``flexconv_sizes.py``, ``flexconv_alias.py``, ``envelope_apertures.py``,
+``njet_sigma_schedule.py``, ``njet_alpha_init.py``) runs from the repository root as ``python -m experiments.<name>``,
+has a CPU budget of minutes at one thread on the built-in digits data, and ``--full`` for the paper-size run
 (more epochs and seeds; ``--device cuda`` where a GPU is available).
 """
 
@@ -53,14 +54,8 @@ def train(config: dict[str, Any], *, keep_weights: bool = False) -> tuple[dict[s
     return result, state
 
 
-def evaluate(config: dict[str, Any], state: dict[str, torch.Tensor], *, image_size: int,
-             kernel_scale: dict[str, float] | None = None) -> float:
-    """Validation accuracy of trained weights on the trial's dataset at another ``image_size``.
-
-    ``kernel_scale``: layer kind -> factor on that kind's convolution (its output less its bias), e.g. FlexConv's
-    change of sampling rate, (r_train / r_test)^2 in 2-D (Romero et al. 2022, Eq. 9): a kernel sampled twice as
-    densely sums four times as many taps.
-    """
+def load_model(config: dict[str, Any], state: dict[str, torch.Tensor], *, image_size: int):
+    """(the trained model, in eval mode, and the dataset splits) of ``config`` at another ``image_size``."""
     from nas_flex.data import get_dataset
     from nas_flex.models import build
     from nas_flex.train.config import resolve_config
@@ -71,10 +66,39 @@ def evaluate(config: dict[str, Any], state: dict[str, torch.Tensor], *, image_si
                   input_size=tuple(splits.input_shape[1:]))
     model.load_state_dict(state)
     model.eval()
+    return model, splits
+
+
+def recalibrate_batchnorm(model: torch.nn.Module, dataset) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``dataset`` (a cumulative average over one pass, no
+    gradient, dropout off), then leave the model in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+        bn.train()
+    with torch.no_grad():
+        for x, _ in torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=False):
+            model(x)
+    model.eval()
+
+
+def evaluate(config: dict[str, Any], state: dict[str, torch.Tensor], *, image_size: int,
+             kernel_scale: dict[str, float] | None = None, recalibrate_bn: bool = False) -> float:
+    """Validation accuracy of trained weights on the trial's dataset at another ``image_size``.
+
+    ``kernel_scale``: layer kind -> factor on that kind's convolution (its output less its bias), e.g. FlexConv's
+    change of sampling rate, (r_train / r_test)^2 in 2-D (Romero et al. 2022, Eq. 9): a kernel sampled twice as
+    densely sums four times as many taps. ``recalibrate_bn``: re-estimate the BatchNorm statistics on the training
+    split at ``image_size`` first (labels unused).
+    """
+    model, splits = load_model(config, state, image_size=image_size)
     for module in model.modules():
         factor = (kernel_scale or {}).get(getattr(module, "kind", None))
         if factor is not None:
             module.register_forward_hook(_rescale_hook(factor))
+    if recalibrate_bn:
+        recalibrate_batchnorm(model, splits.train)
     loader = torch.utils.data.DataLoader(splits.val, batch_size=256, shuffle=False)
     correct = count = 0
     with torch.no_grad():

@@ -29,6 +29,8 @@ __all__ = [
     "sample_positions",
     "position_coords",
     "pair_index",
+    "channel_indices",
+    "channel_inputs",
     "fourier_encode",
     "pairwise_mlp",
     "pairwise_mlp_grid",
@@ -114,6 +116,27 @@ def fourier_encode(coords: Tensor, octaves: int, columns: tuple[int, ...] | None
     scales = math.pi * 2.0 ** torch.arange(octaves, device=coords.device, dtype=coords.dtype)  # (L,)
     arg = (coords[:, cols].unsqueeze(-1) * scales).flatten(1)  # (P, len(cols) * L)
     return torch.cat([coords, torch.sin(arg), torch.cos(arg)], dim=-1)
+
+
+def channel_indices(positions: Tensor, c_in: int, c_out: int) -> tuple[Tensor, Tensor]:
+    """(c_in index, c_out index) of each flat state position (the state's last two position axes)."""
+    return (positions // c_out) % c_in, positions % c_out
+
+
+def channel_inputs(positions: Tensor, c_in: int, c_out: int, *, dtype: torch.dtype,
+                   table_in: Tensor | None = None, table_out: Tensor | None = None) -> Tensor:
+    """Categorical channel inputs of flat state positions for CF-Conv's joint MLP.
+
+    Without tables: one-hot vectors of c_in and c_out, concatenated: (P, C_in + C_out). With tables (learned
+    embeddings, (C_in, D) and (C_out, D)): their rows, concatenated: (P, 2 D). Either way no channel is closer
+    to its neighbour index than to any other, unlike the scalar index coordinate.
+    """
+    i, o = channel_indices(positions, c_in, c_out)
+    if table_in is None or table_out is None:
+        eye_in = torch.eye(c_in, device=positions.device, dtype=dtype)
+        eye_out = torch.eye(c_out, device=positions.device, dtype=dtype)
+        return torch.cat([eye_in[i], eye_out[o]], dim=-1)
+    return torch.cat([table_in.to(dtype)[i], table_out.to(dtype)[o]], dim=-1)
 
 
 def pair_index(positions: Tensor, c_in: int, c_out: int) -> Tensor:

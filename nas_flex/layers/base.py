@@ -80,6 +80,8 @@ class SizeRecipe:
         lr: adam: the learning rate (constant).
         betas: adam: Adam's betas.
         weight_decay: L2 on the size parameters (0 unless the method's recipe says otherwise).
+        schedule: shared: "weights" (the weights' warm-up + cosine multiplier) or "constant" (``lr x lr_factor``
+            at every step, so a short run's decay does not stop the size half-way).
     """
 
     source: str
@@ -88,10 +90,14 @@ class SizeRecipe:
     lr: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    schedule: str = "weights"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("shared", "adam"):
             raise HyperparameterError(f"SizeRecipe `optimizer` must be 'shared' or 'adam', but got {self.optimizer!r}")
+        if self.schedule not in ("weights", "constant"):
+            raise HyperparameterError(
+                f"SizeRecipe `schedule` must be 'weights' or 'constant', but got {self.schedule!r}")
         if self.optimizer == "adam" and not (self.lr is not None and self.lr > 0):
             raise HyperparameterError(f"SizeRecipe with its own Adam needs `lr > 0`, but got lr={self.lr!r}")
         if not (self.lr_factor >= 0 and self.weight_decay >= 0):
@@ -105,6 +111,8 @@ class SizeRecipe:
         out: dict[str, Any] = {"optimizer": self.optimizer, "source": self.source}
         if self.optimizer == "shared":
             out["lr_factor"] = self.lr_factor
+            if self.schedule != "weights":
+                out["size_schedule"] = self.schedule
         else:
             out.update(lr=self.lr, betas=list(self.betas))
         out["weight_decay"] = self.weight_decay

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from nas_flex.errors import HyperparameterError, ShapeError
 from nas_flex.functional.cfconv import (
+    channel_inputs,
     ema_merge,
     fourier_encode,
     pair_index,
@@ -41,10 +42,11 @@ from nas_flex.layers.base import check_finite, check_positive_int
 from nas_flex.layers.frequency import DEFAULT_GRID, FrequencyKernelLayer, TwinMLP, he_init_, size_repr
 from nas_flex.layers.registry import register
 
-__all__ = ["CFConv", "CFCONV_ENCODINGS", "CFCONV_PARAMETERIZATIONS", "DEFAULT_HIDDEN"]
+__all__ = ["CFConv", "CFCONV_CHANNEL_INPUTS", "CFCONV_ENCODINGS", "CFCONV_PARAMETERIZATIONS", "DEFAULT_HIDDEN"]
 
 CFCONV_PARAMETERIZATIONS = ("joint", "per_pair")
 CFCONV_ENCODINGS = ("none", "channels", "all")
+CFCONV_CHANNEL_INPUTS = ("index", "onehot", "embedding")
 # the paper's MLPs: [32, 32, 32, 16, 16, 16, 8, 8, 8, 1] for the joint MLP, [2, 1] per pair (hidden widths here)
 DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"joint": (32, 32, 32, 16, 16, 16, 8, 8, 8), "per_pair": (2,)}
 # positions per chunk when the MLP is evaluated everywhere without gradients (eval at a new size, spatial_kernel)
@@ -112,6 +114,21 @@ def _checked_options(sampled_positions: int | None, decay: float, parameterizati
     if not isinstance(bias, bool):
         raise HyperparameterError(f"`bias` must be a bool, but got {bias=!r}")
     return tuple(hidden)
+
+
+def _checked_channel_inputs(channel_inputs: str, embedding_dim: int, parameterization: str, encoding: str) -> None:
+    if channel_inputs not in CFCONV_CHANNEL_INPUTS:
+        raise HyperparameterError(
+            f"`channel_inputs` must be one of {list(CFCONV_CHANNEL_INPUTS)}, but got {channel_inputs=!r}")
+    if channel_inputs != "index" and parameterization != "joint":
+        raise HyperparameterError(
+            f"`channel_inputs` applies to the joint MLP only, but got {channel_inputs=!r} with "
+            f"{parameterization=!r}; pass parameterization='joint' with it")
+    if channel_inputs != "index" and encoding == "channels":
+        raise HyperparameterError(
+            f"encoding='channels' encodes the scalar channel indices, which {channel_inputs=!r} replaces; use "
+            "encoding='none' or 'all' (frequencies only) with it")
+    check_positive_int("channel_embedding_dim", embedding_dim)
 
 
 @register("cfconv")
@@ -189,6 +206,14 @@ class CFConv(FrequencyKernelLayer):
             epochs): "none" 0.128, "all" 0.245, "channels" with 8 octaves 0.092; it does not remove the channel
             collapse described in docs/results.md, so it stays off.
         encoding_octaves: sinusoid frequencies per encoded coordinate, 2^k pi for k < encoding_octaves. Default 4.
+        channel_inputs: how the joint MLP sees the channel pair ("joint" only; the paper feeds the indices as
+            continuous inputs and gives no encoding): "index" (default: c_in and c_out mapped linearly to [-1, 1],
+            which ties neighbouring indices' kernels together), "onehot" (one-hot c_in and c_out, concatenated with
+            the frequency coordinates: C_in + C_out more inputs) or "embedding" (a learned vector per input and per
+            output channel, ``channel_embedding_in`` (C_in, D) and ``channel_embedding_out`` (C_out, D), N(0, 1) at
+            init, trained with the weights). Categorical inputs raise the effective rank of the joint MLP's kernel
+            across output channels at init (``tests/test_cfconv_channels.py``); per pair stays the default.
+        channel_embedding_dim: D, the embedding's width for ``channel_inputs="embedding"``. Default 4.
         bias: add a learnable bias per output channel (spatial domain; nn.Conv2d's default; not in the paper).
 
     Shape:
@@ -222,6 +247,8 @@ class CFConv(FrequencyKernelLayer):
         hidden_features: Sequence[int] | None = None,
         encoding: str = "none",
         encoding_octaves: int = 4,
+        channel_inputs: str = "index",
+        channel_embedding_dim: int = 4,
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -229,6 +256,9 @@ class CFConv(FrequencyKernelLayer):
         super().__init__(in_channels, out_channels)
         hidden = _checked_options(sampled_positions, decay, parameterization, hidden_features, encoding,
                                   encoding_octaves, bias)
+        _checked_channel_inputs(channel_inputs, channel_embedding_dim, parameterization, encoding)
+        self.channel_inputs = channel_inputs
+        self.channel_embedding_dim = channel_embedding_dim
         self.encoding = encoding
         self.encoding_octaves = encoding_octaves
         self.sampled_positions = sampled_positions
@@ -236,9 +266,13 @@ class CFConv(FrequencyKernelLayer):
         self.parameterization = parameterization
         self.hidden_features = tuple(hidden)
         factory = {"device": device, "dtype": dtype}
+        self.channel_embedding_in = self.channel_embedding_out = None
+        if channel_inputs == "embedding":
+            self.channel_embedding_in = nn.Parameter(torch.empty(in_channels, channel_embedding_dim, **factory))
+            self.channel_embedding_out = nn.Parameter(torch.empty(out_channels, channel_embedding_dim, **factory))
         if parameterization == "joint":
-            self.kernel_mlp: nn.Module = TwinMLP(4 + 2 * encoding_octaves * len(self._encoded_columns()),
-                                                 self.hidden_features, 1, "relu", init="he", **factory)
+            self.kernel_mlp: nn.Module = TwinMLP(self._joint_in_features(), self.hidden_features, 1, "relu",
+                                                 init="he", **factory)
         else:
             self.kernel_mlp = _PairMLP(in_channels * out_channels, self.hidden_features, **factory)
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
@@ -251,6 +285,9 @@ class CFConv(FrequencyKernelLayer):
         """Re-initialise the MLP and the bias, and drop the kernel state (re-created, U[-1, 1], at the next
         training forward)."""
         self.kernel_mlp.reset_parameters()
+        if self.channel_embedding_in is not None:  # unit-variance rows, the scale of a one-hot input
+            nn.init.normal_(self.channel_embedding_in)
+            nn.init.normal_(self.channel_embedding_out)
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_channels)
             nn.init.uniform_(self.bias, -bound, bound)
@@ -264,8 +301,28 @@ class CFConv(FrequencyKernelLayer):
         return self._state_size
 
     def _encoded_columns(self) -> tuple[int, ...]:
-        """The joint MLP's coordinate columns (f_y, f_x, c_in, c_out) that get the sinusoidal encoding."""
-        return {"channels": (2, 3), "all": (0, 1, 2, 3), "none": ()}[self.encoding]
+        """The joint MLP's coordinate columns (f_y, f_x, c_in, c_out) that get the sinusoidal encoding (with
+        categorical channel inputs the coordinates are (f_y, f_x) only)."""
+        columns = {"channels": (2, 3), "all": (0, 1, 2, 3), "none": ()}[self.encoding]
+        return columns if self.channel_inputs == "index" else tuple(c for c in columns if c < 2)
+
+    def _joint_in_features(self) -> int:
+        octaves = self.encoding_octaves if self.encoding != "none" else 0
+        coords = 4 if self.channel_inputs == "index" else 2
+        channels = {"index": 0, "onehot": self.in_channels + self.out_channels,
+                    "embedding": 2 * self.channel_embedding_dim}[self.channel_inputs]
+        return coords + 2 * octaves * len(self._encoded_columns()) + channels
+
+    def _joint_inputs(self, positions: Tensor, coords: Tensor) -> Tensor:
+        """The joint MLP's input rows: (P, 4) coordinates of ``positions`` -> (P, in_features)."""
+        octaves = self.encoding_octaves if self.encoding != "none" else 0
+        if self.channel_inputs == "index":
+            return fourier_encode(coords, octaves, self._encoded_columns())
+        # (P, 2) frequencies, encoded, then (P, C_in + C_out) one-hot or (P, 2 D) embedding rows
+        freqs = fourier_encode(coords[:, :2], octaves, self._encoded_columns())
+        cats = channel_inputs(positions, self.in_channels, self.out_channels, dtype=coords.dtype,
+                              table_in=self.channel_embedding_in, table_out=self.channel_embedding_out)
+        return torch.cat([freqs, cats], dim=-1)
 
     def _ref(self) -> Tensor:
         return next(self.kernel_mlp.parameters())
@@ -327,9 +384,8 @@ class CFConv(FrequencyKernelLayer):
                             mirror=True),
         ])
         if joint:
-            octaves = self.encoding_octaves if self.encoding != "none" else 0
-            # (2P, 4) -> (2P, 4 + 2 * octaves * encoded columns) -> (2, 2P, 1)
-            out = self.kernel_mlp(fourier_encode(coords, octaves, self._encoded_columns()), dtype)
+            # (2P, 4) -> (2P, in_features) -> (2, 2P, 1)
+            out = self.kernel_mlp(self._joint_inputs(both, coords), dtype)
         else:
             out = self.kernel_mlp(coords, pair_index(both, self.in_channels, self.out_channels), dtype)
         out = out[..., 0]  # (2, 2P): real, imaginary part at f (first P) and at -f (last P)
@@ -462,6 +518,10 @@ class CFConv(FrequencyKernelLayer):
             s += f", parameterization={self.parameterization!r}"
         if self.encoding != "none":
             s += f", encoding={self.encoding!r}, encoding_octaves={self.encoding_octaves}"
+        if self.channel_inputs != "index":
+            s += f", channel_inputs={self.channel_inputs!r}"
+            if self.channel_inputs == "embedding":
+                s += f", channel_embedding_dim={self.channel_embedding_dim}"
         if self.hidden_features != DEFAULT_HIDDEN[self.parameterization]:
             s += f", hidden_features={self.hidden_features}"
         if self.state_size is not None:

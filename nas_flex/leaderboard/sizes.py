@@ -69,9 +69,11 @@ def size_changes(frame: pd.DataFrame) -> pd.DataFrame:
         params_pooling, metrics_val_acc), then ``depth`` (0-based index among the trial's learned-size layers),
         ``layer``, ``kind``, ``init_height``, ``init_width``, ``height``, ``width`` (pixels), ``parameter`` (the
         raw size parameter that sums the layer up: the record's ``size_parameter``), ``init_value``, ``learned_value``,
-        ``change`` (learned / init - 1), and ``init_<key>`` / ``learned_<key>`` for every numeric raw size
-        parameter the records hold (``sigma_min``, ``mask_mean_h``, ``entropy``, ...). A trial with no learned-size
-        layer gets no row.
+        ``change`` (learned / init - 1), ``at_bound`` (where training left the size at a bound: "schedule" (the
+        furthest its optimizer could move it in the trial's steps), "input" (the kernel spans the feature map),
+        both joined by "+", or None; ``nas_flex.train.bounds``), and ``init_<key>`` / ``learned_<key>`` for every
+        numeric raw size parameter the records hold (``sigma_min``, ``mask_mean_h``, ``entropy``, ...). A trial
+        with no learned-size layer gets no row.
 
     Raises:
         LeaderboardSchemaError: ``learned_sizes_json`` is missing, or a record is not JSON of size records.
@@ -103,12 +105,13 @@ def size_changes(frame: pd.DataFrame) -> pd.DataFrame:
             row["init_value"] = before.get(name, math.nan) if name else math.nan
             row["learned_value"] = now.get(name, math.nan) if name else math.nan
             row["change"] = row["learned_value"] / row["init_value"] - 1.0 if row["init_value"] != 0 else math.nan
+            row["at_bound"] = rec.get("at_bound") or None
             for key in sorted(set(now) | set(before)):
                 row[f"init_{key}"] = before.get(key, math.nan)
                 row[f"learned_{key}"] = now.get(key, math.nan)
             rows.append(row)
     base = [*ids, "depth", "layer", "kind", "init_height", "init_width", "height", "width", "parameter",
-            "init_value", "learned_value", "change"]
+            "init_value", "learned_value", "change", "at_bound"]
     out = pd.DataFrame(rows)
     if out.empty:
         return pd.DataFrame(columns=base)
@@ -159,7 +162,8 @@ def _num(v: Any, fmt: str) -> str:
 def format_size_changes(changes: pd.DataFrame, *, indent: str = "  ") -> str:
     """``size_changes`` rows as text lines: layer, kind, size init -> learned (px), parameter init -> learned.
 
-    FlexConv's 2-D masks show both sides' sigma; the envelope its smallest and largest aperture too.
+    FlexConv's 2-D masks show both sides' sigma; the envelope its smallest and largest aperture too. A size that
+    ended at a bound is marked ``[at bound: schedule]`` / ``[at bound: input]`` (see ``size_changes``).
     """
     lines = []
     for _, r in changes.iterrows():
@@ -175,7 +179,9 @@ def format_size_changes(changes: pd.DataFrame, *, indent: str = "  ") -> str:
             a, b = r.get(f"init_{key}", math.nan), r.get(f"learned_{key}", math.nan)
             change = "" if _isnan(a) or _isnan(b) or a == 0 else f" ({b / a - 1:+.0%})"
             params.append(f"{key} {_num(a, '.3g')} -> {_num(b, '.3g')}{change}")
-        lines.append(f"{indent}{str(r['layer']):<16} {str(r['kind']):<9} {size}   {', '.join(params)}".rstrip())
+        bound = r.get("at_bound")
+        mark = f"  [at bound: {bound}]" if isinstance(bound, str) and bound else ""
+        lines.append(f"{indent}{str(r['layer']):<16} {str(r['kind']):<9} {size}   {', '.join(params)}{mark}".rstrip())
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ Figures:
       learned-size run as a point at its own compute (``nas_flex.report.curves``); also as tables in report.md;
     * ``sizes_vs_depth.png``: learned kernel size per layer against depth for the best learned-size trial of each
       method (FlexConv paper Fig. 6 style); with the size at initialisation (dashed) where the history holds an
-      epoch-0 record;
+      epoch-0 record, and sizes that ended at a bound (``nas_flex.train.bounds``: "at bound") ringed in red;
     * ``acc_vs_flops.png``: accuracy against FLOPs per trial, coloured by method, with the Pareto front;
     * ``grid_vs_learned.png``: per method (``params_conv``): best accuracy, and the FLOPs and parameters of that
       best trial, side by side; the grid (``conv``) and learned-size methods (``mixed`` included) told apart;
@@ -56,7 +56,7 @@ def _sizes_vs_depth(df, metric: str, way: str, path: Path, top: int, history=Non
     plt = _plt()
     learned = df[df["params_conv"].notna() & ~df["params_conv"].isin(fixed_size_methods(df)) & df[metric].notna()]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    lines, with_init = [], 0
+    lines, with_init, bounded = [], 0, []
     for conv, group in learned.groupby("params_conv"):
         for _, row in group.sort_values(metric, ascending=way == "min").head(top).iterrows():
             recs = _sizes(row)
@@ -65,6 +65,11 @@ def _sizes_vs_depth(df, metric: str, way: str, path: Path, top: int, history=Non
             depth = list(range(1, len(recs) + 1))
             size = [(r["height"] + r["width"]) / 2 for r in recs]
             (line,) = ax.plot(depth, size, marker="o", label=f"{conv} {row['trial_id']} ({row[metric]:.3f})")
+            marked = [(d, s, r["at_bound"]) for d, s, r in zip(depth, size, recs, strict=True) if r.get("at_bound")]
+            if marked:
+                ax.scatter([d for d, _, _ in marked], [s for _, s, _ in marked], s=140, facecolors="none",
+                           edgecolors="red", linewidths=1.2, zorder=3)
+                bounded += [f"{conv} {row['trial_id']} layer {d} ({b})" for d, _, b in marked]
             init = _init_sizes(history, row)
             if len(init) == len(recs):
                 ax.plot(depth, [(r["height"] + r["width"]) / 2 for r in init], ls="--", marker=".",
@@ -78,6 +83,8 @@ def _sizes_vs_depth(df, metric: str, way: str, path: Path, top: int, history=Non
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_xlabel("layer (depth)")
     ax.set_ylabel("kernel size (px, mean of height and width)")
+    if bounded:
+        ax.scatter([], [], s=140, facecolors="none", edgecolors="red", label="red ring: at bound")
     if with_init:
         ax.plot([], [], ls="--", color="gray", label="dashed: at initialisation")
         ax.set_title("Kernel size per layer: learned (solid) and at initialisation (dashed)", fontsize=10)
@@ -92,7 +99,9 @@ def _sizes_vs_depth(df, metric: str, way: str, path: Path, top: int, history=Non
         return "no learned-size trials with recorded sizes"
     init_note = (f"; the size at initialisation (the epoch-0 record) dashed for {with_init}" if with_init
                  else "; no epoch-0 record in the history, so no sizes at initialisation")
-    return f"{len(lines)} trial(s): " + ", ".join(lines) + init_note
+    bound_note = ("; at bound (the size stopped by its optimizer's step budget, \"schedule\", or by the feature map, "
+                  "\"input\"; ringed in red): " + ", ".join(bounded)) if bounded else "; no size at bound"
+    return f"{len(lines)} trial(s): " + ", ".join(lines) + init_note + bound_note
 
 
 def _acc_vs_flops(lb, df, metric: str, path: Path) -> str:

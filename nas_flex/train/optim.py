@@ -111,7 +111,8 @@ def make_optimizers(model: nn.Module, cfg: dict[str, Any], schedule: Schedule) -
         model: the trial's model.
         cfg: a resolved trial config (``optimizer``, ``lr``, ``weight_decay``, ``size_lr_factor``, ``size_update``).
         schedule: the learning-rate multiplier per step (warm-up + cosine), applied to the weights and to "shared"
-            recipes; own-Adam recipes keep a constant learning rate (DARTS).
+            recipes (except those with ``schedule="constant"``); own-Adam recipes keep a constant learning rate
+            (DARTS).
     """
     bilevel = cfg["size_update"] == "bilevel"
     lr = cfg["lr"]
@@ -120,6 +121,7 @@ def make_optimizers(model: nn.Module, cfg: dict[str, Any], schedule: Schedule) -
     weight_lambdas: list[Schedule] = [schedule]
     size_opts: list[tuple[torch.optim.Optimizer, list[Schedule]]] = []
     shared_size_groups: list[dict[str, Any]] = []  # bilevel: the shared recipes' groups, in one optimizer
+    shared_lambdas: list[Schedule] = []
     recipes = []
     for kind, recipe, params in layer_recipes(model, cfg["size_lr_factor"]):
         size_ids.update(id(p) for p in params)
@@ -127,10 +129,11 @@ def make_optimizers(model: nn.Module, cfg: dict[str, Any], schedule: Schedule) -
         if recipe.optimizer == "shared":
             group = {"params": params, "lr": lr * recipe.lr_factor, "weight_decay": recipe.weight_decay,
                      "name": f"size:{kind}"}
+            own = _constant if recipe.schedule == "constant" else schedule
             (shared_size_groups if bilevel else weight_groups).append(group)
-            if not bilevel:
-                weight_lambdas.append(schedule)
-            record.update(lr=lr * recipe.lr_factor, schedule="warmup_cosine", optimizer=cfg["optimizer"])
+            (shared_lambdas if bilevel else weight_lambdas).append(own)
+            record.update(lr=lr * recipe.lr_factor, optimizer=cfg["optimizer"],
+                          schedule="constant" if recipe.schedule == "constant" else "warmup_cosine")
         else:
             group = {"params": params, "lr": recipe.lr, "weight_decay": recipe.weight_decay, "name": f"size:{kind}"}
             size_opts.append((torch.optim.Adam([group], lr=recipe.lr, betas=recipe.betas), [_constant]))
@@ -138,7 +141,7 @@ def make_optimizers(model: nn.Module, cfg: dict[str, Any], schedule: Schedule) -
         recipes.append(record)
     if shared_size_groups:
         opt = _new_optimizer(cfg["optimizer"], shared_size_groups, lr)
-        size_opts.append((opt, [schedule] * len(shared_size_groups)))
+        size_opts.append((opt, shared_lambdas))
     other = [p for p in model.parameters() if id(p) not in size_ids and p.requires_grad]
     weight_groups.insert(0, {"params": other, "lr": lr, "weight_decay": cfg["weight_decay"], "name": "weights"})
     weights = _new_optimizer(cfg["optimizer"], weight_groups, lr)

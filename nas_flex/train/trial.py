@@ -27,6 +27,7 @@ from nas_flex.errors import HyperparameterError, NonFiniteError
 from nas_flex.layers.base import KernelLayer
 from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.sizes import learned_size_records
+from nas_flex.train.bounds import mark_bounds, size_parameter_start, travel_budgets
 from nas_flex.train.config import resolve_config
 from nas_flex.train.metering import FlopCount, count_flops, count_parameters
 from nas_flex.train.optim import TrialOptimizers, make_optimizers
@@ -175,6 +176,7 @@ class TrialSetup:
     opts: TrialOptimizers
     scaler: torch.amp.GradScaler
     autocast: dict[str, Any]
+    size_start: dict[str, list[Tensor]] = field(default_factory=dict)  # size parameters at init (bounds.py)
 
     def meter(self) -> FlopCount:
         """The model's FLOPs now (``_meter``)."""
@@ -233,7 +235,7 @@ def setup_trial(cfg: Mapping[str, Any], *, device: str | None = None) -> tuple[T
     train_set, size_set, opts, scaler, autocast = _optimisation(cfg, model, train_set, device)
     trial = TrialSetup(cfg=cfg, device=device, model=model, params=params, sample=sample, train_set=train_set,
                    size_set=size_set, val_loader=val_loader, loader_args=loader_args, opts=opts, scaler=scaler,
-                   autocast=autocast)
+                   autocast=autocast, size_start=size_parameter_start(model))
     return trial, flops
 
 
@@ -372,7 +374,8 @@ def summarise(trial: TrialSetup, progress: TrialProgress, *, started: str) -> Tr
         peak_memory_bytes=peak,
         peak_memory_kind=peak_kind,
         device=_device_name(trial.device),
-        learned_sizes=learned_size_records(trial.model),
+        learned_sizes=mark_bounds(learned_size_records(trial.model), trial.model, trial.size_start,
+                                  travel_budgets(trial.opts.all, trial.opts.schedulers)),
         initial_sizes=history[0]["learned_sizes"] if history and history[0]["epoch"] == 0 else None,
         size_recipes=trial.opts.recipes,
         nas_flex_version=__version__,
