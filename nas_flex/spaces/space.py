@@ -41,6 +41,7 @@ class SearchSpace:
         sampler: "tpe" (default), "grid" (exhaustive: optuna's BruteForceSampler, which enumerates conditional
             grids exactly; every suggestion must be categorical or stepped) or "random".
         num_samples: trials to run by default (None: the grid's size for "grid", else required at launch).
+        repeats: seeds per sampled architecture by default (``TuneConfig.repeats``; 1: one run each).
         overrides: config keys set after the space returns (e.g. ``{"epochs": 2}`` from ``--epochs``).
         source: where the space came from (a file path), for messages.
 
@@ -56,7 +57,7 @@ class SearchSpace:
 
     def __init__(self, fn: SpaceFn, *, name: str | None = None, sampler: str = "tpe", num_samples: int | None = None,
                  overrides: Mapping[str, Any] | None = None, source: str | None = None,
-                 description: str = "") -> None:
+                 description: str = "", repeats: int = 1) -> None:
         if isinstance(fn, SearchSpace):
             fn = fn.fn
         if not callable(fn):
@@ -65,7 +66,10 @@ class SearchSpace:
             raise SearchSpaceError(f"`sampler` must be one of {SAMPLERS}, but got {sampler!r}")
         if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
             raise SearchSpaceError(f"`num_samples` must be a positive int, but got {num_samples!r}")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise SearchSpaceError(f"`repeats` (REPEATS) must be an integer >= 1, but got {repeats!r}")
         self.fn = fn
+        self.repeats = repeats
         self.name = name or getattr(fn, "__name__", "space")
         self.sampler = sampler
         self.num_samples = num_samples
@@ -85,7 +89,8 @@ class SearchSpace:
         """A copy whose configs get ``overrides`` (keys with value None are left alone)."""
         extra = {k: v for k, v in overrides.items() if v is not None}
         return SearchSpace(self.fn, name=self.name, sampler=self.sampler, num_samples=self.num_samples,
-                           overrides={**self.overrides, **extra}, source=self.source, description=self.description)
+                           overrides={**self.overrides, **extra}, source=self.source, description=self.description,
+                           repeats=getattr(self, "repeats", 1))
 
     def __reduce__(self):
         import cloudpickle
@@ -126,7 +131,8 @@ def _from_state(state: dict[str, Any]) -> SearchSpace:
 def load_space(path: str | Path) -> SearchSpace:
     """Load a search space from a Python file.
 
-    The file defines ``space(trial) -> dict`` and may set ``SAMPLER`` ("tpe", "grid", "random"), ``NUM_SAMPLES`` and
+    The file defines ``space(trial) -> dict`` and may set ``SAMPLER`` ("tpe", "grid", "random"), ``NUM_SAMPLES``,
+    ``REPEATS`` (seeds per architecture) and
     a module docstring (shown as the description). It is imported under a private module name and pickles by value,
     so Ray workers and a resume from another process need no access to the file.
 
@@ -156,4 +162,5 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SearchSpaceError(f"search space file {str(path)!r} must define a function `space(trial) -> dict`")
     return SearchSpace(fn, name=path.stem, sampler=getattr(module, "SAMPLER", "tpe"),
                        num_samples=getattr(module, "NUM_SAMPLES", None), source=str(path),
+                       repeats=getattr(module, "REPEATS", 1),
                        description=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else "")
