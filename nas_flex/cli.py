@@ -118,7 +118,13 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CorruptFileWarning)
-        text = format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where, columns=args.columns)
+        if args.by_architecture:
+            from nas_flex.leaderboard.ranking import format_by_architecture
+
+            text = format_by_architecture(args.path, args.sort, experiment=args.experiment, top=args.top)
+        else:
+            text = format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where,
+                                      columns=args.columns)
     for w in caught:  # a skipped unreadable file: one line, not a warning with its source location
         if issubclass(w.category, CorruptFileWarning):
             print(f"nas-flex: warning: {w.message}", file=sys.stderr)
@@ -150,13 +156,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
         args.space, storage=args.storage, num_samples=args.num_samples, experiment=args.experiment,
         address=args.address, resources_per_trial=resources, scheduler=args.scheduler,
         objectives=_parse_objectives(args.objective), sampler=args.sampler, max_concurrent=args.max_concurrent,
-        seed=args.seed, resume=args.resume, overrides={"dataset": args.dataset, "epochs": args.epochs},
+        seed=args.seed, repeats=args.repeats, resume=args.resume,
+        overrides={"dataset": args.dataset, "epochs": args.epochs},
         verbose=0 if args.quiet else 1,
     )
     df = lb.to_pandas()
     experiment = args.experiment or (df.sort_values("written_at")["experiment"].iloc[-1] if len(df) else None)
     print(f"\nLeaderboard {args.storage} (experiment {experiment}):")
     print(format_leaderboard(args.storage, sort="metrics_val_acc", where=f"experiment == {experiment!r}"))
+    from nas_flex.leaderboard.ranking import format_by_architecture
+
+    print(f"\nBy architecture (experiment {experiment}):")
+    print(format_by_architecture(args.storage, experiment=experiment))
     from nas_flex.record import TrialStatus
 
     done = (df["experiment"] == experiment) & (df["status"] == TrialStatus.COMPLETED.value)
@@ -239,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a pandas DataFrame.query expression, e.g. \"params_conv == 'njet' and flops < 1e6\"")
     p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
                    help="columns to show, space or comma separated (default: a summary set)")
+    p.add_argument("--by-architecture", action="store_true",
+                   help="one line per architecture (its seeds grouped): n, mean +- sd, 95%% t interval, and the "
+                        "difference from the grid's best with a paired t-test (--sort names the metric)")
+    p.add_argument("--experiment", default=None, help="with --by-architecture: only this experiment's rows")
     p.set_defaults(func=_cmd_leaderboard)
 
     p = sub.add_parser("search", help="run a search space (.py defining space(trial)) as Ray Tune trials")
@@ -263,7 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat for multi-objective, e.g. --objective val_acc:max --objective flops:min")
     p.add_argument("--sampler", choices=["tpe", "grid", "random"], default=None, help="default: the space's")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
-    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the sampler's seed, and the experiment seed of --repeats (default 0)")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="train every sampled architecture under N derived seeds, one row each; the sampler sees "
+                        "their mean and --num-samples counts architectures (default: the space's REPEATS, else 1)")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     p.set_defaults(func=_cmd_search)
 
