@@ -285,6 +285,13 @@ def _tuner(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, 
     else:
         searcher = optuna_searcher(plan.space, plan.objectives, plan.sampler, plan.seed, study_name=plan.experiment,
                                    finished=plan.finished, resumed=plan.resumed)
+    if plan.sampler == "grid" and not (plan.finished or plan.resumed):
+        from nas_flex.tune.order import longest_first
+
+        # the grid's points in order of expected training time, longest first (Optuna asks enqueued points first)
+        study = getattr(searcher, "searcher", searcher).study
+        for params in longest_first(*sample_configs(plan.space, "grid", 100_000)):
+            study.enqueue_trial(params, skip_if_exists=False)
     if tune_config.max_concurrent:
         from ray.tune.search import ConcurrencyLimiter
 
