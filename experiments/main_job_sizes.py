@@ -45,9 +45,10 @@ class _Fixed:
 
 
 def main_job_config(method: str, pooling: str, kernel_size: int | None = None) -> dict[str, Any]:
-    """The trial config the main job's space gives for these choices."""
+    """The trial config the main job's space gives for these choices (the space now fixes one pooling for its
+    3-seed budget; ``pooling`` here still chooses either)."""
     choices = {"method": method, "pooling": pooling, "kernel_size": kernel_size}
-    return load_space(SPACE)(_Fixed(choices))
+    return {**load_space(SPACE)(_Fixed(choices)), "pooling": pooling}
 
 
 def _size_parameter(record: dict[str, Any]) -> tuple[str, float] | None:
