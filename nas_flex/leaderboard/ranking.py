@@ -108,9 +108,10 @@ def _line(rank: int, row: Any, comp: Comparison | None, is_reference: bool) -> s
             f"+- {_fmt(row['sd'])}  {interval}  vs grid's best: {verdict}")
 
 
-def format_ranking(ranking: ArchitectureRanking, *, top: int | None = None) -> str:
-    """The ranking as text: a header that states the statistics, one line per architecture, and the verdicts."""
-    table, metric = ranking.table, ranking.metric
+def format_ranking(ranking: ArchitectureRanking, *, top: int | None = None, label: str | None = None) -> str:
+    """The ranking as text: a header that states the statistics, one line per architecture, and the verdicts
+    (``label`` names the metric, default its column)."""
+    table, metric = ranking.table, label or ranking.metric
     if table.empty:
         return f"no architecture has a run with {metric!r}"
     level = next((c.level for c in ranking.comparisons.values() if c is not None), LEVEL)
