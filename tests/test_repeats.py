@@ -192,3 +192,19 @@ def test_resume_of_a_repeated_search_redoes_no_finished_seed(tmp_path):
     assert len(by_arch) == 2 and all(s == sorted(derive_seeds(0, 2)) for s in by_arch)
     assert set(after.loc[after["architecture_key"] == kept["architecture_key"], "seed"]) == {lost["seed"],
                                                                                             kept["seed"]}
+
+
+def test_bad_repeats_fail_in_one_line_before_ray(tmp_path):
+    from nas_flex.errors import SearchSpaceError
+    from nas_flex.spaces import SearchSpace
+    from nas_flex.tune import search
+
+    def space(trial):
+        return BASE
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(SearchSpaceError, match="`repeats` must be an integer >= 1"):
+            search(space, storage=tmp_path / "x", num_samples=1, repeats=bad, verbose=0)
+    with pytest.raises(SearchSpaceError, match="REPEATS"):
+        SearchSpace(space, repeats=0)
+    assert not (tmp_path / "x").exists()  # nothing was created: the error came before Ray and the storage
