@@ -208,3 +208,22 @@ def test_bad_repeats_fail_in_one_line_before_ray(tmp_path):
     with pytest.raises(SearchSpaceError, match="REPEATS"):
         SearchSpace(space, repeats=0)
     assert not (tmp_path / "x").exists()  # nothing was created: the error came before Ray and the storage
+
+
+def test_progress_lines_name_the_best_architecture_by_its_mean(capsys):
+    pytest.importorskip("ray")
+    from nas_flex.tune.progress import Progress
+
+    class _Trial:
+        def __init__(self, config: dict, trial_id: str) -> None:
+            self.config, self.trial_id, self.last_result = {"nas_flex_config": config}, trial_id, {}
+
+    progress = Progress(4, "val_acc", "max")
+    for i, (conv, seed, acc) in enumerate([("conv", 0, 0.90), ("njet", 0, 0.95), ("njet", 1, 0.80),
+                                           ("conv", 1, 0.92)]):
+        progress.finished(_Trial({"conv": conv, "seed": seed}, f"t{i}"), {"val_acc": acc, "status": "completed"},
+                          error=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert "best 0.9500 (njet)" in lines[1]
+    assert "best 0.9000 (conv)" in lines[2]  # njet's second seed brings its mean to 0.875
+    assert "best 0.9100 (conv, mean of 2 seeds)" in lines[3]
