@@ -227,3 +227,32 @@ def test_progress_lines_name_the_best_architecture_by_its_mean(capsys):
     assert "best 0.9500 (njet)" in lines[1]
     assert "best 0.9000 (conv)" in lines[2]  # njet's second seed brings its mean to 0.875
     assert "best 0.9100 (conv, mean of 2 seeds)" in lines[3]
+
+
+def test_resume_groups_rows_by_architecture():
+    pytest.importorskip("ray")
+    import json
+
+    from nas_flex.tune.repeats import group_resume
+
+    seeds = derive_seeds(0, 3)
+
+    def row(conv: str, seed: int, acc: float, status: str = "completed") -> dict:
+        config = {**BASE, "conv": conv, "seed": seed}
+        return {"config": json.dumps(config), "architecture_key": architecture_key(config), "seed": seed,
+                "status": status, "metrics_val_acc": acc, "epochs_completed": 2, "epochs": 2,
+                "search_params": json.dumps({"conv": conv})}
+
+    finished = [row("conv", s, a) for s, a in zip(seeds, (0.8, 0.9, 1.0))]  # all three seeds: done
+    finished += [row("njet", s, a, st) for s, a, st in zip(seeds, (0.9, 0.1, 0.9), ("completed", "diverged",
+                                                                                      "completed"))]
+    finished += [row("niff", seeds[0], 0.7)]  # one seed finished, one running, one never started
+    running = [{"trial_id": "run1", "config": {**BASE, "conv": "niff", "seed": seeds[1]},
+                "search_params": {"conv": "niff"}}]
+    done, partial = group_resume(finished, running, seeds, {"val_acc": "max"})
+    by_conv = {json.loads(d["config"])["conv"]: d for d in done}
+    assert by_conv["conv"]["metrics_val_acc"] == pytest.approx(0.9) and by_conv["conv"]["status"] == "completed"
+    assert by_conv["njet"]["status"] == "diverged"  # the architecture fails with its seed
+    (niff,) = partial
+    assert [(s, t) for s, t, _ in niff["todo"]] == [(seeds[1], "run1"), (seeds[2], None)]
+    assert niff["search_params"] == {"conv": "niff"} and len(niff["done"]) == 1

@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from ray.tune.search import Searcher
 
 from nas_flex.record import METRIC_COLUMNS, TrialStatus, architecture_key
@@ -181,7 +182,7 @@ def group_resume(finished: Sequence[Mapping[str, Any]], unfinished: Sequence[Map
         g["running"].append(dict(info))
     done, partial = [], []
     for g in groups.values():
-        have = {int(r["seed"]) for r in g["rows"] if r.get("seed") is not None}
+        have = {int(r["seed"]) for r in g["rows"] if isinstance(r.get("seed"), (int, np.integer))}
         running = {int(i["config"].get("seed", -1)) for i in g["running"]}
         results = [_row_result(r, objectives) for r in g["rows"]]
         missing = [s for s in seeds if s not in have and s not in running]
@@ -192,8 +193,9 @@ def group_resume(finished: Sequence[Mapping[str, Any]], unfinished: Sequence[Map
             done.append(row)
             continue
         first = g["rows"][0] if g["rows"] else None
-        params = (json.loads(first.get("search_params") or "{}") if first is not None
-                  else g["running"][0].get("search_params") or {})
+        stored = first.get("search_params") if first is not None else None
+        params = (json.loads(stored) if isinstance(stored, str) and stored
+                  else {} if first is not None else g["running"][0].get("search_params") or {})
         todo = [(int(i["config"].get("seed", 0)), i["trial_id"], i["config"]) for i in g["running"]]
         todo += [(s, None, json.loads(first["config"]) if first is not None else None) for s in missing]
         partial.append({"search_params": params, "todo": todo, "done": results})
