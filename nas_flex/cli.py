@@ -175,10 +175,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if len(learned):
         from nas_flex.leaderboard.sizes import format_size_changes, size_changes
 
-        ranked = learned.sort_values("metrics_val_acc", ascending=False, kind="stable")
+        # by the architecture's mean over its seeds (repeats), then the trial's own value
+        arch = learned["architecture_key"].fillna(learned["trial_id"])
+        mean = learned["metrics_val_acc"].groupby(arch).transform("mean")
+        ranked = learned.assign(_mean=mean).sort_values(["_mean", "metrics_val_acc"], ascending=False, kind="stable")
         best = ranked.iloc[0]
+        seeds = int((arch == arch[best.name]).sum())
         print(f"\nBest learned-size trial: {best['trial_id']} ({best['params_conv']}), val_acc "
-              f"{best['metrics_val_acc']:.4f}, {best['flops'] / 1e6:.2f} MFLOPs.")
+              f"{best['metrics_val_acc']:.4f}" + (f" (its architecture's mean over {seeds} seeds: {best['_mean']:.4f})"
+                                                  if seeds > 1 else "") + f", {best['flops'] / 1e6:.2f} MFLOPs.")
         print("Each learned-size method's best trial: kernel size per layer and its raw size parameter, at "
               "initialisation -> after training:")
         for _, trial in ranked.drop_duplicates("params_conv").iterrows():
