@@ -50,6 +50,7 @@ class ArchitectureRanking:
     reference: str | None
     metric: str
     direction: str
+    reference_name: str = "the grid's best"  # "the best" when the board has no grid architecture
 
     @property
     def single_run(self) -> bool:
@@ -84,19 +85,20 @@ def rank_architectures(frame: pd.DataFrame, metric: str, direction: str, *, leve
         else:
             comparisons[str(key)] = compare_runs(runs[key], runs[reference], a_name=str(key), b_name=reference,
                                                  level=level)
-    return ArchitectureRanking(table, comparisons, reference, metric, direction)
+    return ArchitectureRanking(table, comparisons, reference, metric, direction,
+                               "the grid's best" if len(grid) else "the best")
 
 
 def _fmt(v: float, digits: int = 4) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def _line(rank: int, row: Any, comp: Comparison | None, is_reference: bool) -> str:
+def _line(rank: int, row: Any, comp: Comparison | None, is_reference: bool, ref: str) -> str:
     interval = (f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]" if math.isfinite(row["ci_low"])
                 else "[n=1: no interval]" if row["n"] == 1 else "[-]")
     extra = "".join(f", {int(row[c])} {c}" for c in ("failed", "stopped") if row[c])
     if is_reference:
-        verdict = "the grid's best (reference)"
+        verdict = "reference"
     elif comp is None:
         verdict = "-"
     elif not math.isfinite(comp.ci_low):
@@ -105,7 +107,7 @@ def _line(rank: int, row: Any, comp: Comparison | None, is_reference: bool) -> s
         verdict = (f"{comp.difference:+.4f} [{comp.ci_low:+.4f}, {comp.ci_high:+.4f}] "
                    f"{'resolved' if comp.resolved else UNRESOLVED} ({comp.method}, n={comp.n})")
     return (f"{rank:>3}  {describe_architecture(row):<24} n={int(row['n'])}{extra}  mean {_fmt(row['mean'])} "
-            f"+- {_fmt(row['sd'])}  {interval}  vs grid's best: {verdict}")
+            f"+- {_fmt(row['sd'])}  {interval}  vs {ref}: {verdict}")
 
 
 def format_ranking(ranking: ArchitectureRanking, *, top: int | None = None, label: str | None = None) -> str:
@@ -118,18 +120,19 @@ def format_ranking(ranking: ArchitectureRanking, *, top: int | None = None, labe
     runs = sorted(set(table["n"].astype(int)))
     per = f"{runs[0]} run{'' if runs[0] == 1 else 's'}" if len(runs) == 1 else f"{runs[0]}-{runs[-1]} runs"
     head = [f"{len(table)} architectures, {per} per architecture ({metric}, best mean first; mean +- sd over seeds, "
-            f"{level:.0%} Student t interval; each vs the grid's best by a paired t-test over shared seeds)"]
+            f"{level:.0%} Student t interval; each vs {ranking.reference_name} by a paired t-test over shared "
+            "seeds)"]
     if ranking.single_run:
         head.append("1 run per architecture: no spread and no interval, so no difference here is resolved "
                     "(train each architecture under several seeds: --repeats 3)")
     lines = [_line(i + 1, row, ranking.comparisons.get(str(row["architecture_key"])),
-                   str(row["architecture_key"]) == ranking.reference)
+                   str(row["architecture_key"]) == ranking.reference, ranking.reference_name)
              for i, (_, row) in enumerate(table.head(top).iterrows() if top else table.iterrows())]
     names = {str(r["architecture_key"]): describe_architecture(r) for _, r in table.iterrows()}
     ahead = [names[k] for k in ranking.resolved(True)]
     behind = [names[k] for k in ranking.resolved(False)]
     ref = names.get(ranking.reference or "", "-")
-    tail = [f"Resolved ahead of the grid's best ({ref}): {', '.join(ahead) or 'none'}; resolved behind it: "
+    tail = [f"Resolved ahead of {ranking.reference_name} ({ref}): {', '.join(ahead) or 'none'}; resolved behind it: "
             f"{', '.join(behind) or 'none'}; every other difference is {UNRESOLVED}."]
     return "\n".join(head + lines + tail)
 
