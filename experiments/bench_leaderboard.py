@@ -4,7 +4,8 @@ Builds a leaderboard of ``--trials`` trials laid out as a search leaves it: real
 (varied configs, learned sizes, metrics), the first ones bulk-written as level-1 merged files and merged upwards by
 the real merge code (``merge.maybe_merge``), the last ``--written`` through ``write_trial`` itself (fsync on, with
 its automatic merges, as a search's trials write). Then, each in a fresh process (peak RSS from ``wait4``), times
-``Leaderboard.top(10)``, ``best``, ``pareto``, ``len``, ``to_pandas``, ``pd.read_parquet(dir)``, ``check_storage``
+``Leaderboard.top(10)``, ``best``, ``pareto``, ``len``, ``by_architecture`` (its rows share ~256 architecture keys
+over distinct seeds), ``to_pandas``, ``pd.read_parquet(dir)``, ``check_storage``
 and the ``nas-flex leaderboard --top 10`` command (whole process). The same queries run on ``--old`` trials in the
 old layout (one file per trial, never merged: what nas_flex wrote before automatic merging) and on the same trials
 after one merge, side by side.
@@ -184,6 +185,7 @@ ops = {
     "best('flops')": lambda: Leaderboard(path).best("flops"),
     "pareto(acc, flops)": lambda: Leaderboard(path).pareto({"metrics_val_acc": "max", "flops": "min"}),
     "len()": lambda: len(Leaderboard(path)),
+    "by_architecture()": lambda: Leaderboard(path).by_architecture("metrics_val_acc"),
     "to_pandas()": lambda: Leaderboard(path).to_pandas(),
     "pd.read_parquet(dir)": lambda: pd.read_parquet(path),
     "check_storage()": lambda: check_storage(path),
@@ -222,8 +224,8 @@ def _run(args: list[str]) -> tuple[float, float, str]:
 def measure(path: Path, reps: int) -> dict[str, tuple[float, float, float, object]]:
     """op -> (median seconds, peak RSS MiB, RSS MiB after imports, answer)."""
     out = {}
-    for op in ("top(10)", "best('flops')", "pareto(acc, flops)", "len()", "to_pandas()", "pd.read_parquet(dir)",
-               "check_storage()"):
+    for op in ("top(10)", "best('flops')", "pareto(acc, flops)", "len()", "by_architecture()", "to_pandas()",
+               "pd.read_parquet(dir)", "check_storage()"):
         _, peak, text = _run([sys.executable, "-c", _CHILD, str(path), op, str(reps)])
         rec = json.loads(text)
         out[op] = (statistics.median(rec["times"]), peak, rec["base_kb"] / 1024, rec["answer"])

@@ -51,7 +51,8 @@ def main_job_methods() -> list[str]:
 
 
 def main_job_config(method: str, pooling: str, kernel_size: int | None = None) -> dict[str, Any]:
-    """The trial config the main job's space gives for these choices (replayed through ``nas_flex.spaces.replay``).
+    """The trial config the main job's space gives for these choices (replayed through ``nas_flex.spaces.replay``),
+    with ``pooling`` set as asked.
 
     Args:
         method: one of ``main_job_methods()``.
@@ -66,12 +67,13 @@ def main_job_config(method: str, pooling: str, kernel_size: int | None = None) -
     methods = main_job_methods()
     if method not in methods:
         raise ValueError(f"method must be one of the main job's {methods}, but got {method!r}")
-    params: dict[str, Any] = {"method": method, "pooling": pooling}
+    params: dict[str, Any] = {"method": method}
     if method == "conv":
         if kernel_size is None:
             raise ValueError("method 'conv' needs a kernel_size (the grid's 3, 5 or 7)")
         params["kernel_size"] = kernel_size
-    return replay(load_space(MAIN_JOB_SPACE), params)
+    # the space fixes one pooling for its 3-seed budget (POOLING); the experiments still choose either
+    return {**replay(load_space(MAIN_JOB_SPACE), params), "pooling": pooling}
 
 
 def scope(**extra: Any) -> dict[str, Any]:

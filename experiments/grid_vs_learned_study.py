@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.common import RESULTS, SPACES, space_constants
+from nas_flex.leaderboard.stats import UNRESOLVED, compare_runs
 
 GRID_SPACE = SPACES / "per_layer_grid.py"
 LEARNED_SPACE = SPACES / "per_layer_learned.py"
@@ -195,10 +196,12 @@ def summarise(df: pd.DataFrame, metric: str = "metrics_val_acc") -> tuple[pd.Dat
                    "acc_mean": acc.mean(), "acc_std": acc.std(), "acc_min": acc.min(), "acc_max": acc.max(),
                    "seconds": group["train_seconds"].mean(), "flops": group["train_flops"].mean()}
             matched, shares_s, shares_f, gaps = 0, [], [], []
+            mine, grids = {}, {}  # per seed: the run and the grid's best, for the paired comparison
             for _, r in group.iterrows():
                 if int(r["seed_"]) not in grid_best:
                     continue
                 best, cost = grid_best[int(r["seed_"])]
+                mine[int(r["seed_"])], grids[int(r["seed_"])] = float(r[metric]), best
                 gaps.append(100 * (best - float(r[metric])))
                 if float(r[metric]) >= best - MATCH and cost:
                     matched += 1
@@ -207,8 +210,22 @@ def summarise(df: pd.DataFrame, metric: str = "metrics_val_acc") -> tuple[pd.Dat
             row.update(matched=f"{matched}/{len(gaps)}", share_seconds=np.mean(shares_s) if shares_s else math.nan,
                        share_flops=np.mean(shares_f) if shares_f else math.nan,
                        gap=np.mean(gaps) if gaps else math.nan)
+            comp = compare_runs(mine, grids, a_name=method, b_name="grid")
+            row.update(diff=comp.difference, diff_low=comp.ci_low, diff_high=comp.ci_high, resolved=comp.resolved,
+                       diff_method=comp.method)
             rows.append(row)
     return pd.DataFrame(rows), curves
+
+
+def _paired(r: pd.Series) -> str:
+    """The paired t comparison with the grid's best over the shared seeds, as a verdict's tail."""
+    if r.arm.startswith("grid") or not isinstance(r.get("diff_method"), str):
+        return ""
+    if not math.isfinite(r.diff_low):
+        return f"; paired over seeds: {UNRESOLVED} ({r.diff_method})"
+    verdict = "resolved" if r.resolved else UNRESOLVED
+    return (f"; paired t over seeds: {100 * r['diff']:+.1f} pts [{100 * r.diff_low:+.1f}, {100 * r.diff_high:+.1f}] "
+            f"(95 %): {verdict}")
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -218,7 +235,7 @@ def markdown(table: pd.DataFrame) -> str:
         lines += [f"**{dataset}**", "",
                   "| method | val_acc mean +- sd (min-max) | train s | fwd GFLOP x ex | vs grid (TPE) best |",
                   "| --- | --- | --- | --- | --- |"]
-        for _, r in part.iterrows():
+        for _, r in part.sort_values("acc_mean", ascending=False, kind="stable").iterrows():  # ranked by mean
             acc = f"{r.acc_mean:.3f} +- {0 if math.isnan(r.acc_std) else r.acc_std:.3f} ({r.acc_min:.3f}-" \
                   f"{r.acc_max:.3f})"
             if r.arm.startswith("grid"):
@@ -229,6 +246,7 @@ def markdown(table: pd.DataFrame) -> str:
                            + (f"gap {r.gap:.1f} pts" if r.gap > 0 else f"lead {-r.gap:.1f} pts"))
             else:
                 verdict = f"below in every seed: gap {r.gap:.1f} pts"
+            verdict += _paired(r)
             lines.append(f"| {r.method} | {acc} | {r.seconds:.0f} | {r.flops / 1e9:.1f} | {verdict} |")
         lines.append("")
     return "\n".join(lines)

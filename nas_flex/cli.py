@@ -118,8 +118,13 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CorruptFileWarning)
-        text = format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where, columns=args.columns,
-                                  status=None if args.all_statuses else "completed")
+        if args.by_architecture:
+            from nas_flex.leaderboard.ranking import format_by_architecture
+
+            text = format_by_architecture(args.path, args.sort, experiment=args.experiment, top=args.top)
+        else:
+            text = format_leaderboard(args.path, top=args.top, sort=args.sort, where=args.where,
+                                      columns=args.columns, status=None if args.all_statuses else "completed")
     for w in caught:  # a skipped unreadable file: one line, not a warning with its source location
         if issubclass(w.category, CorruptFileWarning):
             print(f"nas-flex: warning: {w.message}", file=sys.stderr)
@@ -151,7 +156,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         args.space, storage=args.storage, num_samples=args.num_samples, experiment=args.experiment,
         address=args.address, resources_per_trial=resources, scheduler=args.scheduler,
         objectives=_parse_objectives(args.objective), sampler=args.sampler, max_concurrent=args.max_concurrent,
-        seed=args.seed, resume=args.resume, overrides={"dataset": args.dataset, "epochs": args.epochs},
+        seed=args.seed, repeats=args.repeats, resume=args.resume,
+        overrides={"dataset": args.dataset, "epochs": args.epochs},
         verbose=0 if args.quiet else 1,
     )
     df = lb.to_pandas()
@@ -159,6 +165,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"\nLeaderboard {args.storage} (experiment {experiment}):")
     print(format_leaderboard(args.storage, sort="metrics_val_acc", where=f"experiment == {experiment!r}",
                              status=None))
+    from nas_flex.leaderboard.ranking import format_by_architecture
+
+    print(f"\nBy architecture (experiment {experiment}):")
+    print(format_by_architecture(args.storage, experiment=experiment))
     from nas_flex.record import TrialStatus
 
     done = (df["experiment"] == experiment) & (df["status"] == TrialStatus.COMPLETED.value)
@@ -166,10 +176,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     learned = df[done & learns_size(df).fillna(False).astype(bool)]
     if len(learned):
-        ranked = learned.sort_values("metrics_val_acc", ascending=False, kind="stable")
+        # by the architecture's mean over its seeds (repeats), then the trial's own value
+        arch = learned["architecture_key"].fillna(learned["trial_id"])
+        mean = learned["metrics_val_acc"].groupby(arch).transform("mean")
+        ranked = learned.assign(_mean=mean).sort_values(["_mean", "metrics_val_acc"], ascending=False, kind="stable")
         best = ranked.iloc[0]
+        seeds = int((arch == arch[best.name]).sum())
         print(f"\nBest learned-size trial: {best['trial_id']} ({best['params_conv']}), val_acc "
-              f"{best['metrics_val_acc']:.4f}, {best['flops'] / 1e6:.2f} MFLOPs.")
+              f"{best['metrics_val_acc']:.4f}" + (f" (its architecture's mean over {seeds} seeds: {best['_mean']:.4f})"
+                                                  if seeds > 1 else "") + f", {best['flops'] / 1e6:.2f} MFLOPs.")
         print("Each learned-size method's best trial: kernel size per layer and its raw size parameter, at "
               "initialisation -> after training:")
         for _, trial in ranked.drop_duplicates("params_conv").iterrows():
@@ -244,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list trials of every status (default: completed trials only)")
     p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
                    help="columns to show, space or comma separated (default: a summary set)")
+    p.add_argument("--by-architecture", action="store_true",
+                   help="one line per architecture (its seeds grouped): n, mean +- sd, 95%% t interval, and the "
+                        "difference from the grid's best with a paired t-test (--sort names the metric)")
+    p.add_argument("--experiment", default=None, help="with --by-architecture: only this experiment's rows")
     p.set_defaults(func=_cmd_leaderboard)
 
     p = sub.add_parser("search", help="run a search space (.py defining space(trial)) as Ray Tune trials")
@@ -268,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat for multi-objective, e.g. --objective val_acc:max --objective flops:min")
     p.add_argument("--sampler", choices=["tpe", "grid", "random"], default=None, help="default: the space's")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
-    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the sampler's seed, and the experiment seed of --repeats (default 0)")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="train every sampled architecture under N derived seeds, one row each; the sampler sees "
+                        "their mean and --num-samples counts architectures (default: the space's REPEATS, else 1)")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     p.set_defaults(func=_cmd_search)
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas_flex.errors import HyperparameterError, check_known
-from nas_flex.record import config_hash
+from nas_flex.record import architecture_key, config_hash
 
 __all__ = ["ConfigField", "FIELDS", "FIELD_NAMES", "DEFAULTS", "KEY_DOCS", "RUN_ONLY", "TrialConfig",
            "resolve_config", "canonical_key", "arrow_types"]
@@ -206,9 +206,8 @@ class TrialConfig(Mapping):
     def architecture_key(self) -> str:
         """The key of the config without ``seed`` and the run-only fields (``RUN_ONLY``): equal for repeats of one
         architecture and recipe with other seeds, or run on another device."""
-        if self._architecture_key is None:
-            kept = {k: v for k, v in self._values.items() if k != "seed" and k not in RUN_ONLY}
-            self._architecture_key = config_hash(_canonical(kept))
+        if self._architecture_key is None:  # the leaderboard's column: one definition, in nas_flex.record
+            self._architecture_key = architecture_key(self._values)
         return self._architecture_key
 
 

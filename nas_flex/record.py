@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 __all__ = [
     "TrialStatus", "TrialRecord", "RESULT_FIELDS", "TASK_METRICS", "Metric", "METRIC_TABLE", "METRIC_DIRECTIONS",
     "METRICS", "METRIC_COLUMNS", "HISTORY_METRIC_DIRECTIONS", "METRIC_LABELS", "config_hash", "utc_now", "to_jsonable",
+    "architecture_key", "derive_seeds", "REPEAT_KEYS",
 ]
 
 
@@ -190,6 +192,47 @@ RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialR
 def config_hash(canonical_json: str) -> str:
     """The key of a config: the first 16 hex digits of the sha256 of its canonical JSON text."""
     return hashlib.sha256(canonical_json.encode()).hexdigest()[:16]
+
+
+#: config keys left out of an ``architecture_key``: the seed, which varies between repeated runs of one
+#: architecture, and the run-only keys of ``nas_flex.config`` (where and how a trial runs, not what it trains)
+REPEAT_KEYS: tuple[str, ...] = ("seed", "device", "num_workers", "download")
+
+
+def architecture_key(config: Mapping[str, Any]) -> str:
+    """The key of the architecture a config trains: ``config_hash`` of its canonical JSON without the seed and the
+    run-only keys (``REPEAT_KEYS``), so the repeated runs of one architecture (``repeats``) share it and different
+    architectures differ. ``nas_flex.config.TrialConfig.architecture_key`` is this function.
+
+    Example:
+        >>> architecture_key({"conv": "njet", "seed": 0}) == architecture_key({"conv": "njet", "seed": 7})
+        True
+    """
+    rest = {k: v for k, v in config.items() if k not in REPEAT_KEYS}
+    return config_hash(json.dumps(to_jsonable(rest), sort_keys=True, separators=(",", ":"), default=str))
+
+
+def derive_seeds(seed: int, repeats: int) -> list[int]:
+    """The training seeds of ``repeats`` runs of one architecture, derived from the experiment's ``seed``: the first
+    is ``seed`` itself (so ``repeats=1`` trains what a plain search trains), repeat k >= 1 is the first 31 bits of
+    sha256("nas_flex-repeat:<seed>:<k>") (skipping, in the rare case, a value already taken). Deterministic,
+    distinct, in [0, 2**31), and the same for every architecture of the experiment, so runs pair up by seed.
+
+    Example:
+        >>> derive_seeds(0, 3)[0], len(set(derive_seeds(0, 3)))
+        (0, 3)
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"`repeats` must be an integer >= 1, but got {repeats!r}")
+    seeds = [int(seed)]
+    k = 1
+    while len(seeds) < repeats:
+        digest = hashlib.sha256(f"nas_flex-repeat:{int(seed)}:{k}".encode()).digest()
+        candidate = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+        if candidate not in seeds:
+            seeds.append(candidate)
+        k += 1
+    return seeds
 
 
 def utc_now() -> str:

@@ -71,6 +71,10 @@ def test_architecture_key_leaves_out_the_seed_and_where_the_trial_runs():
     kept = {k: v for k, v in base.to_dict().items() if k not in {"seed", *RUN_ONLY}}
     expected = hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert base.architecture_key == expected
+    # the leaderboard's column (nas_flex.record) is the same function of the stored plain config
+    from nas_flex.record import REPEAT_KEYS, architecture_key
+
+    assert set(REPEAT_KEYS) == {"seed", *RUN_ONLY} and architecture_key(same.to_dict()) == expected
 
 
 @pytest.mark.parametrize(("config", "match"), [

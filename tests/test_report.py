@@ -16,7 +16,8 @@ CONFIGS = {
     "ff": {"conv": "niff"},
     "mx": {"conv": "mixed", "conv_hparams": {"kernel_sizes": [3, 5]}},
 }
-FIGURES = ("grid_or_learned.png", "sizes_vs_depth.png", "acc_vs_flops.png", "grid_vs_learned.png")
+FIGURES = ("grid_or_learned.png", "by_architecture.png", "sizes_vs_depth.png", "acc_vs_flops.png",
+           "grid_vs_learned.png")
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,11 @@ def test_summary_charges_the_grid_in_run_order_and_compares_each_learned_run():
     assert "matches in 1/2 seeds at 40 % of the grid's seconds" in text and "mean gap 5.1 pts" in text
     assert "mean lead 1.0 pts" in text  # the discretised retrain: 0.91 against the grid's 0.90
     assert "below in every seed: gap 10.0 pts" in text
+    # each learned method against the grid's best of the same seed, paired: njet's two seeds differ by -0.3 and
+    # -10 points, too spread to resolve; flexconv has one seed, so no interval at all
+    assert njet["diff"] == pytest.approx(-njet["gap"] / 100) and not njet["resolved"]
+    assert "paired t over seeds: -5.1 pts" in text and "not distinguishable at this budget" in text
+    assert "paired over seeds: not distinguishable at this budget (too few runs)" in text
 
 
 def test_figure_is_written(tmp_path):

@@ -305,6 +305,48 @@ class Leaderboard:
 
         return self._query(read)
 
+    # ------------------------------------------------------------------------------------- repeated measurement
+    def _runs(self, metric: str, experiment: str | None) -> tuple[pd.DataFrame, str]:
+        """The rows ``by_architecture`` and ``compare`` need (config only where a row lacks its key), and the
+        metric's direction."""
+        from nas_flex.leaderboard.stats import _DESCRIBE
+
+        if metric not in TRIAL_SCHEMA.names or not _numeric(metric):
+            raise _unknown_column("metric", metric, METRIC_DIRECTIONS)
+        cols = ["status", "seed", "architecture_key", metric, *(c for c in _DESCRIBE if c != "experiment")]
+        frame, directions = self._read(list(dict.fromkeys(cols)))
+        if experiment is not None:
+            frame = frame[frame["experiment"] == experiment].reset_index(drop=True)
+        if frame["architecture_key"].isna().any():  # rows written before the column existed
+            configs = self._read(["config"])[0][["experiment", "trial_id", "config"]]
+            frame = frame.merge(configs, on=["experiment", "trial_id"], how="left")
+        return frame, self._direction(metric, directions)
+
+    def by_architecture(self, metric: str = "metrics_val_acc", *, experiment: str | None = None,
+                        level: float = 0.95) -> pd.DataFrame:
+        """One row per architecture (the runs sharing an ``architecture_key``: the seeds of ``repeats``): ``n``,
+        ``mean``, ``sd``, the Student t interval ``ci_low`` / ``ci_high`` at ``level`` (NaN with n = 1), ``failed``,
+        ``stopped``, ``seeds``, and its conv / kernel size / pooling; best mean first
+        (``nas_flex.leaderboard.stats.by_architecture`` says which runs count).
+
+        Example:
+            >>> Leaderboard("runs/main").by_architecture("metrics_val_acc").head()  # doctest: +SKIP
+        """
+        from nas_flex.leaderboard.stats import by_architecture
+
+        frame, way = self._runs(metric, experiment)
+        return by_architecture(frame, metric, way, level=level)
+
+    def compare(self, a: str, b: str, metric: str = "metrics_val_acc", *, experiment: str | None = None,
+                level: float = 0.95) -> Any:
+        """The difference of architectures ``a`` and ``b`` (their ``architecture_key``) in ``metric``: a paired t
+        interval over their shared seeds (Welch's without shared seeds), resolved when it excludes 0
+        (``nas_flex.leaderboard.stats.Comparison``)."""
+        from nas_flex.leaderboard.stats import compare_architectures
+
+        frame, _ = self._runs(metric, experiment)
+        return compare_architectures(frame, metric, a, b, level=level)
+
     # ------------------------------------------------------------------------------------------------- writing
     def write(self, result: TrialRecord | Mapping[str, Any], *, experiment: str, trial_id: str,
               config_key: str | None = None) -> Path:

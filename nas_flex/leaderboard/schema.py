@@ -31,6 +31,7 @@ from nas_flex.record import (
     RESULT_FIELDS,
     TASK_METRICS,
     TrialRecord,
+    architecture_key,
     config_hash,
     to_jsonable,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "trial_table",
     "history_table",
     "default_config_key",
+    "ADDED_COLUMNS",
 ]
 
 SCHEMA_VERSION = 1
@@ -70,6 +72,10 @@ CONFIG_COLUMNS: dict[str, Any] = {k: _ARROW[t] for k, t in arrow_types().items()
 
 _UTC = pa.timestamp("us", tz="UTC")
 
+#: columns added to the trial table after its first files were written: a file without one still reads (the column
+#: is null in its rows) instead of being refused as a file of another schema
+ADDED_COLUMNS: frozenset[str] = frozenset({"architecture_key"})
+
 # (name, type, nullable, doc)
 Field = tuple[str, Any, bool, str]
 
@@ -89,6 +95,9 @@ _TRIAL_FIELDS: list[Field] = [
     ("written_at", _UTC, False, "when this row was written (UTC); breaks ties between rewrites of a trial"),
     ("config", pa.string(), False, "the resolved trial config, canonical JSON text (sorted keys)"),
     ("config_key", pa.string(), False, "key of the config: the caller's, or sha256 of the config JSON (16 hex)"),
+    ("architecture_key", pa.string(), True, "key of the architecture: sha256 of the config JSON without its seed "
+     "(16 hex; nas_flex.record.architecture_key); the repeated runs of one architecture share it. Null in files "
+     "written before the column existed (read as missing, see ADDED_COLUMNS)"),
     ("search_params", pa.string(), True, "the sampler's params that produced the config (JSON; replay with "
      "optuna.trial.FixedTrial through the space)"),
     *[
@@ -325,6 +334,7 @@ def _config_columns(config: Mapping[str, Any], config_key: str | None) -> dict[s
     return {
         "config": config_json,
         "config_key": config_key,
+        "architecture_key": architecture_key(config),
         **{f"params_{k}": _fit(config.get(k), t) for k, t in CONFIG_COLUMNS.items()},
         "dataset": _fit(config.get("dataset"), pa.string()),
         "epochs": _fit(config.get("epochs"), pa.int64()),

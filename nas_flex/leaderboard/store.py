@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nas_flex.errors import CorruptLeaderboardError, LeaderboardSchemaError
-from nas_flex.leaderboard.schema import HISTORY_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA
+from nas_flex.leaderboard.schema import ADDED_COLUMNS, HISTORY_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA
 from nas_flex.storage.atomic import write_atomic
 from nas_flex.storage.layout import (  # noqa: F401 - trial_file_name: re-exported (a public name of this module)
     HISTORY_DIR,
@@ -143,7 +143,7 @@ def open_parquet(file: Path) -> tuple[pq.ParquetFile, os.stat_result]:
 
 def _missing_columns(have: pa.Schema, schema: pa.Schema) -> str | None:
     """What is wrong when a file lacks columns of ``schema`` (None: it has them all)."""
-    missing = [f.name for f in schema if f.name not in have.names]
+    missing = [f.name for f in schema if f.name not in have.names and f.name not in ADDED_COLUMNS]
     if not missing:
         return None
     meta = have.metadata or {}
@@ -158,12 +158,21 @@ def _check_columns(file: Path, have: pa.Schema, schema: pa.Schema) -> None:
         raise LeaderboardSchemaError(f"{file} {reason}: rewrite the trial or move the file out of the leaderboard")
 
 
+def present(pf: pq.ParquetFile, columns: Sequence[str]) -> list[str]:
+    """The ``columns`` that ``pf`` holds (an older file may lack the ``ADDED_COLUMNS``; ``conform`` fills them)."""
+    names = set(pf.schema_arrow.names)
+    return [c for c in columns if c in names or c not in ADDED_COLUMNS]
+
+
 def conform(table: pa.Table, schema: pa.Schema, columns: Sequence[str], file: Path) -> pa.Table:
     """``table``'s ``columns`` with the types, field metadata and order of ``schema`` (cast where they differ)."""
     arrays, fields = [], []
     for name in columns:
         fld = schema.field(name)
-        col = table.column(name)
+        if name in ADDED_COLUMNS and name not in table.column_names:  # a file written before the column existed
+            col = pa.chunked_array([pa.nulls(table.num_rows, fld.type)])
+        else:
+            col = table.column(name)
         if col.type != fld.type:
             try:
                 col = col.cast(fld.type)
@@ -204,7 +213,8 @@ def _read_part(file: Path, schema: pa.Schema, columns: Sequence[str]) -> _Part:
     try:
         pf, stat = open_parquet(file)
         _check_columns(file, pf.schema_arrow, schema)
-        table = pf.read(columns=list(columns), use_threads=False)  # many files in parallel: threads per file cost
+        # many files in parallel: threads per file cost
+        table = pf.read(columns=present(pf, columns), use_threads=False)
         return _Part(conform(table, schema, columns, file), stat, file_directions(pf))
     except FileNotFoundError:
         return _Part(gone=True)
@@ -303,7 +313,7 @@ class Snapshot:
             for g in np.unique(group):
                 sel = group == g
                 try:
-                    part = pf.read_row_group(int(g), columns=cols, use_threads=False)
+                    part = pf.read_row_group(int(g), columns=present(pf, cols), use_threads=False)
                 except (pa.ArrowException, OSError) as err:
                     raise _Unreadable(file, _reason(err)) from None
                 part = conform(part, self.schema, cols, file)
@@ -473,7 +483,7 @@ def check_storage(path: str | os.PathLike, *, deep: bool = False) -> int:
                 pf, _ = open_parquet(file)
                 reason = _missing_columns(pf.schema_arrow, schema)
                 if reason is None and deep:
-                    conform(pf.read(columns=schema.names, use_threads=False), schema, schema.names, file)
+                    conform(pf.read(columns=present(pf, schema.names), use_threads=False), schema, schema.names, file)
             except FileNotFoundError:
                 continue  # merged away since the listing: its rows are in a file checked or listed later
             except (pa.ArrowException, OSError) as err:

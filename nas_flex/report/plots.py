@@ -10,6 +10,8 @@ Figures:
     * ``acc_vs_flops.png``: accuracy against FLOPs per trial, coloured by method, with the Pareto front;
     * ``grid_vs_learned.png``: per method (``params_conv``): best accuracy, and the FLOPs and parameters of that
       best trial, side by side; the grid (``conv``) and learned-size methods (``mixed`` included) told apart;
+    * ``by_architecture.png``: each architecture's mean over its seeds with its 95 % t interval, and the ranking's
+      verdicts against the grid's best (``nas_flex.report.architectures``);
     * ``kernels.png``: the spatial kernels and their spectra of one layer of an exported model (needs weights:
       an export directory, or a trial id to export first; otherwise skipped with a note).
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_flex.record import TrialStatus
+from nas_flex.report.architectures import architecture_lines
 from nas_flex.report.curves import fixed_size_methods, grid_cost_to_reach, grid_curve, learned_points, metric_label
 
 __all__ = ["make_report", "fixed_size_methods"]
@@ -156,7 +159,9 @@ def _grid_vs_learned(df, metric: str, way: str, path: Path) -> list[dict[str, An
 
 
 def _fmt_kernel(value: Any) -> str:
-    return str(int(value)) if value is not None and value == value else "-"
+    import pandas as pd
+
+    return "-" if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)) else str(int(value))
 
 
 def _grid_panel(ax, curve, points, metric: str, cum: str, own: str, *, first: bool) -> None:
@@ -391,6 +396,7 @@ def make_report(leaderboard: str | os.PathLike, out: str | os.PathLike, *, metri
     lines = [f"# nas_flex report: {lb.path}", "",
              f"{len(df)} trials ({len(done)} completed), ranked by {metric_label(metric)} (`{metric}`, {way}).", "",
              *_grid_or_learned(df, metric, way, out / "grid_or_learned.png"),
+             *architecture_lines(df, metric, way, out / "by_architecture.png", metric_label(metric)),
              *_comparison_lines(lb, done, lb.history(), metric, way, out, top),
              *_kernel_lines(lb, out, export_dir, trial_id, layer, log)]
     report = out / "report.md"

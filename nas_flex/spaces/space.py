@@ -41,6 +41,7 @@ class SearchSpace:
         sampler: "tpe" (default), "grid" (exhaustive: optuna's BruteForceSampler, which enumerates conditional
             grids exactly; every suggestion must be categorical or stepped) or "random".
         num_samples: trials to run by default (None: the grid's size for "grid", else required at launch).
+        repeats: seeds per sampled architecture by default (``TuneConfig.repeats``; 1: one run each).
         overrides: config keys set after the space returns (e.g. ``{"epochs": 2}`` from ``--epochs``).
         source: where the space came from (a file path), for messages.
         trainable: the user's own training function ``trainable(config, ctx)`` a search runs instead of the
@@ -58,7 +59,7 @@ class SearchSpace:
 
     def __init__(self, fn: SpaceFn, *, name: str | None = None, sampler: str = "tpe", num_samples: int | None = None,
                  overrides: Mapping[str, Any] | None = None, source: str | None = None,
-                 description: str = "", trainable: Callable[..., Any] | None = None) -> None:
+                 description: str = "", trainable: Callable[..., Any] | None = None, repeats: int = 1) -> None:
         if isinstance(fn, SearchSpace):
             fn = fn.fn
         if not callable(fn):
@@ -67,7 +68,10 @@ class SearchSpace:
             raise SearchSpaceError(f"`sampler` must be one of {SAMPLERS}, but got {sampler!r}")
         if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
             raise SearchSpaceError(f"`num_samples` must be a positive int, but got {num_samples!r}")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise SearchSpaceError(f"`repeats` (REPEATS) must be an integer >= 1, but got {repeats!r}")
         self.fn = fn
+        self.repeats = repeats
         self.name = name or getattr(fn, "__name__", "space")
         self.sampler = sampler
         self.num_samples = num_samples
@@ -89,7 +93,7 @@ class SearchSpace:
         extra = {k: v for k, v in overrides.items() if v is not None}
         return SearchSpace(self.fn, name=self.name, sampler=self.sampler, num_samples=self.num_samples,
                            overrides={**self.overrides, **extra}, source=self.source, description=self.description,
-                           trainable=self.trainable)
+                           trainable=self.trainable, repeats=getattr(self, "repeats", 1))
 
     def __reduce__(self):
         import cloudpickle
@@ -130,9 +134,10 @@ def _from_state(state: dict[str, Any]) -> SearchSpace:
 def load_space(path: str | Path) -> SearchSpace:
     """Load a search space from a Python file.
 
-    The file defines ``space(trial) -> dict`` and may set ``SAMPLER`` ("tpe", "grid", "random"), ``NUM_SAMPLES``, a
-    module docstring (shown as the description) and a function ``trainable(config, ctx)``: the search then runs it
-    for each trial instead of the built-in loop. It is imported under a private module name and pickles by value,
+    The file defines ``space(trial) -> dict`` and may set ``SAMPLER`` ("tpe", "grid", "random"), ``NUM_SAMPLES``,
+    ``REPEATS`` (seeds per architecture), a module docstring (shown as the description) and a function
+    ``trainable(config, ctx)``: the search then runs it for each trial instead of the built-in loop. It is imported
+    under a private module name and pickles by value,
     so Ray workers and a resume from another process need no access to the file.
 
     Raises:
@@ -161,5 +166,6 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SearchSpaceError(f"search space file {str(path)!r} must define a function `space(trial) -> dict`")
     return SearchSpace(fn, name=path.stem, sampler=getattr(module, "SAMPLER", "tpe"),
                        num_samples=getattr(module, "NUM_SAMPLES", None), source=str(path),
+                       repeats=getattr(module, "REPEATS", 1),
                        description=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else "",
                        trainable=getattr(module, "trainable", None))

@@ -105,7 +105,10 @@ class TuneConfig:
             of names takes each metric's natural direction (``nas_flex.record.METRICS``).
         sampler: "tpe", "grid" (Optuna's BruteForceSampler) or "random"; default: the space's.
         scheduler: None or "asha" (early stopping on the first objective; stopped trials reach Optuna as PRUNED).
-        seed: the sampler's seed.
+        seed: the sampler's seed; with ``repeats`` also the experiment seed the training seeds derive from.
+        repeats: train every sampled architecture under this many seeds (``nas_flex.record.derive_seeds(seed,
+            repeats)``), one trial and row each; the sampler sees their mean (``nas_flex.tune.repeats``).
+            ``num_samples`` counts architectures. None: the space's ``REPEATS`` (default 1: the config's own seed).
         max_concurrent: cap on trials running at once (>= 1); None: as many as the resources allow.
         dedupe: train each distinct config once; repeats get status "duplicate" with the first one's metrics.
         validate: dry-run and check the space before launching.
@@ -115,11 +118,14 @@ class TuneConfig:
     sampler: str | None = None
     scheduler: str | None = None
     seed: int = 0
+    repeats: int | None = None
     max_concurrent: int | None = None
     dedupe: bool = True
     validate: bool = True
 
     def __post_init__(self) -> None:
+        if self.repeats is not None:
+            check_int("repeats", self.repeats, 1, "seeds per architecture")
         if self.max_concurrent is not None:
             check_int("max_concurrent", self.max_concurrent, 1, "trials running at once")
         if self.scheduler not in SCHEDULERS:

@@ -41,6 +41,8 @@ class Progress:
         self.start = time.monotonic()
         self.done = 0
         self.best: tuple[float, str] | None = None
+        self.runs: dict[str, list[float]] = {}  # architecture key -> its seeds' values so far (repeats)
+        self.names: dict[str, str] = {}  # architecture key -> its short description
         self.errored: list[tuple[str, dict, str]] = []  # (trial_id, config, error) of trials that raised
         self.stopped: list[tuple[str, dict, dict]] = []  # (trial_id, config, last result) of early-stopped trials
         outer = self
@@ -78,9 +80,16 @@ class Progress:
         value = result.get(self.objective)
         what = _describe(_config(trial))
         if value is not None and isinstance(value, (int, float)) and math.isfinite(value):
-            better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
-            if better:
-                self.best = (float(value), what)
+            # the best architecture by the mean over its seeds so far (one seed each: the best trial)
+            from nas_flex.record import architecture_key
+
+            key = architecture_key(_config(trial))
+            self.runs.setdefault(key, []).append(float(value))
+            self.names[key] = what
+            means = {k: sum(v) / len(v) for k, v in self.runs.items()}
+            top = (max if self.mode == "max" else min)(means, key=means.__getitem__)
+            n = len(self.runs[top])
+            self.best = (means[top], self.names[top] + ("" if n == 1 else f", mean of {n} seeds"))
         elapsed = time.monotonic() - self.start
         eta = elapsed / self.done * max(self.total - self.done, 0)
         status = TrialStatus.ERROR.value if error else result.get("status", TrialStatus.STOPPED.value)

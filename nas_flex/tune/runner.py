@@ -120,6 +120,8 @@ class _Plan:
     seed: int
     objectives: dict[str, str]
     num_samples: int | None
+    repeats: int = 1  # seeds per architecture; num_samples counts architectures
+    repeat_seed: int = 0  # the experiment seed the training seeds derive from (kept when resume re-seeds the sampler)
     to_run: int = 0
     max_epochs: int = 0
     finished: list[dict[str, Any]] = field(default_factory=list)
@@ -136,7 +138,8 @@ def _new_plan(storage: Path, space: SearchSpace, experiment: str | None, tune: T
     check_experiment_name(experiment, storage)
     if StorageLayout(storage).experiment_file(experiment).exists():
         raise SearchSpaceError(f"experiment {experiment!r} exists in {storage}; pass resume=True or a new name")
-    return _Plan(space, experiment, sampler, tune.scheduler, tune.seed, tune.objective_modes, num_samples)
+    return _Plan(space, experiment, sampler, tune.scheduler, tune.seed, tune.objective_modes, num_samples,
+                 repeats=tune.repeats or getattr(space, "repeats", 1), repeat_seed=tune.seed)
 
 
 def _resumed_plan(storage: Path, space: SearchSpace, experiment: str | None, tune: TuneConfig,
@@ -148,9 +151,9 @@ def _resumed_plan(storage: Path, space: SearchSpace, experiment: str | None, tun
         raise SearchSpaceError(f"nothing to resume: no experiment {experiment!r} in {storage}")
     meta = read_json(meta_file)
     recorded = {"sampler": meta.get("sampler"), "scheduler": meta.get("scheduler"),
-                "objectives": meta.get("objectives")}
+                "objectives": meta.get("objectives"), "repeats": int(meta.get("repeats", 1))}
     given = {"sampler": tune.sampler, "scheduler": tune.scheduler,
-             "objectives": tune.objective_modes if tune.objectives is not None else None}
+             "objectives": tune.objective_modes if tune.objectives is not None else None, "repeats": tune.repeats}
     for key, value in given.items():
         if value is not None and value != recorded[key]:
             raise SearchSpaceError(f"`{key}` {value!r} differs from experiment {experiment!r}'s {recorded[key]!r}; "
@@ -164,7 +167,8 @@ def _resumed_plan(storage: Path, space: SearchSpace, experiment: str | None, tun
     added = {k: v for k, v in (overrides or {}).items() if k not in recorded_overrides}
     return _Plan(space.with_overrides(**recorded_overrides, **added), experiment, recorded["sampler"],
                  recorded["scheduler"], int(meta.get("seed", 0)), resolve_objectives(recorded["objectives"]),
-                 num_samples or int(meta["num_samples"]))
+                 num_samples or int(meta["num_samples"]), repeats=recorded["repeats"],
+                 repeat_seed=int(meta.get("seed", 0)))
 
 
 def _sized(plan: _Plan, storage: Path, validate: bool, resume: bool, verbose: int) -> _Plan:
@@ -181,9 +185,12 @@ def _sized(plan: _Plan, storage: Path, validate: bool, resume: bool, verbose: in
         if num_samples is None:
             raise SearchSpaceError("`num_samples` is required for a 'tpe' or 'random' search (a grid counts itself)")
         check_int("num_samples", num_samples, 1, "the space's NUM_SAMPLES")
-    plan = replace(plan, num_samples=num_samples, to_run=num_samples, max_epochs=max(c["epochs"] for c in sampled))
+    plan = replace(plan, num_samples=num_samples, to_run=num_samples * plan.repeats,
+                   max_epochs=max(c["epochs"] for c in sampled))
     if not resume:
         return plan
+    if plan.repeats > 1:
+        return _resized_repeats(plan, storage, verbose)
     left = plan_resume(storage, plan.experiment)
     finished = left.finished.to_dict("records")
     resumed = sorted(left.unfinished, key=lambda info: str(info.get("started", "")))
@@ -196,6 +203,22 @@ def _sized(plan: _Plan, storage: Path, validate: bool, resume: bool, verbose: in
                    seed=(plan.seed + 1_000_003 * len(finished)) % 2**31)
 
 
+def _resized_repeats(plan: _Plan, storage: Path, verbose: int) -> _Plan:
+    """``_sized``'s resume of a repeated experiment: counted in architectures (``nas_flex.tune.repeats``)."""
+    from nas_flex.record import derive_seeds
+    from nas_flex.tune.repeats import trials_left
+
+    left = plan_resume(storage, plan.experiment)
+    finished = left.finished.to_dict("records")
+    seen, to_finish, new = trials_left(finished, left.unfinished, derive_seeds(plan.repeat_seed, plan.repeats),
+                                       plan.objectives, plan.num_samples)
+    if verbose:
+        print(f"resuming {plan.experiment!r}: {seen} of {plan.num_samples} architectures started ({len(finished)} "
+              f"runs finished), {to_finish} runs to finish them, {new} runs of new architectures", flush=True)
+    return replace(plan, to_run=to_finish + new, finished=finished, resumed=list(left.unfinished),
+                   seed=(plan.seed + 1_000_003 * seen) % 2**31)
+
+
 def _write_experiment(storage: Path, plan: _Plan, res: dict[str, float], resume: bool) -> None:
     """The experiment's settings file: what a later resume continues."""
     file = StorageLayout(storage).experiment_file(plan.experiment)
@@ -205,6 +228,7 @@ def _write_experiment(storage: Path, plan: _Plan, res: dict[str, float], resume:
         meta = {"name": plan.experiment, "space": plan.space.name, "source": plan.space.source,
                 "sampler": plan.sampler, "objectives": plan.objectives, "num_samples": plan.num_samples,
                 "scheduler": plan.scheduler, "seed": plan.seed, "overrides": plan.space.overrides,
+                "repeats": plan.repeats,
                 "resources_per_trial": res, "trainable": plan.trainable is not None, "created": utc_now(),
                 "space_sample": space_sample(plan.space, plan.sampler, plan.seed)}
     write_json_atomic(file, meta)
@@ -262,8 +286,22 @@ def _tuner(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, 
         storage_path=str(private_ray_dir()),
         failure_config=tune.FailureConfig(max_failures=run.max_failures), verbose=0, callbacks=[progress.callback],
     )
-    searcher = optuna_searcher(plan.space, plan.objectives, plan.sampler, plan.seed, study_name=plan.experiment,
-                               finished=plan.finished, resumed=plan.resumed)
+    if plan.repeats > 1:
+        from nas_flex.record import derive_seeds
+        from nas_flex.tune.repeats import repeat_searcher
+
+        searcher = repeat_searcher(plan.space, plan.objectives, plan.sampler, plan.seed, plan.experiment,
+                                   derive_seeds(plan.repeat_seed, plan.repeats), plan.finished, plan.resumed)
+    else:
+        searcher = optuna_searcher(plan.space, plan.objectives, plan.sampler, plan.seed, study_name=plan.experiment,
+                                   finished=plan.finished, resumed=plan.resumed)
+    if plan.sampler == "grid" and not (plan.finished or plan.resumed):
+        from nas_flex.tune.order import longest_first
+
+        # the grid's points in order of expected training time, longest first (Optuna asks enqueued points first)
+        study = getattr(searcher, "searcher", searcher).study
+        for params in longest_first(*sample_configs(plan.space, "grid", 100_000)):
+            study.enqueue_trial(params, skip_if_exists=False)
     if tune_config.max_concurrent:
         from ray.tune.search import ConcurrencyLimiter
 
@@ -290,7 +328,9 @@ def _fit(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, re
     tuner = _tuner(plan, storage, tune_config, run, progress, resume)
     if run.verbose:
         res = run.resources
-        print(f"nas_flex search {plan.experiment!r}: {plan.to_run} trials of {plan.space.name!r} ({plan.sampler}), "
+        seeds = f" ({plan.repeats} seeds per architecture)" if plan.repeats > 1 else ""
+        print(f"nas_flex search {plan.experiment!r}: {plan.to_run} trials{seeds} of {plan.space.name!r} "
+              f"({plan.sampler}), "
               f"objectives {plan.objectives}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial; leaderboard: "
               f"{storage}", flush=True)
     try:
@@ -353,7 +393,8 @@ def search(
             redone, unfinished ones continue from their last epoch (``nas_flex.tune.plan_resume``). Nothing in the
             storage is unpickled.
         overrides: config keys forced on every trial (e.g. {"dataset": "digits", "epochs": 2}).
-        tune_config: what to sample and optimise: objectives, sampler, scheduler, seed, max_concurrent, dedupe,
+        tune_config: what to sample and optimise: objectives, sampler, scheduler, seed, repeats (seeds per
+            architecture: ``num_samples`` then counts architectures), max_concurrent, dedupe,
             validate (``TuneConfig``; default ``TuneConfig()``).
         run_config: where and how trials run: address, resources_per_trial, max_failures, verbose (``RunConfig``).
         trainable: the user's own training function ``trainable(config, ctx)`` run for each sampled config
