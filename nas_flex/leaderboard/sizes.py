@@ -56,6 +56,26 @@ def _scalars(record: dict[str, Any]) -> dict[str, float]:
             if k not in _RECORD_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _layer_change(depth: int, rec: dict[str, Any], init: dict[str, Any]) -> dict[str, Any]:
+    """One layer's ``size_changes`` row (without the trial's identity columns): its learned record ``rec`` against
+    its record at initialisation ``init`` ({} when there is none)."""
+    row: dict[str, Any] = dict(depth=depth, layer=rec.get("name"), kind=rec.get("kind"),
+                               init_height=init.get("height", math.nan), init_width=init.get("width", math.nan),
+                               height=rec.get("height", math.nan), width=rec.get("width", math.nan))
+    now, before = _scalars(rec), _scalars(init)
+    name = rec.get("size_parameter") if rec.get("size_parameter") in now else None
+    name = name or next((k for k in SIZE_PARAMETERS if k in now), None)  # rows written before size_parameter
+    row["parameter"] = name
+    row["init_value"] = before.get(name, math.nan) if name else math.nan
+    row["learned_value"] = now.get(name, math.nan) if name else math.nan
+    row["change"] = row["learned_value"] / row["init_value"] - 1.0 if row["init_value"] != 0 else math.nan
+    row["at_bound"] = rec.get("at_bound") or None
+    for key in sorted(set(now) | set(before)):
+        row[f"init_{key}"] = before.get(key, math.nan)
+        row[f"learned_{key}"] = now.get(key, math.nan)
+    return row
+
+
 def size_changes(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (trial, learned-size layer): the size and the raw size parameters at init and after training.
 
@@ -93,23 +113,7 @@ def size_changes(frame: pd.DataFrame) -> pd.DataFrame:
         initial = _records(trial.get("initial_sizes_json"), "initial_sizes_json", where)
         by_name = {r.get("name"): r for r in initial}
         for depth, rec in enumerate(learned):
-            init = by_name.get(rec.get("name"), {})
-            row: dict[str, Any] = {c: trial[c] for c in ids}
-            row.update(depth=depth, layer=rec.get("name"), kind=rec.get("kind"),
-                       init_height=init.get("height", math.nan), init_width=init.get("width", math.nan),
-                       height=rec.get("height", math.nan), width=rec.get("width", math.nan))
-            now, before = _scalars(rec), _scalars(init)
-            name = rec.get("size_parameter") if rec.get("size_parameter") in now else None
-            name = name or next((k for k in SIZE_PARAMETERS if k in now), None)
-            row["parameter"] = name
-            row["init_value"] = before.get(name, math.nan) if name else math.nan
-            row["learned_value"] = now.get(name, math.nan) if name else math.nan
-            row["change"] = row["learned_value"] / row["init_value"] - 1.0 if row["init_value"] != 0 else math.nan
-            row["at_bound"] = rec.get("at_bound") or None
-            for key in sorted(set(now) | set(before)):
-                row[f"init_{key}"] = before.get(key, math.nan)
-                row[f"learned_{key}"] = now.get(key, math.nan)
-            rows.append(row)
+            rows.append({**{c: trial[c] for c in ids}, **_layer_change(depth, rec, by_name.get(rec.get("name"), {}))})
     base = [*ids, "depth", "layer", "kind", "init_height", "init_width", "height", "width", "parameter",
             "init_value", "learned_value", "change", "at_bound"]
     out = pd.DataFrame(rows)

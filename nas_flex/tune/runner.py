@@ -362,6 +362,16 @@ def _launch(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig,
 
 
 # ---------------------------------------------------------------------------------------------------- search
+def _plan(storage: Path, space: SearchSpace, experiment: str | None, tune_config: TuneConfig,
+          overrides: Mapping[str, Any] | None, num_samples: int | None, resume: bool, packed: bytes | None) -> _Plan:
+    """The new or resumed experiment's plan, with the user's packed training function (a resume keeps its kind)."""
+    make_plan = _resumed_plan if resume else _new_plan
+    plan = replace(make_plan(storage, space, experiment, tune_config, overrides, num_samples), trainable=packed)
+    if resume:
+        check_resumed_trainable(StorageLayout(storage).experiment_file(plan.experiment), packed)
+    return plan
+
+
 def search(
     space: SearchSpace | Callable | str | os.PathLike,
     *,
@@ -417,11 +427,8 @@ def search(
         check_experiment_name(experiment, storage)
     storage = _storage_path(storage)
     space = resolve_space(space)
-    packed = resolve_trainable(trainable, space)
-    make_plan = _resumed_plan if resume else _new_plan
-    plan = replace(make_plan(storage, space, experiment, tune_config, overrides, num_samples), trainable=packed)
-    if resume:
-        check_resumed_trainable(StorageLayout(storage).experiment_file(plan.experiment), packed)
+    plan = _plan(storage, space, experiment, tune_config, overrides, num_samples, resume,
+                 resolve_trainable(trainable, space))
     check_storage_files(storage)  # a damaged row file would fail the search at its end, after all the training
     plan = _sized(plan, storage, tune_config.validate, resume, run_config.verbose)
     if plan.to_run:  # a resume of an experiment that is done runs nothing
