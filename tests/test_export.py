@@ -304,3 +304,32 @@ def test_a_bad_kept_weights_file_is_one_line_naming_it(board, tmp_path, capsys, 
     assert {"truncated": "truncated", "malicious": "refused", "wrong_model": "do not fit"}[damage] in err
     assert not marker.exists()
     assert not out.exists()  # no half-written export is left
+
+
+def test_a_sequence_model_exports_to_plain_causal_conv1d(tmp_path):
+    """The 1-D path: a TCN of FlexConv1d layers on digits-seq exports to Conv1d layers with causal padding, in
+    every format, with the trained model's outputs; load_model rebuilds it; discretise says why it does not apply."""
+    from nas_flex.export import export_trial, load_model
+    from nas_flex.leaderboard import write_trial
+    from nas_flex.train import run_trial
+
+    config = {"backbone": "tcn", "conv": "flexconv", "dataset": "digits-seq", "width": 4, "depth": 2, "epochs": 1,
+              "train_subset": 64, "val_subset": 32, "batch_size": 32, "device": "cpu",
+              "conv_hparams": {"hidden_channels": 8}}
+    result = run_trial(config, checkpoint_dir=tmp_path / "ckpt")
+    assert result.status == "completed" and result.learned_sizes
+    # a 1-D kernel is (1, L) on a (1, 64) sequence: only its length can reach the input's bound
+    assert not any("input" in (r.get("at_bound") or "") for r in result.learned_sizes)
+    write_trial(tmp_path / "lb", result, experiment="seq", trial_id="t1", sync=False)
+    res = export_trial(tmp_path / "lb", "t1", tmp_path / "out", weights=tmp_path / "ckpt" / "trial_state.pt",
+                       check_examples=8)
+    convs = [m for m in res.deployable.modules() if isinstance(m, nn.Conv1d)]
+    assert convs and not any(isinstance(m, nn.Conv2d) for m in res.deployable.modules())
+    assert set(res.max_rel_diff) == {"deployable", "torchscript", "torch_export", "onnx"}
+    assert max(res.max_rel_diff.values()) < 1e-4
+    arch = json.loads((tmp_path / "out" / "architecture.json").read_text())
+    assert arch["input_size"] == [64] and arch["discrete_config"] is None and "tcn" in arch["notes"]["discretise"]
+    x = torch.randn(3, 1, 64)
+    with torch.no_grad():
+        assert torch.allclose(load_model(tmp_path / "out")(x), res.model(x), atol=1e-6)
+        assert torch.allclose(res.deployable(x), res.model(x), rtol=1e-4, atol=1e-5)

@@ -360,10 +360,11 @@ def _trained_model(cfg: dict[str, Any], splits: Any, out: Path, weights: Any, we
 
 
 def _dims(splits: Any) -> tuple[int, int, tuple[int, ...]]:
-    """(in_channels, num_classes, input size (H, W)) of an image dataset's splits."""
+    """(in_channels, num_classes, input size: (H, W) of images, (L,) of sequences) of a dataset's splits."""
     input_size = tuple(int(s) for s in splits.input_shape[1:])
-    if len(input_size) != 2:
-        raise ExportError(f"export supports image models (C, H, W inputs), not input shape {splits.input_shape}")
+    if len(input_size) not in (1, 2):
+        raise ExportError(f"export supports images (C, H, W) and sequences (C, L), not input shape "
+                          f"{splits.input_shape}")
     return int(splits.input_shape[0]), int(splits.num_classes), input_size
 
 

@@ -92,6 +92,8 @@ def _input_capped(layer: KernelLayer) -> bool:
         return False
     kh, kw = layer.effective_kernel_size
     h, w = layer.last_input_size
+    if layer.spatial_dims == 1:  # a sequence is held as (1, L): only its length can cap the kernel
+        return kw >= w
     return kh >= h or kw >= w
 
 
