@@ -225,7 +225,8 @@ def test_run_trial_scores_the_test_split_once_after_the_last_epoch_and_never_rep
     assert set(plain.metrics) == set(TASK_METRICS)
     write_trial(tmp_path / "lb", plain, experiment="e", trial_id="t2")
     df = Leaderboard(tmp_path / "lb").to_pandas().set_index("trial_id")
-    assert df.loc["t1", "metrics_test_acc"] == record.metrics["test_acc"] and df.loc["t1", "params_test_fraction"] == 0.2
+    assert df.loc["t1", "metrics_test_acc"] == record.metrics["test_acc"]
+    assert df.loc["t1", "params_test_fraction"] == 0.2
     assert math.isnan(df.loc["t2", "metrics_test_acc"]) and math.isnan(df.loc["t2", "metrics_test_loss"])
     assert not any("test" in c for c in Leaderboard(tmp_path / "lb").history().columns)
 
@@ -296,3 +297,36 @@ def test_test_metrics_are_scoring_only_in_the_metric_table():
     assert not {"test_acc", "test_loss"} & set(METRICS) and not {"test_acc", "test_loss"} & set(METRIC_COLUMNS)
     with pytest.raises(NasFlexError):
         resolve_config({"test_fraction": "all"})
+
+
+def test_rows_written_before_test_splits_still_read_and_a_duplicate_takes_its_owners_test_score(tmp_path):
+    import dataclasses
+    from datetime import datetime, timezone
+
+    import pyarrow.parquet as pq
+
+    from nas_flex.leaderboard import Leaderboard, write_trial
+    from nas_flex.leaderboard.schema import trial_table
+    from nas_flex.record import TrialRecord, TrialStatus
+    from nas_flex.storage.layout import trial_file_name
+    from nas_flex.tune.trainable import _duplicate_of, owner_row
+
+    cfg = resolve_config({**TINY, "test_fraction": 0.2})
+    metrics = {"train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.75, "test_loss": 0.7,
+               "test_acc": 0.7}
+    owner = TrialRecord(status=TrialStatus.COMPLETED, config=cfg, epochs_completed=2, metrics=metrics,
+                        best={"val_acc": 0.75, "val_loss": 0.6, "epoch": 2}, params=10, flops=1.0, flops_fft=0.0,
+                        started="2024-05-01T12:00:00+00:00", finished="2024-05-01T12:01:00+00:00")
+    write_trial(tmp_path, owner, experiment="e", trial_id="own")
+    row = owner_row(tmp_path, "e", "own")
+    duplicate = _duplicate_of(cfg, "own", row, "2024-05-01T12:00:00+00:00", {})
+    assert duplicate.metrics["test_acc"] == 0.7 and duplicate.metrics["test_loss"] == 0.7
+    # a row file as the code before test splits wrote it: without the three new columns
+    old = dataclasses.replace(owner, config=resolve_config(TINY), metrics={k: metrics[k] for k in TASK_METRICS})
+    table = trial_table(old, experiment="e", trial_id="old", written_at=datetime.now(timezone.utc))
+    pq.write_table(table.drop_columns(["params_test_fraction", "metrics_test_loss", "metrics_test_acc"]),
+                   tmp_path / trial_file_name("e", "old"))
+    df = Leaderboard(tmp_path).to_pandas().set_index("trial_id")
+    assert math.isnan(df.loc["old", "metrics_test_acc"]) and df.loc["own", "metrics_test_acc"] == 0.7
+    assert math.isnan(owner_row(tmp_path, "e", "old")["metrics_test_acc"])
+    assert df.loc["old", "config_key"] == resolve_config(TINY).key  # keys as before: test_fraction None left out
