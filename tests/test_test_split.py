@@ -132,6 +132,18 @@ def test_npz_reads_x_test_or_holds_out_test_fraction(tmp_path):
     assert get_dataset("npz", root=tmp_path / "given.npz").test is None
 
 
+def test_a_torchvision_datasets_official_test_split_is_the_test_split(tmp_path):
+    from test_data import write_mnist  # real idx-ubyte files in torchvision's layout
+
+    official = write_mnist(tmp_path, n_train=20)
+    splits = get_dataset("mnist", root=tmp_path, test_fraction=0.5, val_fraction=0.5)
+    assert len(splits.test) == 3 and splits.test.targets.tolist() == official["test"][1]
+    assert torch.equal(splits.test.images[:, 0], torch.from_numpy(official["test"][0][:, 0]))
+    assert len(splits.train) == len(splits.val) == 10  # validation from the training split (2 per class)
+    plain = get_dataset("mnist", root=tmp_path)
+    assert plain.test is None and plain.val.targets.tolist() == official["test"][1]  # as before: val is the test split
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, math.nan, math.inf])
 def test_test_fraction_must_be_a_fraction(value):
