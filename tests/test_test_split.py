@@ -33,6 +33,7 @@ BEFORE = {
     ("digits-scaleshift", 0): "a980d49b5a1cb8f0", ("digits-scaleshift", 3): "61b1f647cb8060d4",
     ("digits-seq", 0): "76d5f89dcee70f89", ("digits-seq", 3): "8c9720739e0dfb74",
     ("digits-seq-permuted", 0): "76d5f89dcee70f89", ("digits-seq-permuted", 3): "8c9720739e0dfb74",
+    ("textures", 0): "605bc307be4ccef3", ("textures", 3): "736cf00f7440833d",
 }
 
 
@@ -74,7 +75,7 @@ def test_digit_splits_are_disjoint_stratified_and_normalised_on_train(name):
     assert _digits_of(get_dataset(name, seed=3, test_fraction=0.25).test) == test
 
 
-@pytest.mark.parametrize("name", DIGITS_FAMILY)
+@pytest.mark.parametrize("name", [*DIGITS_FAMILY, "textures"])
 @pytest.mark.parametrize("seed", [0, 3])
 def test_without_test_fraction_the_splits_are_exactly_the_ones_before(name, seed):
     plain = get_dataset(name, seed=seed)
@@ -86,6 +87,22 @@ def test_without_test_fraction_the_splits_are_exactly_the_ones_before(name, seed
     for a, b in ((plain.train, via_config.train), (plain.val, via_config.val)):
         assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
     assert plain.mean == via_config.mean and plain.std == via_config.std
+
+
+def test_texture_test_crops_come_from_cells_of_their_own():
+    from nas_flex.data.textures import DEFAULT_SIZE
+
+    splits = get_dataset("textures", seed=2, test_fraction=0.2, train_per_class=32, val_per_class=16)
+    assert len(splits.test) == 3 * 16 and sorted(set(splits.test.targets.tolist())) == [0, 1, 2]
+    cell = math.ceil(DEFAULT_SIZE * 3.0)  # the largest zoom's crop side
+
+    def cells(split, label):  # every crop lies inside one cell: its top-left corner names it
+        boxes = split.meta["box"][split.targets == label]
+        return {(int(t) // cell, int(left) // cell) for t, left, _ in boxes.tolist()}
+
+    for label in range(3):
+        train, val, test = (cells(s, label) for s in (splits.train, splits.val, splits.test))
+        assert test and not train & test and not val & test and not train & val
 
 
 def _png_folder(root: Path, layout: dict[str, dict[str, int]]) -> None:
@@ -161,8 +178,12 @@ def test_test_fraction_must_be_a_number(value):
 def test_datasets_that_cannot_make_a_test_split_say_so_before_reading_files(tmp_path):
     with pytest.raises(HyperparameterError, match=r"0 < test_fraction < 1"):
         get_dataset("digits", test_fraction=1.0)
-    with pytest.raises(HyperparameterError, match="'textures' makes no test split"):
-        get_dataset("textures", test_fraction=0.2)
+    register("no-test-split", options={})(lambda name, *, root, image_size, seed, download: None)
+    try:
+        with pytest.raises(HyperparameterError, match="'no-test-split' makes no test split"):
+            get_dataset("no-test-split", test_fraction=0.2)
+    finally:
+        unregister("no-test-split")
     # a torchvision dataset's test split is its official one: validation must then come from train (tmp_path is
     # empty, so a files check would have failed with another error)
     with pytest.raises(HyperparameterError, match="`test_fraction`.*val_fraction"):

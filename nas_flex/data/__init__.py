@@ -24,7 +24,8 @@ adds a dataset of one's own (``available()`` lists them all).
 
 ``test_fraction`` asks for a third, held-out test split (``DatasetSplits.test``) that a trial scores once after its
 last epoch and no search selects on: the digits datasets carve it from the 1797 digits before the train / validation
-split (stratified, its own random stream; the synthetic ones paste only test digits into it); ``imagefolder`` reads
+split (stratified, its own random stream; the synthetic ones paste only test digits into it); ``textures`` crops it
+from cells of each photograph set aside for it; ``imagefolder`` reads
 a ``test/`` folder or holds out that fraction of the images, ``npz`` reads ``x_test`` / ``y_test`` or holds out that
 fraction; a torchvision dataset's official test split is the test split, which needs ``val_fraction`` (validation then
 comes from the training split). Without it every split is exactly what it was.
