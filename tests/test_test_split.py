@@ -169,6 +169,15 @@ def test_test_fraction_must_be_a_fraction(value):
     assert resolve_config({"test_fraction": 0.2})["test_fraction"] == 0.2
 
 
+def test_a_bad_test_fraction_in_a_space_fails_in_one_line_before_ray(tmp_path):
+    from nas_flex.tune import search
+
+    space = SearchSpace(lambda trial: {**TINY, "test_fraction": 1.5}, sampler="random")
+    with pytest.raises(SearchSpaceError, match=r"'test_fraction' must be in \(0, 1\) or None, but got 1.5") as err:
+        search(space, storage=tmp_path / "s", num_samples=1, verbose=0)
+    assert len(str(err.value).splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("value", [True, "0.2", [0.2]])
 def test_test_fraction_must_be_a_number(value):
     with pytest.raises(HyperparameterError, match=r"config key 'test_fraction' must be int/float/NoneType, but got"):
