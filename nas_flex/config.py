@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas_flex.errors import HyperparameterError, check_known
-from nas_flex.record import architecture_key, config_hash
+from nas_flex.record import architecture_key, config_hash, keyed_values
 
 __all__ = ["ConfigField", "FIELDS", "FIELD_NAMES", "DEFAULTS", "KEY_DOCS", "RUN_ONLY", "TrialConfig",
            "resolve_config", "canonical_key", "arrow_types"]
@@ -107,6 +107,10 @@ FIELDS: tuple[ConfigField, ...] = (
        "the dataset's own options, e.g. {'scales': [1, 2]} (nas_flex.data.describe_dataset)"),
     _f("train_subset", None, None, "int64", "use only this many training examples (quick searches)"),
     _f("val_subset", None, None, "int64", "use only this many validation examples"),
+    _f("test_fraction", None, (*_NUMBER, type(None)), "float64",
+       "hold out this fraction of the data as a test split, scored once after the last epoch (metrics_test_acc, "
+       "metrics_test_loss) and never seen by a searcher or scheduler; None: no test split",
+       "in (0, 1) or None", lambda v: v is None or 0 < v < 1),
     # optimisation
     _f("epochs", 10, (int,), "int64", "training epochs", *_AT_LEAST_1),
     _f("batch_size", 64, (int,), "int64", "examples per step", *_AT_LEAST_1),
@@ -196,10 +200,10 @@ class TrialConfig(Mapping):
 
     @property
     def key(self) -> str:
-        """16 hex digits of the sha256 of the canonical JSON (``nas_flex.record.config_hash``): the leaderboard's
-        ``config_key`` and what dedupe compares."""
+        """16 hex digits of the sha256 of the canonical JSON (``nas_flex.record.config_hash``) without the keys at
+        their ``nas_flex.record.KEY_NEUTRAL`` value: the leaderboard's ``config_key`` and what dedupe compares."""
         if self._key is None:
-            self._key = config_hash(_canonical(self._values))
+            self._key = config_hash(_canonical(keyed_values(self._values)))
         return self._key
 
     @property
@@ -265,4 +269,4 @@ def resolve_config(config: Mapping[str, Any]) -> TrialConfig:
 
 def canonical_key(config: Mapping[str, Any]) -> str:
     """A canonical JSON text of the resolved config: equal for configs that train the same model the same way."""
-    return _canonical(resolve_config(config)._values)
+    return _canonical(keyed_values(resolve_config(config)._values))

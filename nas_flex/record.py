@@ -21,7 +21,7 @@ from typing import Any
 __all__ = [
     "TrialStatus", "TrialRecord", "RESULT_FIELDS", "TASK_METRICS", "Metric", "METRIC_TABLE", "METRIC_DIRECTIONS",
     "METRICS", "METRIC_COLUMNS", "HISTORY_METRIC_DIRECTIONS", "METRIC_LABELS", "config_hash", "utc_now", "to_jsonable",
-    "architecture_key", "derive_seeds", "REPEAT_KEYS",
+    "architecture_key", "derive_seeds", "REPEAT_KEYS", "TEST_METRICS", "KEY_NEUTRAL", "keyed_values",
 ]
 
 
@@ -42,6 +42,10 @@ class TrialStatus(str, Enum):
 
 #: the per-epoch task metrics of a trial (``TrialRecord.metrics`` keys)
 TASK_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+#: the held-out test split's metrics (``TrialRecord.metrics`` keys when the config has a ``test_fraction``): scored
+#: once, after the last epoch, and never reported to the searcher or the scheduler
+TEST_METRICS = ("test_loss", "test_acc")
 
 @dataclass(frozen=True)
 class Metric:
@@ -71,6 +75,8 @@ METRIC_TABLE: tuple[Metric, ...] = (
     Metric("val_loss", "metrics_val_loss", "min", "validation loss", True, "val_loss"),
     Metric("train_acc", "metrics_train_acc", "max", "training accuracy", True, "train_acc"),
     Metric("train_loss", "metrics_train_loss", "min", "training loss", True, "train_loss"),
+    Metric("test_acc", "metrics_test_acc", "max", "test accuracy (held-out split)"),
+    Metric("test_loss", "metrics_test_loss", "min", "test loss (held-out split)"),
     Metric("best_val_acc", "best_val_acc", "max", "best-epoch validation accuracy"),
     Metric("best_val_loss", "best_val_loss", "min", "best-epoch validation loss"),
     Metric("params", "params", "min", "parameters", True),
@@ -199,6 +205,16 @@ def config_hash(canonical_json: str) -> str:
 REPEAT_KEYS: tuple[str, ...] = ("seed", "device", "num_workers", "download")
 
 
+#: config keys added after the first leaderboards were written, with the value that means "as before": a config
+#: holding that value is keyed as if the key were absent, so existing storages keep their config and architecture keys
+KEY_NEUTRAL: dict[str, Any] = {"test_fraction": None}
+
+
+def keyed_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without the keys that hold their ``KEY_NEUTRAL`` value: what the config keys are computed from."""
+    return {k: v for k, v in config.items() if not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
+
+
 def architecture_key(config: Mapping[str, Any]) -> str:
     """The key of the architecture a config trains: ``config_hash`` of its canonical JSON without the seed and the
     run-only keys (``REPEAT_KEYS``), so the repeated runs of one architecture (``repeats``) share it and different
@@ -208,7 +224,7 @@ def architecture_key(config: Mapping[str, Any]) -> str:
         >>> architecture_key({"conv": "njet", "seed": 0}) == architecture_key({"conv": "njet", "seed": 7})
         True
     """
-    rest = {k: v for k, v in config.items() if k not in REPEAT_KEYS}
+    rest = {k: v for k, v in keyed_values(config).items() if k not in REPEAT_KEYS}
     return config_hash(json.dumps(to_jsonable(rest), sort_keys=True, separators=(",", ":"), default=str))
 
 

@@ -22,19 +22,34 @@ classes, in torchvision's own folder layout; they are downloaded only with ``dow
 ``y``, optional ``x_val``, ``y_val``) read a user's own data from ``root`` (``nas_flex.data.files``). ``register``
 adds a dataset of one's own (``available()`` lists them all).
 
+``test_fraction`` asks for a third, held-out test split (``DatasetSplits.test``) that a trial scores once after its
+last epoch and no search selects on: the digits datasets carve it from the 1797 digits before the train / validation
+split (stratified, its own random stream; the synthetic ones paste only test digits into it); ``textures`` crops it
+from cells of each photograph set aside for it; ``imagefolder`` reads
+a ``test/`` folder or holds out that fraction of the images, ``npz`` reads ``x_test`` / ``y_test`` or holds out that
+fraction; a torchvision dataset's official test split is the test split, which needs ``val_fraction`` (validation then
+comes from the training split). Without it every split is exactly what it was.
+
 ``import nas_flex.data`` is light: torch, torchvision, scikit-learn and scikit-image load when a dataset is built.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nas_flex.data.base import DatasetError, DatasetNotFoundError, DatasetSplits, check_image_size
+from nas_flex.data.base import (
+    DatasetError,
+    DatasetNotFoundError,
+    DatasetSplits,
+    check_image_size,
+    check_test_fraction,
+)
 from nas_flex.errors import HyperparameterError, NasFlexError, check_known
 from nas_flex.registry import Registry
 
@@ -176,9 +191,11 @@ def get_dataset(
     *,
     seed: int = 0,
     download: bool = False,
+    test_fraction: float | None = None,
     **options: Any,
 ) -> DatasetSplits:
-    """The train and validation splits of a dataset, with its input shape and class count.
+    """The train and validation (and, with ``test_fraction``, test) splits of a dataset, with its input shape and
+    class count.
 
     Args:
         name: one of ``available_datasets()`` (case-insensitive).
@@ -190,12 +207,16 @@ def get_dataset(
         seed: sets the train / validation split and every random draw of the built-in datasets. The same seed gives
             identical splits and samples.
         download: let torchvision download a missing dataset into ``root``. Never implicit.
+        test_fraction: None (no test split: the splits are exactly as without it), or a fraction in (0, 1) held
+            out as ``DatasetSplits.test`` (see the module docstring for how each dataset makes it). A dataset whose
+            builder has no ``test_fraction`` parameter refuses it.
         **options: the dataset's own options (``describe_dataset(name)["options"]``), e.g. ``scales=(1, 2)`` for
             ``digits-multiscale`` or ``val_fraction=0.1`` to validate a torchvision dataset on a held-out part of its
             training split instead of its test split.
 
     Returns:
-        A ``DatasetSplits`` whose ``train`` and ``val`` yield ``(float32 tensor of input_shape, int label)``.
+        A ``DatasetSplits`` whose ``train`` and ``val`` (and ``test``, None without ``test_fraction``) yield
+        ``(float32 tensor of input_shape, int label)``.
 
     Raises:
         UnknownNameError: for an unknown dataset name (lists the valid ones).
@@ -218,15 +239,32 @@ def get_dataset(
     if not isinstance(download, bool):
         raise HyperparameterError(f"`download` must be a bool, but got download={download!r}")
     check_known(options, defaults, f"option(s) of dataset {key!r}")
-    resolved: Mapping[str, Any] = {**defaults, **options}
-    return entry.resolve()(key, root=root, image_size=size, seed=seed, download=download, **resolved)
+    resolved: dict[str, Any] = {**defaults, **options}
+    builder = entry.resolve()
+    if check_test_fraction(test_fraction, name=key) is not None:
+        _check_takes_test_split(key, builder)
+        resolved["test_fraction"] = float(test_fraction)
+    return builder(key, root=root, image_size=size, seed=seed, download=download, **resolved)
+
+
+def _check_takes_test_split(name: str, builder: Callable[..., DatasetSplits]) -> None:
+    """A test split is asked for: the builder must say it makes one (a ``test_fraction`` parameter)."""
+    try:
+        takes = "test_fraction" in inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if not takes:
+        raise HyperparameterError(
+            f"dataset {name!r} makes no test split (its builder has no `test_fraction` parameter), but got "
+            f"test_fraction; leave test_fraction unset, or use a dataset that makes one")
 
 
 def dataset_from_config(config: Mapping[str, Any]) -> DatasetSplits:
     """The splits a resolved trial config names.
 
-    ``get_dataset`` with the config's ``dataset``, ``data_root``, ``image_size``, ``seed``, ``download`` and
-    ``data_options`` (``nas_flex.train.config.resolve_config`` fills them in).
+    ``get_dataset`` with the config's ``dataset``, ``data_root``, ``image_size``, ``seed``, ``download``,
+    ``test_fraction`` and ``data_options`` (``nas_flex.train.config.resolve_config`` fills them in).
     """
     return get_dataset(config["dataset"], root=config["data_root"], image_size=config["image_size"],
-                       seed=config["seed"], download=config["download"], **config["data_options"])
+                       seed=config["seed"], download=config["download"], test_fraction=config.get("test_fraction"),
+                       **config["data_options"])

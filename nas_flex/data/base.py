@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
 __all__ = ["DatasetSplits", "DatasetNotFoundError", "DatasetError", "MIN_IMAGE_SIZE", "check_image_size",
-           "check_fraction", "check_range", "check_count"]
+           "check_fraction", "check_range", "check_count", "check_test_fraction"]
 
 # below this a 3x3 convolution and one pooling step leave nothing to learn from
 MIN_IMAGE_SIZE = 4
@@ -23,10 +23,12 @@ MIN_IMAGE_SIZE = 4
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """A dataset's train and validation splits and what a model needs to know about them.
+    """A dataset's train, validation and (optional) test splits and what a model needs to know about them.
 
-    Both splits are ``torch.utils.data.Dataset`` s of ``(input, label)``: ``input`` a float32 tensor of shape
-    ``input_shape``, normalised; ``label`` a Python int in ``[0, num_classes)``.
+    Every split is a ``torch.utils.data.Dataset`` of ``(input, label)``: ``input`` a float32 tensor of shape
+    ``input_shape``, normalised with the training split's statistics; ``label`` a Python int in ``[0, num_classes)``.
+    ``test`` is None unless a test split was asked for (``test_fraction``): it is for scoring a finished trial once,
+    never for selecting one.
     """
 
     name: str  # the registry name (``available_datasets()``)
@@ -41,6 +43,7 @@ class DatasetSplits:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     options: Mapping[str, Any]  # the dataset's own options as used, defaults filled in (JSON-safe)
+    test: Dataset | None = None  # the held-out test split (``test_fraction``); None: none asked for
 
 
 def check_image_size(image_size: Any, *, name: str) -> int | None:
@@ -60,6 +63,11 @@ def check_fraction(value: Any, *, key: str, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
         raise HyperparameterError(f"`0 < {key} < 1` must hold, but got {key}={value!r} for dataset {name!r}")
     return float(value)
+
+
+def check_test_fraction(value: Any, *, name: str) -> float | None:
+    """``test_fraction``: None (no test split) or a fraction strictly between 0 and 1."""
+    return None if value is None else check_fraction(value, key="test_fraction", name=name)
 
 
 def check_count(value: Any, *, key: str, name: str, minimum: int = 1) -> int:

@@ -14,7 +14,9 @@ path expected and where to get it. Nothing is downloaded unless ``download=True`
 checksums of the CIFAR and SVHN files and parses them; a failed check is reported as a ``DatasetNotFoundError``.
 
 Validation is the official test split, or with ``val_fraction`` a seeded, stratified part of the training split (the
-test split is then left untouched, e.g. for a final evaluation after a search). Pixels are scaled to [0, 1] and
+test split is then left untouched, e.g. for a final evaluation after a search). ``test_fraction`` (any value in
+(0, 1): the official split's size is fixed) makes that official test split ``DatasetSplits.test``; it needs
+``val_fraction``, since validation cannot then be the test split. Pixels are scaled to [0, 1] and
 normalised with each dataset's usual per-channel training-set mean and std; ``image_size`` resizes (bilinear,
 antialiased) on the fly. The uint8 pixels stay in memory (the last two datasets read are cached).
 """
@@ -29,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nas_flex.data.base import DatasetNotFoundError, DatasetSplits, check_fraction
-from nas_flex.errors import NasFlexError
+from nas_flex.data.base import DatasetNotFoundError, DatasetSplits, check_fraction, check_test_fraction
+from nas_flex.errors import HyperparameterError, NasFlexError
 from nas_flex.storage.atomic import write_atomic
 
 __all__ = ["build_torchvision", "expected_files", "clear_cache"]
@@ -182,11 +184,16 @@ def _read_cached(name: str, root: Path, signature: tuple) -> tuple:
 
 
 def build_torchvision(name: str, *, root: Any, image_size: int | None, seed: int, download: bool,
-                      val_fraction: float | None, **_: Any) -> DatasetSplits:
-    """A torchvision dataset's train split, and its test split (or a held-out ``val_fraction`` of train) as val."""
+                      val_fraction: float | None, test_fraction: float | None = None, **_: Any) -> DatasetSplits:
+    """A torchvision dataset's train split, and its test split (or a held-out ``val_fraction`` of train) as val;
+    with ``test_fraction`` (which needs ``val_fraction``) the official test split is the test split."""
     spec = _SPECS[name]
     if val_fraction is not None:
         val_fraction = check_fraction(val_fraction, key="val_fraction", name=name)
+    if check_test_fraction(test_fraction, name=name) is not None and val_fraction is None:
+        raise HyperparameterError(
+            f"dataset {name!r}: `test_fraction` makes the official test split the test split, so validation must come "
+            f"from the training split: set data_options val_fraction (e.g. 0.1) too, or leave test_fraction unset")
     path = _check_files(name, root, download)  # before anything heavy
     if download:
         train_x, train_y, test_x, test_y, classes = _read(name, path, download=True)
@@ -199,6 +206,9 @@ def build_torchvision(name: str, *, root: Any, image_size: int | None, seed: int
 
     from nas_flex.data.tensors import ByteImageDataset, rng, stratified_split
 
+    test = None
+    if test_fraction is not None:  # the official test split, untouched by the validation split
+        test = ByteImageDataset(test_x, test_y, spec.mean, spec.std, image_size)
     if val_fraction is not None:
         tr, va = stratified_split(train_y.numpy(), val_fraction, rng(seed, 0))
         tr, va = torch.from_numpy(tr), torch.from_numpy(va)
@@ -209,7 +219,9 @@ def build_torchvision(name: str, *, root: Any, image_size: int | None, seed: int
     shape = (c, image_size, image_size) if image_size else (c, h, w)
     return DatasetSplits(name=name, kind="image", train=train, val=val, num_classes=spec.num_classes,
                          input_shape=shape, classes=classes, mean=spec.mean, std=spec.std,
-                         options={"val_fraction": val_fraction})
+                         options={"val_fraction": val_fraction, **({} if test is None else {"test_fraction":
+                                                                                            test_fraction})},
+                         test=test)
 
 
 def clear_cache() -> None:

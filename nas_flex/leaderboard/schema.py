@@ -30,9 +30,11 @@ from nas_flex.record import (
     METRIC_DIRECTIONS,
     RESULT_FIELDS,
     TASK_METRICS,
+    TEST_METRICS,
     TrialRecord,
     architecture_key,
     config_hash,
+    keyed_values,
     to_jsonable,
 )
 
@@ -74,7 +76,8 @@ _UTC = pa.timestamp("us", tz="UTC")
 
 #: columns added to the trial table after its first files were written: a file without one still reads (the column
 #: is null in its rows) instead of being refused as a file of another schema
-ADDED_COLUMNS: frozenset[str] = frozenset({"architecture_key"})
+ADDED_COLUMNS: frozenset[str] = frozenset({"architecture_key", "params_test_fraction", "metrics_test_loss",
+                                           "metrics_test_acc"})
 
 # (name, type, nullable, doc)
 Field = tuple[str, Any, bool, str]
@@ -113,6 +116,10 @@ _TRIAL_FIELDS: list[Field] = [
     ("metrics_train_acc", pa.float64(), True, "final training accuracy"),
     ("metrics_val_loss", pa.float64(), True, "final validation loss"),
     ("metrics_val_acc", pa.float64(), True, "final validation accuracy"),
+    ("metrics_test_loss", pa.float64(), True, "loss on the held-out test split, scored once after the last epoch "
+     "(null without test_fraction)"),
+    ("metrics_test_acc", pa.float64(), True, "accuracy on the held-out test split, scored once after the last epoch "
+     "(null without test_fraction); no searcher or scheduler saw it"),
     ("best_val_acc", pa.float64(), True, "best validation accuracy over the epochs"),
     ("best_val_loss", pa.float64(), True, "lowest validation loss over the epochs"),
     ("best_epoch", pa.int64(), True, "epoch (1-based) of best_val_acc; 0 when no epoch completed"),
@@ -327,8 +334,8 @@ def _checked(result: TrialRecord | Mapping[str, Any]) -> Mapping[str, Any]:
 def _config_columns(config: Mapping[str, Any], config_key: str | None) -> dict[str, Any]:
     """``config``, ``config_key`` and the config's flattened ``params_*`` (and dataset, epochs, seed) columns."""
     config_json = _json(config, "result['config']")
-    if config_key is None:
-        config_key = default_config_key(config_json)
+    if config_key is None:  # keyed without the keys at their neutral value, as TrialConfig.key is
+        config_key = default_config_key(_json(keyed_values(config), "result['config']"))
     elif not isinstance(config_key, str) or not config_key:
         raise LeaderboardSchemaError(f"`config_key` must be a non-empty string, but got {config_key!r}")
     return {
@@ -353,14 +360,14 @@ _FIELD_COLUMNS: dict[str, Callable[[str, Any], Any]] = {
 
 def _result_columns(result: Mapping[str, Any]) -> dict[str, Any]:
     """The columns a trial's outcome fills: plain fields, final and best metrics, sizes, recipes, sampler params."""
-    metrics = _sub(result, "metrics", TASK_METRICS)
+    metrics = _sub(result, "metrics", TASK_METRICS + TEST_METRICS)
     best = _sub(result, "best", _BEST_KEYS)
     sizes, sizes_json = _learned_sizes(result.get("learned_sizes"), "result['learned_sizes']")
     init_sizes, init_json = _learned_sizes(result.get("initial_sizes"), "result['initial_sizes']")
     recipes, params = result.get("size_recipes"), result.get("search_params")
     return {
         **{col: coerce(f"result[{col!r}]", result.get(col)) for col, coerce in _FIELD_COLUMNS.items()},
-        **{f"metrics_{k}": _as_float(f"result['metrics'][{k!r}]", metrics.get(k)) for k in TASK_METRICS},
+        **{f"metrics_{k}": _as_float(f"result['metrics'][{k!r}]", metrics.get(k)) for k in TASK_METRICS + TEST_METRICS},
         "best_val_acc": _as_float("result['best']['val_acc']", best.get("val_acc")),
         "best_val_loss": _as_float("result['best']['val_loss']", best.get("val_loss")),
         "best_epoch": _as_int("result['best']['epoch']", best.get("epoch")),

@@ -4,7 +4,9 @@
 The contract: ``trainable(config, ctx) -> None``. ``config`` is the resolved trial config; the function builds its
 model (``nas_flex.models.convert`` puts learned-size layers into any torchvision-style model), trains it for
 ``config["epochs"]`` epochs and calls ``ctx.report(model, val_acc=...)`` once per epoch. nas_flex reads the learned
-sizes, FLOPs (FFTs counted) and parameter count from the model itself, times the epochs and writes the row.
+sizes, FLOPs (FFTs counted) and parameter count from the model itself, times the epochs and writes the row. With a
+``test_fraction`` in the config, ``ctx.data().test`` is the held-out test split, and ``ctx.report_test(test_acc=...)``
+after the last epoch records its score in the row without reporting it to the searcher or scheduler.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from nas_flex.errors import NonFiniteError, SearchSpaceError, TrainableError
 from nas_flex.layers.base import KernelLayer
-from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, utc_now
+from nas_flex.record import TASK_METRICS, TEST_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.sizes import learned_size_records
 from nas_flex.train.config import resolve_config
 from nas_flex.train.metering import FlopCount, count_parameters
@@ -114,6 +116,7 @@ class TrialContext:
         self.model: nn.Module | None = None  # the model last reported
         self.flops: FlopCount | None = None
         self.on_report: Callable[[dict[str, Any]], None] | None = None
+        self.test_metrics: dict[str, float] = {}  # ``report_test``'s: the row's only, never ``on_report``'s
         self._example: Tensor | None = None
         self._splits: Any = None
         self._clock = time.perf_counter()
@@ -126,8 +129,10 @@ class TrialContext:
     # ---------------------------------------------------------------------------------------------- inputs
     def data(self) -> Any:
         """The config's dataset (``nas_flex.data.dataset_from_config``: ``dataset``, ``data_root``, ``image_size``,
-        ``data_options``): a ``DatasetSplits`` with ``train``, ``val``, ``input_shape`` and ``num_classes``. Built
-        once per trial; its first validation example is what FLOPs are counted on unless ``report`` gets one."""
+        ``test_fraction``, ``data_options``): a ``DatasetSplits`` with ``train``, ``val``, ``test`` (None without
+        ``test_fraction``), ``input_shape`` and ``num_classes``. Built once per trial; its first validation example is
+        what FLOPs are counted on unless ``report`` gets one. Score ``test`` once, after training, with
+        ``report_test``; select on ``val``."""
         if self._splits is None:
             from nas_flex.data import dataset_from_config
 
@@ -182,6 +187,20 @@ class TrialContext:
             self.on_report({**record, "params": count_parameters(model)})
         self._clock = time.perf_counter()
 
+    def report_test(self, **metrics: Any) -> None:
+        """Record the trained model's score on the held-out test split (``data().test``): ``test_acc`` and / or
+        ``test_loss``. Call it once, after the last epoch. It goes into the row (``metrics_test_acc``,
+        ``metrics_test_loss``) only: the per-epoch stream the searcher and scheduler read never carries it.
+
+        Raises:
+            TrainableError: another metric name, no metric, or a value that is not a number.
+        """
+        unknown = sorted(set(metrics) - set(TEST_METRICS))
+        if unknown or not metrics:
+            raise TrainableError(f"ctx.report_test takes metrics among {list(TEST_METRICS)}, but got "
+                                 f"{sorted(metrics) if metrics else 'none'}")
+        self.test_metrics.update({k: _metric(k, v) for k, v in metrics.items()})
+
     def _example_of(self, example: Tensor | None) -> Tensor:
         if example is not None:
             self._example = example.detach()[:1].to(self.device)
@@ -207,7 +226,7 @@ class TrialContext:
         t0 = time.perf_counter()
         state = {"model": model.state_dict(), "objects": {k: v.state_dict() for k, v in objects.items()},
                  "epoch": self.epoch, "history": self.history, "train_seconds": self.train_seconds,
-                 "initial_sizes": self.initial_sizes, "rng": torch.get_rng_state()}
+                 "initial_sizes": self.initial_sizes, "rng": torch.get_rng_state(), "test": self.test_metrics}
         from nas_flex.storage.atomic import write_atomic
 
         write_atomic(self.checkpoint_path, lambda tmp: torch.save(state, tmp), sync=False)
@@ -232,6 +251,7 @@ class TrialContext:
         self.history = list(state["history"])
         self.train_seconds = float(state["train_seconds"])
         self.initial_sizes = state["initial_sizes"]
+        self.test_metrics = dict(state.get("test", {}))  # a checkpoint from before test splits has none
         self._clock = time.perf_counter()
         return int(state["epoch"])
 
@@ -249,7 +269,7 @@ class TrialContext:
         return TrialRecord(
             status=status, error=error, config=self.config, started=started, finished=utc_now(),
             epochs_completed=len(self.history),
-            metrics={k: math.nan if last.get(k) is None else last[k] for k in TASK_METRICS},
+            metrics={**{k: math.nan if last.get(k) is None else last[k] for k in TASK_METRICS}, **self.test_metrics},
             best={"val_acc": max(accs, default=math.nan), "val_loss": min(losses, default=math.nan),
                   "epoch": best_epoch},
             history=self.history,

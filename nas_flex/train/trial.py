@@ -33,7 +33,8 @@ from nas_flex.train.metering import FlopCount, count_flops, count_parameters
 from nas_flex.train.optim import TrialOptimizers, make_optimizers
 
 __all__ = ["run_trial", "setup_trial", "train_one_epoch", "evaluate", "save_checkpoint", "load_checkpoint",
-           "summarise", "TrialSetup", "TrialProgress", "warmup_cosine", "resolve_device", "format_exception"]
+           "summarise", "score_test",
+           "TrialSetup", "TrialProgress", "warmup_cosine", "resolve_device", "format_exception"]
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -177,6 +178,7 @@ class TrialSetup:
     scaler: torch.amp.GradScaler
     autocast: dict[str, Any]
     size_start: dict[str, list[Tensor]] = field(default_factory=dict)  # size parameters at init (bounds.py)
+    test_loader: Any = None  # the held-out test split (config test_fraction), scored once after the last epoch
 
     def meter(self) -> FlopCount:
         """The model's FLOPs now (``_meter``)."""
@@ -233,9 +235,11 @@ def setup_trial(cfg: Mapping[str, Any], *, device: str | None = None) -> tuple[T
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train_set, size_set, opts, scaler, autocast = _optimisation(cfg, model, train_set, device)
+    test_loader = None if splits.test is None else torch.utils.data.DataLoader(splits.test, shuffle=False,
+                                                                               **loader_args)
     trial = TrialSetup(cfg=cfg, device=device, model=model, params=params, sample=sample, train_set=train_set,
                    size_set=size_set, val_loader=val_loader, loader_args=loader_args, opts=opts, scaler=scaler,
-                   autocast=autocast, size_start=size_parameter_start(model))
+                   autocast=autocast, size_start=size_parameter_start(model), test_loader=test_loader)
     return trial, flops
 
 
@@ -345,6 +349,16 @@ def _train_epochs(trial: TrialSetup, progress: TrialProgress, report: Report | N
 
 
 # ---------------------------------------------------------------------------------------------------- summary
+def score_test(trial: TrialSetup, progress: TrialProgress) -> dict[str, float]:
+    """``{"test_loss", "test_acc"}`` of the trained model on the held-out test split, or {} without one or when the
+    trial did not train all its epochs. Called once, after the last epoch; never reported per epoch."""
+    trained = sum(1 for h in progress.history if h["epoch"] >= 1)
+    if trial.test_loader is None or progress.status is not TrialStatus.COMPLETED or trained < trial.cfg["epochs"]:
+        return {}
+    test_loss, test_acc = evaluate(trial.model, trial.test_loader, trial.device, trial.autocast)
+    return {"test_loss": test_loss, "test_acc": test_acc}
+
+
 def summarise(trial: TrialSetup, progress: TrialProgress, *, started: str) -> TrialRecord:
     """The ``TrialRecord`` of a trial that stopped training: final and best metrics, compute, sizes, versions."""
     trained = [h for h in progress.history if h["epoch"] >= 1]  # epoch 0 is the state at initialisation
@@ -412,6 +426,9 @@ def run_trial(config: Mapping[str, Any], report: Report | None = None, *, checkp
         ``history`` starts with an epoch-0 record (validation metrics and learned sizes at initialisation, not
         reported to ``report``); ``initial_sizes`` repeats its sizes next to the final ``learned_sizes``, and
         ``size_recipes`` says how each layer kind's size parameters were trained (``nas_flex.train.optim``).
+        With the config's ``test_fraction``, a trial that trained all its epochs (also one resumed after them) is
+        scored once on the held-out test split: ``metrics["test_loss"]`` and ``metrics["test_acc"]``, which
+        ``report`` never receives.
 
     Example:
         >>> result = run_trial({"dataset": "digits", "epochs": 1})  # doctest: +SKIP
@@ -432,7 +449,9 @@ def run_trial(config: Mapping[str, Any], report: Report | None = None, *, checkp
     else:
         progress = _initial_progress(trial, flops)
     _train_epochs(trial, progress, report, ckpt_path)
-    return summarise(trial, progress, started=started)
+    record = summarise(trial, progress, started=started)
+    test = score_test(trial, progress)  # after the epochs were reported: no searcher or scheduler sees it
+    return record.replace(metrics={**record.metrics, **test}) if test else record
 
 
 def _training_step(model: nn.Module, layers: list[KernelLayer], x: Tensor, y: Tensor, opts: TrialOptimizers, scaler,

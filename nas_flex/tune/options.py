@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from nas_flex.errors import SearchSpaceError, unknown_name
-from nas_flex.record import METRICS
+from nas_flex.record import METRICS, TEST_METRICS
 from nas_flex.tune.errors import ResourceError
 
 __all__ = ["TuneConfig", "RunConfig", "SAMPLERS", "SCHEDULERS", "split_options", "resolve_objectives",
+           "check_not_test_metric",
            "check_int", "check_experiment_name", "name_max", "NAME_RESERVE_BYTES"]
 
 SAMPLERS = ("tpe", "grid", "random")
@@ -70,6 +71,17 @@ def check_sampler(sampler: Any) -> None:
         raise SearchSpaceError(f"`sampler` must be 'tpe', 'grid' or 'random', but got {sampler!r}")
 
 
+def check_not_test_metric(metric: Any, what: str) -> None:
+    """A search never selects on the held-out test split: a ``test_*`` metric (or its ``metrics_test_*`` column) as
+    an objective or scheduler metric is a one-line ``SearchSpaceError``, raised before Ray starts."""
+    name = metric.removeprefix("metrics_") if isinstance(metric, str) else None
+    if name in TEST_METRICS or (isinstance(name, str) and name.startswith("test_")):
+        raise SearchSpaceError(
+            f"{what} {metric!r} reads the held-out test split, which is for scoring only: no searcher or scheduler "
+            f"may select on it; select on a validation metric such as 'val_acc' and read the test score from the "
+            f"leaderboard's metrics_test_* columns")
+
+
 def resolve_objectives(objectives: Objectives) -> dict[str, str]:
     """``{metric: "max" | "min"}`` from a mapping, a list of metric names (their natural directions) or one name;
     None is ``{"val_acc": "max"}``."""
@@ -79,6 +91,7 @@ def resolve_objectives(objectives: Objectives) -> dict[str, str]:
         objectives = [objectives]
     out = dict(objectives) if isinstance(objectives, Mapping) else {m: METRICS.get(m, "") for m in objectives}
     for metric, mode in out.items():
+        check_not_test_metric(metric, "objective")
         if metric not in METRICS:
             raise unknown_name("objective", metric, METRICS, error=SearchSpaceError, sort=False)
         if mode not in ("max", "min"):

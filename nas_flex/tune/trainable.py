@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_flex.config import TrialConfig, resolve_config
-from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, utc_now
+from nas_flex.record import TASK_METRICS, TEST_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.storage import (
     StorageLayout,
     check_trial_id,
@@ -33,8 +33,8 @@ OWNER_TIMEOUT = 6 * 3600.0
 #: first and longest pause between two looks at the owner's row (doubling in between)
 OWNER_POLL = (0.5, 30.0)
 # what a duplicate's row takes from its owner's
-_OWNER_COLUMNS = ("status", *(f"metrics_{k}" for k in TASK_METRICS), "best_val_acc", "best_val_loss", "best_epoch",
-                  "params", "flops", "flops_fft", "epochs_completed")
+_OWNER_COLUMNS = ("status", *(f"metrics_{k}" for k in TASK_METRICS + TEST_METRICS), "best_val_acc", "best_val_loss",
+                  "best_epoch", "params", "flops", "flops_fft", "epochs_completed")
 
 
 def config_key(config: Mapping[str, Any]) -> str:
@@ -115,7 +115,7 @@ def _duplicate_of(config: Mapping[str, Any], owner: str, row: Mapping[str, Any],
                   search_params: Mapping[str, Any]) -> TrialRecord:
     return _failed(
         config, f"duplicate of trial {owner}", started=started, status=TrialStatus.DUPLICATE,
-        metrics={k: row[f"metrics_{k}"] for k in TASK_METRICS},
+        metrics={k: row[f"metrics_{k}"] for k in TASK_METRICS + TEST_METRICS},
         best={"val_acc": row["best_val_acc"], "val_loss": row["best_val_loss"], "epoch": int(row["best_epoch"])},
         params=int(row["params"]), flops=row["flops"], flops_fft=row["flops_fft"],
         epochs_completed=int(row["epochs_completed"]), search_params=search_params,
@@ -124,9 +124,11 @@ def _duplicate_of(config: Mapping[str, Any], owner: str, row: Mapping[str, Any],
 
 # ------------------------------------------------------------------------------------------------- the trainable
 def _tune_report(record: TrialRecord, epochs: int, **extra: Any) -> None:
+    """Report a trial's outcome to Ray Tune: its task metrics only (the held-out test scores stay in the row)."""
     from ray import tune
 
-    tune.report({**record.metrics, "flops": record.flops, "params": record.params, "epochs": epochs,
+    task = {k: v for k, v in record.metrics.items() if k in TASK_METRICS}
+    tune.report({**task, "flops": record.flops, "params": record.params, "epochs": epochs,
                  "status": record.status.value, **extra})
 
 
@@ -189,7 +191,7 @@ def _train(config: TrialConfig, work: Path, layout: StorageLayout, experiment: s
     final: dict[str, Any] = {}
 
     def report(metrics: dict[str, Any]) -> None:
-        out = {k: v for k, v in metrics.items() if k != "learned_sizes"}
+        out = {k: v for k, v in metrics.items() if k not in ("learned_sizes", *TEST_METRICS)}
         last = out["epoch"] == epochs
         out.update(epochs=epochs, status=(TrialStatus.COMPLETED if last else TrialStatus.RUNNING).value)
         if last:
