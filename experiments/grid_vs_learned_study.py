@@ -355,7 +355,10 @@ def _learned_rows(dataset: str, part: pd.DataFrame, curve: pd.DataFrame | None, 
     rows = []
     for method, group in runs.groupby("method", sort=True):
         chosen = {int(s): select_by_validation(g) for s, g in group.groupby("seed_")}  # one run per seed
-        chosen = {s: r for s, r in chosen.items() if r is not None}
+        chosen = {s: r for s, r in chosen.items()
+                  if r is not None and np.isfinite(pd.to_numeric(r[score], errors="coerce"))}
+        if not chosen:  # no completed run with a score (e.g. rows from before the test split)
+            continue
         acc = [float(r[score]) for r in chosen.values()]
         row = {"dataset": dataset, "method": method, "arm": group["arm"].iloc[0], "seeds": len(acc),
                "acc_std": np.std(acc, ddof=1) if len(acc) > 1 else math.nan, "acc_min": min(acc),
@@ -423,7 +426,7 @@ def _ci(mean: float, low: float, high: float, scale: float = 1.0, digits: int = 
     text = f"{scale * mean:{sign}.{digits}f}"
     if math.isfinite(low) and math.isfinite(high):
         return text + f" [{scale * low:{sign}.{digits}f}, {scale * high:{sign}.{digits}f}]"
-    return text + " (1 seed)"
+    return text  # one seed: no interval (the table's note says so)
 
 
 def _verdict(r: pd.Series) -> str:
@@ -438,9 +441,14 @@ def _verdict(r: pd.Series) -> str:
         where = UNRESOLVED
     text = f"{where} ({r.diff_method})"
     if isinstance(r.get("keep_method"), str):
-        kept = "keeps" if not (r.keep_resolved and r.keep_diff < 0) else "loses"
-        text += (f"; {kept} the learned run's accuracy: retrain - run "
-                 f"{_ci(r.keep_diff, r.keep_low, r.keep_high, 100, 1, '+')} pts ({r.keep_method})")
+        if not math.isfinite(r.keep_low):
+            kept = "too few seeds to tell whether it keeps the learned run's accuracy"
+        elif r.keep_resolved:
+            kept = "loses accuracy against its learned run" if r.keep_diff < 0 else "beats its learned run"
+        else:
+            kept = "keeps its learned run's accuracy (" + UNRESOLVED + ")"
+        text += (f"; retrain - learned run {_ci(r.keep_diff, r.keep_low, r.keep_high, 100, 1, '+')} pts "
+                 f"({r.keep_method}): {kept}")
     return text
 
 
@@ -463,7 +471,10 @@ def markdown(table: pd.DataFrame) -> str:
                 gap = _ci(r.gap_mean, r.gap_low, r.gap_high, 1, 1, "+")
             lines.append(f"| {r.method} | {r.seeds} | {_ci(r.acc_mean, r.acc_low, r.acc_high)} | {r.seconds:.0f} | "
                          f"{r.flops / 1e9:.1f} | {share} | {gap} | {_verdict(r)} |")
-        lines.append("")
+        lines += ["", "Each figure is a mean over seeds with its 95 % Student t interval (none with one seed). "
+                  "Share: the run's compute over the grid's (the TPE arm) when the grid's curve first reached the "
+                  "run's score, or its final score if the run is above it. Gap: the grid's final score minus the "
+                  "run's, paired over seeds.", ""]
     return "\n".join(lines)
 
 

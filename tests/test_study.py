@@ -118,8 +118,10 @@ def test_shares_gaps_and_the_retrain_with_intervals_over_seeds():
     assert "someone-else" not in set(table["method"])
     text = study.markdown(table)
     assert "| njet | 3 | 0.793 [0.543, 1.043] |" in text
-    assert "keeps the learned run's accuracy: retrain - run +1.7 [-6.3, +9.7] pts (paired t)" in text
-    assert "| njet (safe-subsampling) | 1 | 0.880 (1 seed) |" in text and "test accuracy (held out)" in text
+    assert ("retrain - learned run +1.7 [-6.3, +9.7] pts (paired t): keeps its learned run's accuracy (not "
+            "distinguishable at this budget)") in text
+    assert "| njet (safe-subsampling) | 1 | 0.880 | 6 | 0.6 | 30 / 30 | -3.0 |" in text  # one seed: no interval
+    assert "test accuracy (held out)" in text
 
 
 def test_changing_test_scores_never_changes_a_selection():
