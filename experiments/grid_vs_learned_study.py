@@ -161,13 +161,15 @@ def check_budget(rows: pd.DataFrame, args: argparse.Namespace) -> None:
                     f"but this study asks {key}={asked.get(key)!r}: use another --storage or the same budget")
 
 
+def _done(args: argparse.Namespace, rows: pd.DataFrame) -> dict[str, int]:
+    """Per planned experiment, its trials already in the storage (at most the planned number)."""
+    counts = rows["experiment"].value_counts() if "experiment" in rows.columns else pd.Series(dtype=int)
+    return {name: min(int(counts.get(name, 0)), n) for name, n in plan(args)}
+
+
 def estimate(args: argparse.Namespace, rows: pd.DataFrame) -> str:
     """What the study will train: trials in all, those already in the storage, and their budget."""
-    items = plan(args)
-    done = {name: 0 for name, _ in items}
-    if "experiment" in rows.columns:
-        counts = rows["experiment"].value_counts()
-        done = {name: min(int(counts.get(name, 0)), n) for name, n in items}
+    items, done = plan(args), _done(args, rows)
     total, have = sum(n for _, n in items), sum(done.values())
     per_pair = total // max(1, len(args.datasets) * len(args.seeds))
     text = (f"[study] {len(args.datasets)} dataset(s) x {len(args.seeds)} seed(s), {per_pair} trials each "
@@ -211,6 +213,8 @@ def run_study(args: argparse.Namespace) -> None:
     rows = _study_rows(storage)
     check_budget(rows, args)  # before Ray starts
     print(estimate(args, rows))
+    if sum(_done(args, rows).values()) == sum(n for _, n in plan(args)):
+        return  # everything is in the storage: no Ray to start
     if args.test_fraction > 0 and not test_split_supported():
         print("[study] warning: this nas_flex has no `test_fraction` (held-out test split): the arms train without "
               "one, and the scores below are validation accuracies, the split every arm selected on")
@@ -325,7 +329,9 @@ def _against_grid(runs: dict[int, pd.Series], curve: pd.DataFrame, score: str) -
         shares_f.append(r["train_flops"] / cost["flops"] if cost and cost["flops"] > 0 else math.nan)
     comp = compare_runs(mine, grids, a_name="run", b_name="grid")
     return {**_interval("share_seconds", shares_s), **_interval("share_flops", shares_f),
-            "gap_mean": -100 * comp.difference, "gap_low": -100 * comp.ci_high, "gap_high": -100 * comp.ci_low,
+            # 0.0 - x: a tie prints as 0.0, not -0.0
+            "gap_mean": 0.0 - 100 * comp.difference, "gap_low": 0.0 - 100 * comp.ci_high,
+            "gap_high": 0.0 - 100 * comp.ci_low,
             "diff": comp.difference, "diff_low": comp.ci_low, "diff_high": comp.ci_high, "resolved": comp.resolved,
             "diff_method": comp.method}
 

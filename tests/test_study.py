@@ -205,6 +205,9 @@ def test_a_storage_at_another_budget_is_refused_before_anything_runs():
 
     args = study.parse_args(["--datasets", "digits", "--seeds", "0", "1", "2"])
     board = _board()
+    # 3 x 68 planned; in the board: 9 grid trials, 7 learned runs, 3 retrains (212 s of training in all)
+    assert ("204 trials, 19 already in runs/study-heldout, 185 to train at 10 epochs of batch 32; about 0.6 h of "
+            "training at the 19 stored trials' mean 11 s") in study.estimate(args, board)
     if study.test_split_supported():
         study.check_budget(board, args)  # the same budget: resumes
     old = board.assign(config=json.dumps({"pooling": ["max", "max"], "epochs": 6, "batch_size": 64}))
