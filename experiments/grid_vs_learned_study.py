@@ -515,10 +515,11 @@ def figure(table: pd.DataFrame, curves: dict[str, pd.DataFrame], path: Path) -> 
                             color=colors(n % 10), capsize=3, label=r.method)
             ax.set_xscale("log")
             ax.set_xlabel(label)
-            ax.set_ylabel(("test" if held else "validation (not held out)") + " accuracy")
+            ax.set_ylabel(("test" if held else "validation (not held out)") + " accuracy (grid: of its trial best "
+                          "on validation so far)", fontsize=8)
             ax.set_title(f"{dataset}: grid search vs one learned run")
             ax.grid(alpha=0.3)
-    axes[0][1].legend(fontsize=7, loc="lower right")
+    axes[0][1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
