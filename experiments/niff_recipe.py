@@ -18,7 +18,7 @@ same seed draws the same data split and order). Results are rewritten after ever
 ``experiments/results/niff_recipe.json`` (``"complete": false`` until the last run), so an interrupted run keeps what
 it measured; ``--resume`` skips the runs that file already holds.
 
-Usage (from the repository root; about 40 min of CPU at 1 thread on the 2-core machine under load):
+Usage (from the repository root; 53 min wall at 1 thread on the 2-core machine under load, 47 of them training):
     python -m experiments.niff_recipe
     python -m experiments.niff_recipe --recipes nas_flex authors --seeds 0     # a subset
     python -m experiments.niff_recipe --resume                                  # continue an interrupted run
