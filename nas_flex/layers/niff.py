@@ -71,6 +71,11 @@ class NIFFConv(FrequencyKernelLayer):
     ``mode="separable"`` with ``in_channels=1`` raises; use ``mode="full"`` there, or a spatial stem before the
     layer, which the backbones build (``spatial_stem``: the kernel size of the plain convolution they put first).
 
+    **Training recipe.** Trained with the trial's optimizer (nas_flex's Adam by default), not the authors' CIFAR-10
+    recipe (Grabinski et al., App. I: SGD momentum 0.9, lr 0.02, cosine, weight decay 2e-3, label smoothing 0.1,
+    150 epochs of batch 256): at the main job's 450 steps it left this layer 26 points lower, underfitting, while a
+    7x7 convolution was unaffected (``python -m experiments.niff_recipe``; docs/reproductions.md).
+
     The kernel is as large as the input; there is no explicit size parameter (``size_parameters()`` yields nothing).
     ``effective_kernel_size`` is, per dimension, the side of the centred window holding 90 % of the spatial
     kernel's absolute mass (the paper's kernel mass ratio), continuous in the kernel
