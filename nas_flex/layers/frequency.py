@@ -51,7 +51,8 @@ class TwinMLP(nn.Module):
         hidden: hidden widths.
         out_features: outputs per position (per part).
         activation: "relu" or "silu".
-        init: "torch": nn.Linear's default (a 1x1 nn.Conv2d's default; the NIFF authors' model constructors re-initialise their MLP's 1x1 convolutions with Kaiming-normal); "he": variance-preserving
+        init: "torch": nn.Linear's default (that of a 1x1 nn.Conv2d; the NIFF authors' model constructors
+            re-initialise their MLP's 1x1 convolutions Kaiming-normal instead); "he": variance-preserving
             (``he_init_``), for deep ReLU MLPs (CF-Conv's ten layers).
 
     Shape:
