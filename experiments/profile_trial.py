@@ -9,6 +9,12 @@ space file's pooling), in this process, split into the steps a trial takes:
 
     python -m experiments.profile_trial                        # conv 7x7, the main job's 10 epochs at batch 32
     python -m experiments.profile_trial --method njet --epochs 3
+    python -m experiments.profile_trial --warm    # as the second trial of a reused worker process
+
+A cold profile (the default) is a fresh process's first trial: it includes the one-off costs a worker pays once
+(torch's lazy import of its compiler stack on the first FLOP count, the built-in data's generation). ``--warm`` first
+runs one unprofiled epoch of the same config in this process, as a Ray worker reused between trials
+(``RunConfig(reuse_actors=True)``) has run an earlier trial.
 
 Run it with ``OMP_NUM_THREADS=1`` (a Ray trial's one CPU) and note the load average it prints: on a shared machine
 the shares move with the other work. The numbers go to ``experiments/results/profile_trial.jsonl``.
@@ -67,7 +73,9 @@ def profile(config: dict[str, Any]) -> tuple[dict[str, float], float, Any]:
     prof.disable()
     total = time.perf_counter() - start
     stats = pstats.Stats(prof)
-    setup_flops = _called_from(stats, "nas_flex/train/trial.py", "_meter", "setup_trial")
+    # set-up's own FLOP count: through ``_meter`` (counting directly) or a ``FlopMeter`` call, whichever the code has
+    setup_flops = (_called_from(stats, "nas_flex/train/trial.py", "_meter", "setup_trial")
+                   + _called_from(stats, "nas_flex/train/metering.py", "__call__", "setup_trial"))
     return shares(stats, total, setup_flops), total, record
 
 
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: the main job's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="a label stored with the numbers (e.g. before / after)")
+    parser.add_argument("--warm", action="store_true", help="run one unprofiled epoch first (a reused worker)")
     args = parser.parse_args(argv)
 
     import torch
@@ -88,15 +97,21 @@ def main(argv: list[str] | None = None) -> None:
     pooling = args.pooling or space_constants()["POOLING"]
     config = main_job_config(args.method, pooling, args.kernel_size if args.method == "conv" else None)
     config = {**config, "seed": args.seed, "device": "cpu", **({"epochs": args.epochs} if args.epochs else {})}
+    if args.warm:
+        from nas_flex.train.trial import run_trial
+
+        run_trial({**config, "epochs": 1})
     load_before = os.getloadavg()
     steps, total, record = profile(config)
     load_after = os.getloadavg()
-    print(f"run_trial {args.method} ({pooling}), {config['epochs']} epochs at batch {config['batch_size']}, "
+    state = "warm" if args.warm else "cold"
+    print(f"run_trial {args.method} ({pooling}, {state}), {config['epochs']} epochs at batch {config['batch_size']}, "
           f"{torch.get_num_threads()} thread(s), seed {args.seed}: {total:.1f} s, val_acc "
           f"{record.metrics['val_acc']:.4f}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     for step, seconds in steps.items():
         print(f"  {step:<15} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")
-    append_jsonl("profile_trial", {"tag": args.tag, "config": config, "total_seconds": total, "seconds": steps,
+    append_jsonl("profile_trial", {"tag": args.tag, "warm": args.warm, "config": config, "total_seconds": total,
+                                   "seconds": steps,
                                    "val_acc": record.metrics["val_acc"], "flops": record.flops,
                                    "load_average": [load_before[0], load_after[0]]})
 

@@ -227,9 +227,8 @@ def setup_trial(cfg: Mapping[str, Any], *, device: str | None = None) -> tuple[T
     reset_peak_memory(device)
     train_set, size_set, opts, scaler, autocast = _optimisation(cfg, model, train_set, device)
     trial = TrialSetup(cfg=cfg, device=device, model=model, params=params, sample=sample, flop_meter=flop_meter,
-                       train_set=train_set,
-                   size_set=size_set, val_loader=val_loader, loader_args=loader_args, opts=opts, scaler=scaler,
-                   autocast=autocast, size_start=size_parameter_start(model))
+                       train_set=train_set, size_set=size_set, val_loader=val_loader, loader_args=loader_args,
+                       opts=opts, scaler=scaler, autocast=autocast, size_start=size_parameter_start(model))
     return trial, flops
 
 
