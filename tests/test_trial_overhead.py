@@ -14,6 +14,7 @@ import torch
 
 from nas_flex.config import resolve_config
 from nas_flex.errors import SearchSpaceError
+from nas_flex.layers import available, build, get
 from nas_flex.train.metering import FlopMeter, count_flops, kernel_signature, peak_memory, reset_peak_memory
 from nas_flex.train.trial import _initial_progress, _train_epochs, run_trial, setup_trial
 from nas_flex.tune import RunConfig
@@ -125,3 +126,17 @@ def test_a_search_reuses_its_worker_processes(tmp_path):
     pids = {json.loads(line)["pid"] for line in Path(log).read_text().splitlines()}
     assert len(rows) == 4 and set(rows["status"]) == {"completed"}
     assert len(pids) < 4  # some trial ran in a worker process a finished trial left
+
+
+@pytest.mark.parametrize("name", sorted(n for n in available() if get(n).spatial_dims == 2))
+def test_every_layer_has_a_stable_cost_signature_and_the_meter_matches_a_fresh_count(name):
+    layer = build(name, 3, 4, **get(name).example_hparams)
+    x = torch.randn(1, 3, 16, 16)
+    meter = FlopMeter(layer, x)
+    first = meter()
+    signature = layer.cost_signature()
+    hash(signature)
+    assert layer.cost_signature() == signature and meter() is first  # unchanged layer: no recount
+    assert first.total == count_flops(layer.eval(), x).total
+    if get(name).domain == "frequency":
+        assert signature is None  # the input grid sets a frequency layer's cost
