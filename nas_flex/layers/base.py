@@ -7,8 +7,9 @@ input check, the last grid size seen, and defaults for the parts of the contract
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +19,9 @@ from torch import Tensor, nn
 from nas_flex.errors import HyperparameterError, NonFiniteError, ShapeError, check_shape
 
 __all__ = ["KernelLayer", "SizeRecipe", "check_positive_int", "check_finite", "clamp_straight_through", "conv_init_"]
+
+# a signature that never repeats: a layer whose size cannot be read is counted every time
+_RECOUNT = itertools.count()
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -202,6 +206,22 @@ class KernelLayer(nn.Module):
         ``forward`` clamps them anyway, so skipping this never gives an invalid kernel; projecting keeps a
         parameter that ran past a bound from sitting there with zero gradient.
         """
+
+    def cost_signature(self) -> Hashable:
+        """What this layer's forward cost depends on besides its input's shape; a trial counts the model's FLOPs
+        again only when some layer's signature changes (``nas_flex.train.metering.FlopMeter``).
+
+        Default: nothing for a frequency-domain layer (its cost is set by the input grid), else the effective
+        kernel size rounded to whole pixels, which a learned-size spatial layer changes when its kernel grows or
+        shrinks by a pixel. A layer whose cost follows something else (a learned number of taps, a path chosen by
+        a parameter) overrides this; a signature that changes more often than the cost only costs a recount.
+        """
+        if self.domain == "frequency":
+            return None
+        try:
+            return tuple(round(float(v)) for v in self.effective_kernel_size)
+        except (NotImplementedError, TypeError, ValueError, OverflowError):  # no size, or a non-finite one
+            return ("uncached", id(self), next(_RECOUNT))
 
     def size_record(self) -> dict[str, Any]:
         """The raw size parameters as plain Python values, for ``nas_flex.learned_sizes``."""

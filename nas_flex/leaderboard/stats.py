@@ -18,6 +18,12 @@ spread). Two architectures are compared by a paired t-test on their seeds in com
 t interval); without at least two shared seeds, by Welch's t interval of the two means; the difference is
 *resolved* when its interval excludes 0 (a two-sided test at 1 - level), "not distinguishable at this budget"
 otherwise.
+
+Comparing every architecture with one reference is a family of tests: at 5 % each, eight comparisons of
+architectures that are all equal to the reference find at least one "resolved" difference far more often than 5 %
+of the time. ``holm_bonferroni`` corrects the family (Holm's step-down procedure, which keeps the chance of any false
+"resolved" statement in the family at most 5 %); the printed ranking (``nas_flex.leaderboard.ranking``) says which
+differences survive it and which are resolved at 5 % uncorrected only.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ from nas_flex.record import TrialStatus, architecture_key
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["t_quantile", "t_interval", "by_architecture", "Comparison", "compare_runs", "compare_architectures",
-           "ARCHITECTURE_COLUMNS", "LEVEL", "UNRESOLVED"]
+__all__ = ["t_quantile", "t_interval", "t_two_sided_p", "holm_bonferroni", "by_architecture", "Comparison",
+           "compare_runs", "compare_architectures", "ARCHITECTURE_COLUMNS", "LEVEL", "UNRESOLVED"]
 
 #: the confidence level of every interval nas_flex prints
 LEVEL = 0.95
@@ -147,6 +153,51 @@ def t_quantile(p: float, df: float) -> float:
     return x
 
 
+def t_two_sided_p(t: float, df: float) -> float:
+    """The two-sided p-value of a Student t statistic ``t`` with ``df`` > 0 degrees of freedom, P(|T| >= |t|)
+    (``2 * scipy.stats.t.sf(abs(t), df)``): the regularized incomplete beta ``I_x(df / 2, 1 / 2)`` at
+    ``x = df / (df + t^2)``, accurate in the far tail too. An infinite ``t`` gives 0, a NaN gives NaN.
+
+    Example:
+        >>> round(t_two_sided_p(4.302652729, 2), 6)
+        0.05
+    """
+    if math.isnan(t) or not df > 0:
+        return math.nan
+    if math.isinf(t):
+        return 0.0
+    return min(1.0, max(0.0, _betainc(df / 2.0, 0.5, df / (df + t * t))))
+
+
+def holm_bonferroni(p_values: Sequence[float], alpha: float = 1.0 - LEVEL) -> tuple[list[float], list[bool]]:
+    """Holm's step-down correction of a family of tests: (adjusted p-values, rejected) in the order given.
+
+    The procedure, for the m finite p-values of the family: sort them, p_(1) <= ... <= p_(m); reject the
+    hypotheses of p_(1), p_(2), ... while p_(k) <= alpha / (m - k + 1), and stop at the first k where it does not
+    hold (that one and every larger p-value are not rejected). Equivalently, the adjusted p-value of p_(k) is
+    max over j <= k of min(1, (m - j + 1) * p_(j)), and a hypothesis is rejected when its adjusted p-value is at
+    most ``alpha``. The chance of rejecting any true hypothesis of the family is at most ``alpha``, whatever the
+    dependence between the tests (Holm 1979); it rejects everything Bonferroni (``m * p <= alpha``) rejects, and
+    sometimes more. A NaN p-value (a comparison without a test, e.g. too few runs) is not part of the family: its
+    adjusted value is NaN and it is never rejected.
+
+    Example:
+        >>> holm_bonferroni([0.01, 0.04, 0.03])
+        ([0.03, 0.06, 0.06], [True, False, False])
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"holm_bonferroni needs 0 < alpha < 1, but got alpha={alpha!r}")
+    p = [float(v) if v is not None else math.nan for v in p_values]
+    family = sorted((v, i) for i, v in enumerate(p) if not math.isnan(v))
+    m = len(family)
+    adjusted = [math.nan] * len(p)
+    running = 0.0
+    for k, (value, i) in enumerate(family):
+        running = max(running, min(1.0, (m - k) * value))  # (m - k + 1) for the 1-based rank k + 1
+        adjusted[i] = running
+    return adjusted, [not math.isnan(a) and a <= alpha for a in adjusted]
+
+
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[int, float, float, float, float]:
     """(n, mean, sd, low, high) of the finite ``values``: the Student t interval of their mean at ``level``; with
     n = 1, sd and the bounds are NaN; with n = 0, everything but n is NaN."""
@@ -239,6 +290,8 @@ class Comparison:
         n: seeds in common (paired) or runs of a and b (Welch).
         method: "paired t" or "Welch t" (or "too few runs").
         level: the confidence level.
+        p_value: the two-sided p-value of the same t-test (NaN without one); ``resolved`` is ``p_value < 1 - level``
+            up to rounding. Uncorrected: ``holm_bonferroni`` corrects a family of comparisons.
     """
 
     a: str
@@ -249,6 +302,7 @@ class Comparison:
     n: int | tuple[int, int]
     method: str
     level: float = LEVEL
+    p_value: float = math.nan
 
     @property
     def resolved(self) -> bool:
@@ -274,8 +328,8 @@ def compare_runs(a: Mapping[int, float], b: Mapping[int, float], *, a_name: str 
     fb = {int(s): float(v) for s, v in b.items() if v is not None and math.isfinite(float(v))}
     shared = sorted(set(fa) & set(fb))
     if len(shared) >= 2:
-        n, mean, _, low, high = t_interval([fa[s] - fb[s] for s in shared], level)
-        return Comparison(a_name, b_name, mean, low, high, n, "paired t", level)
+        n, mean, sd, low, high = t_interval([fa[s] - fb[s] for s in shared], level)
+        return Comparison(a_name, b_name, mean, low, high, n, "paired t", level, _p(mean, sd / math.sqrt(n), n - 1))
     va, vb = np.array(list(fa.values())), np.array(list(fb.values()))
     diff = float(va.mean() - vb.mean()) if len(va) and len(vb) else math.nan
     if len(va) < 2 or len(vb) < 2:
@@ -283,10 +337,19 @@ def compare_runs(a: Mapping[int, float], b: Mapping[int, float], *, a_name: str 
     qa, qb = va.var(ddof=1) / len(va), vb.var(ddof=1) / len(vb)
     se = math.sqrt(qa + qb)
     if se == 0:
-        return Comparison(a_name, b_name, diff, diff, diff, (len(va), len(vb)), "Welch t", level)
+        return Comparison(a_name, b_name, diff, diff, diff, (len(va), len(vb)), "Welch t", level, _p(diff, 0.0, 1))
     df = (qa + qb) ** 2 / (qa**2 / (len(va) - 1) + qb**2 / (len(vb) - 1))
     half = t_quantile(1.0 - (1.0 - level) / 2.0, df) * se
-    return Comparison(a_name, b_name, diff, diff - half, diff + half, (len(va), len(vb)), "Welch t", level)
+    return Comparison(a_name, b_name, diff, diff - half, diff + half, (len(va), len(vb)), "Welch t", level,
+                      _p(diff, se, df))
+
+
+def _p(difference: float, se: float, df: float) -> float:
+    """Two-sided p-value of ``difference / se`` on ``df`` degrees of freedom; a zero ``se`` gives 0 for a non-zero
+    difference (no spread at all: every run differs by the same amount) and 1 for none."""
+    if se == 0:
+        return 0.0 if difference != 0 else 1.0
+    return t_two_sided_p(difference / se, df)
 
 
 def runs_by_seed(frame: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:

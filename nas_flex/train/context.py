@@ -28,7 +28,7 @@ from nas_flex.layers.base import KernelLayer
 from nas_flex.record import TASK_METRICS, TEST_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.sizes import learned_size_records
 from nas_flex.train.config import resolve_config
-from nas_flex.train.metering import FlopCount, count_parameters
+from nas_flex.train.metering import FlopCount, count_parameters, reset_peak_memory
 from nas_flex.train.optim import param_groups
 from nas_flex.train.trial import (
     _device_name,
@@ -177,7 +177,7 @@ class TrialContext:
             raise TrainableError(f"ctx.report takes metrics among {list(REPORT_METRICS)}, but got "
                                  f"{sorted(metrics) if metrics else 'none'}")
         values = {k: _metric(k, v) for k, v in metrics.items()}
-        self.flops = _meter(model, self._example_of(example))
+        self.flops = _meter(model, self._example_of(example))()  # a user's model may be any module: counted each time
         self.model = model
         self.train_seconds += seconds
         record = {"epoch": self.epoch + 1, **{k: values.get(k) for k in REPORT_METRICS}, "seconds": seconds,
@@ -318,8 +318,7 @@ def run_trainable(fn: Trainable, config: dict[str, Any], report: Callable[[dict[
     _seed_everything(cfg["seed"], cfg["deterministic"])
     ctx = TrialContext(cfg, device=device, checkpoint_path=None if checkpoint is None else Path(checkpoint))
     ctx.on_report = report
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     name = trainable_name(fn)
     try:
         fn(dict(cfg), ctx)

@@ -9,6 +9,9 @@ real-input or real-output transform), so every FFT anywhere in the model is coun
 from __future__ import annotations
 
 import math
+import re
+import resource
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +22,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["FlopCount", "count_flops", "count_parameters", "FFT_OPS", "AllocatedBytes", "allocated_bytes"]
+__all__ = ["FlopCount", "count_flops", "count_parameters", "FFT_OPS", "AllocatedBytes", "allocated_bytes",
+           "FlopMeter", "kernel_signature", "reset_peak_memory", "peak_memory"]
 
 aten = torch.ops.aten
 
@@ -134,3 +138,91 @@ def allocated_bytes(step: Callable[[], Any]) -> int:
     with AllocatedBytes() as counter:
         step()
     return counter.total
+
+
+# ------------------------------------------------------------------------------------------ FLOPs, counted once
+def kernel_signature(model: nn.Module) -> tuple[Any, ...]:
+    """What a model's forward cost can depend on besides its input: each ``KernelLayer``'s ``cost_signature()``
+    (its kernel size in whole pixels for a spatial layer, nothing for a frequency layer) and the grid it last saw.
+    Ordinary modules (BatchNorm, pooling, linear) cost the same on the same input whatever their weights."""
+    from nas_flex.layers.base import KernelLayer
+
+    return tuple((name, type(layer).__name__, layer.cost_signature(), layer.last_input_size)
+                 for name, layer in model.named_modules() if isinstance(layer, KernelLayer))
+
+
+class FlopMeter:
+    """``count_flops`` of one model on one input, counted again only when ``kernel_signature`` changes.
+
+    A trial records the model's FLOPs after every epoch because learned sizes change the cost; a fixed-size model's
+    cost cannot change, and a learned-size model's changes only when a kernel's size does. The meter remembers the
+    last count with the signature it was made under and returns it while the signature is unchanged, so the records
+    hold the same values as counting every time.
+
+    Example:
+        >>> meter = FlopMeter(torch.nn.Conv2d(1, 2, 3), torch.randn(1, 1, 8, 8))
+        >>> meter().total == meter().total, meter.counts
+        (True, 1)
+    """
+
+    def __init__(self, model: nn.Module, sample: torch.Tensor) -> None:
+        self.model, self.sample = model, sample
+        self.counts = 0  # how many times the model was actually counted
+        self._last: tuple[tuple[Any, ...], FlopCount] | None = None
+
+    def __call__(self) -> FlopCount:
+        """The model's FLOPs on the sample, in eval mode (the model's mode is restored)."""
+        signature = kernel_signature(self.model)
+        if self._last is not None and self._last[0] == signature:
+            return self._last[1]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            flops = count_flops(self.model, self.sample)
+        finally:
+            self.model.train(was_training)
+        self.counts += 1
+        # the count runs a forward, which may update what the signature reads (the grid a layer last saw)
+        self._last = (kernel_signature(self.model), flops)
+        return flops
+
+
+# --------------------------------------------------------------------------------------------- peak memory
+_PROC_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def _vm_hwm() -> int | None:
+    """This process's resident-set high-water mark in bytes (Linux ``VmHWM``), or None where unavailable."""
+    try:
+        with open(_PROC_STATUS) as f:
+            found = re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(found.group(1)) * 1024 if found else None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement for a trial: CUDA's allocator peak, and on Linux the process's resident
+    high-water mark (writing 5 to ``/proc/self/clear_refs``), so a worker process that runs several trials one
+    after another reports each trial's own peak, not the largest of all its trials."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the peak is then the process's since it started
+        pass
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(peak bytes, kind): CUDA's peak allocated memory ("cuda_max_allocated"), else the process's peak resident
+    set since ``reset_peak_memory`` ("process_max_rss"; since the process started where it cannot be reset)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    hwm = _vm_hwm()
+    if hwm is not None:
+        return hwm, "process_max_rss"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"

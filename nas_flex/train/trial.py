@@ -9,8 +9,6 @@ import math
 import os
 import platform
 import random
-import resource
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +27,7 @@ from nas_flex.record import TASK_METRICS, TrialRecord, TrialStatus, utc_now
 from nas_flex.sizes import learned_size_records
 from nas_flex.train.bounds import mark_bounds, size_parameter_start, travel_budgets
 from nas_flex.train.config import resolve_config
-from nas_flex.train.metering import FlopCount, count_flops, count_parameters
+from nas_flex.train.metering import FlopCount, FlopMeter, count_parameters, peak_memory, reset_peak_memory
 from nas_flex.train.optim import TrialOptimizers, make_optimizers
 
 __all__ = ["run_trial", "setup_trial", "train_one_epoch", "evaluate", "save_checkpoint", "load_checkpoint",
@@ -59,9 +57,9 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+    # set both ways: a worker process runs several trials, and one trial's choice must not carry into the next
+    torch.backends.cudnn.deterministic = bool(deterministic)
+    torch.backends.cudnn.benchmark = False
 
 
 def _kernel_layers(model: nn.Module) -> Iterator[KernelLayer]:
@@ -143,22 +141,16 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast: dict[str,
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
+    """(bytes, kind) of the trial's peak memory since set-up (``nas_flex.train.metering.peak_memory``)."""
+    return peak_memory(device)
 
 
 # ------------------------------------------------------------------------------------------------------- setup
-def _meter(model: nn.Module, sample: Tensor) -> FlopCount:
-    """FLOPs of one example in eval mode, FFTs counted. Learned sizes change the cost (a FlexConv crop grows, an
-    N-Jet kernel follows sigma), so a trial measures it after every epoch and records the trained model's."""
-    was_training = model.training
-    model.eval()
-    try:
-        return count_flops(model, sample)
-    finally:
-        model.train(was_training)
+def _meter(model: nn.Module, sample: Tensor) -> FlopMeter:
+    """The FLOP meter of one example in eval mode, FFTs counted. Learned sizes change the cost (a FlexConv crop
+    grows, an N-Jet kernel follows sigma), so a trial reads it after every epoch and records the trained model's;
+    the meter counts again only when a layer's kernel size changed (``FlopMeter``)."""
+    return FlopMeter(model, sample)
 
 
 @dataclass
@@ -170,6 +162,7 @@ class TrialSetup:
     model: nn.Module
     params: int
     sample: Tensor  # one validation example, batch of 1: what FLOPs are counted on
+    flop_meter: FlopMeter  # counts the model's FLOPs on ``sample`` when its kernel sizes changed
     train_set: Any
     size_set: Any  # bilevel: the held-out part the size parameters step on; else None
     val_loader: Any
@@ -182,7 +175,7 @@ class TrialSetup:
 
     def meter(self) -> FlopCount:
         """The model's FLOPs now (``_meter``)."""
-        return _meter(self.model, self.sample)
+        return self.flop_meter()
 
 
 @dataclass
@@ -231,15 +224,16 @@ def setup_trial(cfg: Mapping[str, Any], *, device: str | None = None) -> tuple[T
     params = count_parameters(model)
     model.to(device)
     sample = splits.val[0][0].unsqueeze(0).to(device)
-    flops = _meter(model, sample)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    flop_meter = _meter(model, sample)
+    flops = flop_meter()
+    reset_peak_memory(device)
     train_set, size_set, opts, scaler, autocast = _optimisation(cfg, model, train_set, device)
     test_loader = None if splits.test is None else torch.utils.data.DataLoader(splits.test, shuffle=False,
                                                                                **loader_args)
-    trial = TrialSetup(cfg=cfg, device=device, model=model, params=params, sample=sample, train_set=train_set,
-                   size_set=size_set, val_loader=val_loader, loader_args=loader_args, opts=opts, scaler=scaler,
-                   autocast=autocast, size_start=size_parameter_start(model), test_loader=test_loader)
+    trial = TrialSetup(cfg=cfg, device=device, model=model, params=params, sample=sample, flop_meter=flop_meter,
+                       train_set=train_set, size_set=size_set, val_loader=val_loader, loader_args=loader_args,
+                       opts=opts, scaler=scaler, autocast=autocast, size_start=size_parameter_start(model),
+                       test_loader=test_loader)
     return trial, flops
 
 

@@ -163,15 +163,22 @@ class RunConfig:
         resources_per_trial: e.g. {"cpu": 1, "gpu": 0.5} (fractional GPUs share a device); default 1 CPU.
         max_failures: retries of a trial that raised (>= 0; its row keeps the error until a retry succeeds).
         verbose: 0 silent, 1 one line per finished trial, 2 also Ray's own logs.
+        reuse_actors: run the next trial in the worker process of a finished one (Ray's ``reuse_actors``), which
+            saves each trial the process start, the imports and the built-in data's generation; every trial still
+            seeds, builds and measures its own run (the same rows as in fresh processes). False: a fresh worker
+            process per trial (for a training function that leaves global state behind).
     """
 
     address: str | None = None
     resources_per_trial: Mapping[str, float] | None = None
     max_failures: int = 1
     verbose: int = 1
+    reuse_actors: bool = True
 
     def __post_init__(self) -> None:
         check_int("max_failures", self.max_failures, 0, "retries of a trial that raised")
+        if not isinstance(self.reuse_actors, bool):
+            raise SearchSpaceError(f"`reuse_actors` must be True or False, but got {self.reuse_actors!r}")
         resolve_resources(self.resources_per_trial)
 
     @property

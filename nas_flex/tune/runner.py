@@ -315,7 +315,7 @@ def _tuner(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, 
         scheduler = ASHAScheduler(time_attr="epoch", metric=first, mode=first_mode, max_t=plan.max_epochs,
                                   grace_period=1, reduction_factor=2)
     return tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
-        search_alg=searcher, scheduler=scheduler, num_samples=plan.to_run))
+        search_alg=searcher, scheduler=scheduler, num_samples=plan.to_run, reuse_actors=run.reuse_actors))
 
 
 def _fit(plan: _Plan, storage: Path, tune_config: TuneConfig, run: RunConfig, resume: bool) -> None:
