@@ -52,7 +52,7 @@ import pandas as pd
 
 from experiments.common import RESULTS, SPACES, space_constants
 from nas_flex.errors import NasFlexError, StorageError
-from nas_flex.leaderboard.stats import UNRESOLVED, compare_runs, t_interval
+from nas_flex.leaderboard.stats import UNRESOLVED, compare_runs, holm_bonferroni, t_interval
 
 GRID_SPACE = SPACES / "per_layer_grid.py"
 LEARNED_SPACE = SPACES / "per_layer_learned.py"
@@ -333,7 +333,7 @@ def _against_grid(runs: dict[int, pd.Series], curve: pd.DataFrame, score: str) -
             "gap_mean": 0.0 - 100 * comp.difference, "gap_low": 0.0 - 100 * comp.ci_high,
             "gap_high": 0.0 - 100 * comp.ci_low,
             "diff": comp.difference, "diff_low": comp.ci_low, "diff_high": comp.ci_high, "resolved": comp.resolved,
-            "diff_method": comp.method}
+            "diff_method": comp.method, "p_value": comp.p_value}
 
 
 def _keeps(retrains: dict[int, pd.Series], sources: dict[int, pd.Series], score: str) -> dict:
@@ -410,10 +410,24 @@ def summarise(df: pd.DataFrame, score: str | None = None,
             if arm == "grid-tpe" or reference is None:
                 reference = curve
         rows += _learned_rows(dataset, part, reference, score, skip_mixed)
-    table = pd.DataFrame(rows)
+    table = _holm(pd.DataFrame(rows))
     if not table.empty:
         table.insert(4, "score", score)
     return table, curves
+
+
+def _holm(table: pd.DataFrame) -> pd.DataFrame:
+    """``resolved_holm``: per dataset, the learned methods' comparisons with the grid as one family, corrected by
+    Holm's step-down procedure (``holm_bonferroni``); the retrain's row is not part of the family."""
+    if table.empty or "p_value" not in table.columns:
+        return table
+    table = table.copy()
+    table["resolved_holm"] = False
+    for _, part in table[table["arm"] == "learned"].groupby("dataset"):
+        _, rejected = holm_bonferroni(part["p_value"].tolist())
+        table.loc[part.index, "resolved_holm"] = rejected
+        table.loc[part.index, "family"] = len(part)
+    return table
 
 
 def curve_bands(curves: dict[str, pd.DataFrame], x: str) -> dict[str, pd.DataFrame]:
@@ -443,6 +457,8 @@ def _verdict(r: pd.Series) -> str:
         return "no grid of the same seeds"
     if r.resolved:
         where = "above the grid's final" if r["diff"] > 0 else "below the grid's final: a gap remains"
+        if r.arm == "learned" and not r.get("resolved_holm", True):
+            where += f" at 5 % uncorrected only (not after Holm over the {int(r.family)} methods)"
     else:
         where = UNRESOLVED
     text = f"{where} ({r.diff_method})"

@@ -234,3 +234,19 @@ def test_tpe_and_random_arms_differ_after_the_start_up_trials():
     start = study.TPE_STARTUP
     assert drawn["tpe"][:start] == drawn["random"][:start]  # the start-up draws: the same architectures
     assert sum(a != b for a, b in zip(drawn["tpe"][start:], drawn["random"][start:])) >= 4
+
+
+def test_the_learned_methods_against_the_grid_are_corrected_as_one_family_by_holm():
+    # p-values 0.01, 0.04, 0.03 (all below 5 % alone): Holm's step-down adjusts them to 0.03, 0.06, 0.06, so only
+    # the first survives; the retrain's comparison (p 0.001) is not part of the learned methods' family
+    rows = [{"dataset": "digits", "arm": "learned", "method": m, "p_value": p, "resolved": True, "diff": -0.05,
+             "diff_method": "paired t"} for m, p in (("njet", 0.01), ("flexconv", 0.04), ("niff", 0.03))]
+    rows.append({"dataset": "digits", "arm": "discretised", "method": "discretised conv", "p_value": 0.001,
+                 "resolved": True, "diff": -0.05, "diff_method": "paired t"})
+    rows.append({"dataset": "other", "arm": "learned", "method": "njet", "p_value": 0.04, "resolved": True,
+                 "diff": -0.05, "diff_method": "paired t"})  # a family of one in its own dataset: kept
+    table = study._holm(pd.DataFrame(rows))
+    assert table["resolved_holm"].tolist() == [True, False, False, False, True]
+    verdicts = [study._verdict(r) for _, r in table.iterrows()]
+    assert "uncorrected" not in verdicts[0] and "uncorrected" not in verdicts[4]
+    assert "at 5 % uncorrected only (not after Holm over the 3 methods)" in verdicts[1]
