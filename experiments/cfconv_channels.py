@@ -11,7 +11,8 @@ layer's default (one MLP per channel pair), 3 seeds each, in two regimes.
 * ``b`` (nas_flex's widths): the main job's CF-Conv config (``search_spaces/grid_vs_learned.py``: digits-multiscale at
   32 px, 4 layers of 16, max pooling, Adam lr 1e-2, batch 32, ``sampled_positions`` 2**15: 23 % of layer 2's
   32 x 17 x 16 x 16 positions per step, 89 % of layers 3-4's), at a reduced number of epochs (``--epochs-b``,
-  default 3 of the main job's 10: 135 steps).
+  default 2 of the main job's 10: 90 steps, one of them warm-up; a joint-MLP trial of the main job's size costs
+  several minutes of a loaded CPU per epoch).
 
 Every trial is ``nas_flex.train.run_trial`` on its config; the trained weights come back through its checkpoint file
 (loaded with ``weights_only=True``) to measure, per CF-Conv layer, the effective rank across output channels of
@@ -25,6 +26,7 @@ differences against per pair to ``cfconv_channels.json`` and the figure ``cfconv
 
 Usage (from the repository root):
     python -m experiments.cfconv_channels run --regimes a b --seeds 0 1 2
+    python -m experiments.cfconv_channels init        # the MLP's ranks at initialisation (no training)
     python -m experiments.cfconv_channels summary
 """
 
@@ -96,8 +98,9 @@ def effective_rank(spectrum: torch.Tensor) -> float:
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
 
 
-def layer_ranks(cfg: dict[str, Any], checkpoint: Path) -> dict[str, list[float]]:
-    """Per CF-Conv layer of the trained model: the rank of the applied kernel (the state) and of the MLP's."""
+def layer_ranks(cfg: dict[str, Any], checkpoint: Path | None) -> dict[str, list[float]]:
+    """Per CF-Conv layer of the trained model (``checkpoint``; None: the model at init under ``cfg``'s seed): the
+    rank of the applied kernel (the state) and of the MLP's."""
     from nas_flex.data import dataset_from_config
     from nas_flex.layers.cfconv import CFConv
     from nas_flex.models import build
@@ -105,8 +108,10 @@ def layer_ranks(cfg: dict[str, Any], checkpoint: Path) -> dict[str, list[float]]
 
     cfg = resolve_config(cfg).to_dict()
     splits = dataset_from_config(cfg)
+    torch.manual_seed(cfg["seed"])
     model = build(cfg, in_channels=splits.input_shape[0], num_classes=splits.num_classes)
-    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    if checkpoint is not None:
+        model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
     model.eval()
     layers = [m for m in model.modules() if isinstance(m, CFConv)]
     out: dict[str, list[float]] = {"state": [], "mlp": []}
@@ -123,8 +128,7 @@ def layer_ranks(cfg: dict[str, Any], checkpoint: Path) -> dict[str, list[float]]
 def run_one(regime: str, variant: str, seed: int, epochs: int) -> dict[str, Any]:
     from nas_flex.train import run_trial
 
-    cfg = {**regime_config(regime, epochs), "seed": seed,
-           "conv_hparams": {**VARIANTS[variant], **({"sampled_positions": SAMPLED_A} if regime == "a" else {})}}
+    cfg = _config(regime, variant, seed, epochs)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "trial.pt"
         t0 = time.perf_counter()
@@ -135,6 +139,21 @@ def run_one(regime: str, variant: str, seed: int, epochs: int) -> dict[str, Any]
             "val_acc": result.metrics["val_acc"], "best_val_acc": result.best["val_acc"],
             "train_seconds": result.train_seconds, "wall_seconds": wall, "rank_state": ranks["state"],
             "rank_mlp": ranks["mlp"]}
+
+
+def _config(regime: str, variant: str, seed: int, epochs: int) -> dict[str, Any]:
+    return {**regime_config(regime, epochs), "seed": seed,
+            "conv_hparams": {**VARIANTS[variant], **({"sampled_positions": SAMPLED_A} if regime == "a" else {})}}
+
+
+def init_ranks(regimes: list[str], seeds: list[int], variants: list[str]) -> None:
+    """The MLP's rank per layer at initialisation (no training), per regime, variant and seed, into
+    ``cfconv_channels_init.json``: what training started from."""
+    torch.set_num_threads(1)
+    _register_binary()
+    rows = [{"regime": r, "variant": v, "seed": s, "rank_mlp": layer_ranks(_config(r, v, s, 1), None)["mlp"]}
+            for r in regimes for v in variants for s in seeds]
+    write_json(f"{NAME}_init", {"rows": rows})
 
 
 def _done() -> set[tuple[str, str, int, int]]:
@@ -166,9 +185,14 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
             "n": len(values)}
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _layer_means(ranks: list[list[float]]) -> list[float] | None:
+    return [statistics.fmean(v) for v in zip(*ranks, strict=True)] if ranks else None
+
+
+def summarise(rows: list[dict[str, Any]], init: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """Per regime and variant: val_acc and per-layer ranks mean +- sd over seeds, and val_acc minus per pair's on
-    the same seed (mean +- sd of the paired differences)."""
+    the same seed (mean +- sd of the paired differences); ``init``: ``init_ranks``' rows, the MLP's rank per layer
+    at initialisation (mean over seeds)."""
     out: dict[str, Any] = {}
     for regime in sorted({r["regime"] for r in rows}):
         mine = [r for r in rows if r["regime"] == regime and r["status"] == "completed"]
@@ -184,6 +208,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "val_acc_stats": _mean_sd([r["val_acc"] for r in rs]),
                 "rank_state": [_mean_sd(list(v))["mean"] for v in zip(*[r["rank_state"] for r in rs], strict=True)],
                 "rank_mlp": [_mean_sd(list(v))["mean"] for v in zip(*[r["rank_mlp"] for r in rs], strict=True)],
+                "rank_mlp_init": _layer_means([i["rank_mlp"] for i in init
+                                               if i["regime"] == regime and i["variant"] == variant]),
                 "minus_per_pair": _mean_sd(paired) if variant != "per_pair" and paired else None,
                 "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in rs),
             }
@@ -204,13 +230,16 @@ def figure(summary: dict[str, Any], path: Path) -> None:
             v = block["variants"][name]
             acc_ax.scatter([x] * len(v["val_acc"]), v["val_acc"], color="C0", s=14)
             acc_ax.errorbar(x + 0.15, v["val_acc_stats"]["mean"], yerr=v["val_acc_stats"]["sd"], fmt="o", color="k")
-            rank_ax.plot(range(1, len(v["rank_mlp"]) + 1), v["rank_mlp"], marker="o", label=f"{name} (MLP)")
+            (line,) = rank_ax.plot(range(1, len(v["rank_mlp"]) + 1), v["rank_mlp"], marker="o", label=name)
+            if v["rank_mlp_init"]:
+                rank_ax.plot(range(1, len(v["rank_mlp_init"]) + 1), v["rank_mlp_init"], ls="--",
+                             color=line.get_color(), alpha=0.6)
         acc_ax.set_xticks(range(len(names)), names)
         acc_ax.set_ylabel("val_acc")
         acc_ax.set_title(f"regime {regime}: val_acc per seed, mean +- sd")
         rank_ax.set_xlabel("CF-Conv layer")
         rank_ax.set_ylabel("effective rank of the MLP's kernel")
-        rank_ax.set_title(f"regime {regime}: rank across output channels")
+        rank_ax.set_title(f"regime {regime}: MLP rank, trained (dashed: init)")
         rank_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -219,7 +248,8 @@ def figure(summary: dict[str, Any], path: Path) -> None:
 
 def write_summary() -> None:
     rows = [json.loads(line) for line in (RESULTS / f"{NAME}.jsonl").read_text().splitlines() if line.strip()]
-    summary = summarise(rows)
+    init_path = RESULTS / f"{NAME}_init.json"
+    summary = summarise(rows, json.loads(init_path.read_text())["rows"] if init_path.exists() else [])
     write_json(NAME, {"summary": summary, "note": "val_acc mean +- sd over seeds; minus_per_pair: paired by seed"})
     figure(summary, RESULTS / f"{NAME}.png")
     for regime, block in summary.items():
@@ -227,7 +257,8 @@ def write_summary() -> None:
             st, d = v["val_acc_stats"], v["minus_per_pair"]
             diff = f" minus per pair {d['mean']:+.3f} +- {d['sd']:.3f}" if d else ""
             print(f"{regime} {name:9s} val_acc {st['mean']:.3f} +- {st['sd']:.3f} (n={st['n']}){diff} rank mlp "
-                  f"{[round(r, 1) for r in v['rank_mlp']]} state {[round(r, 1) for r in v['rank_state']]}")
+                  f"{[round(r, 1) for r in v['rank_mlp']]} state {[round(r, 1) for r in v['rank_state']]} mlp at init "
+                  f"{[round(r, 1) for r in v['rank_mlp_init'] or []]}")
 
 
 def main() -> None:
@@ -238,11 +269,14 @@ def main() -> None:
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     r.add_argument("--epochs-a", type=int, default=12)
-    r.add_argument("--epochs-b", type=int, default=3)
+    r.add_argument("--epochs-b", type=int, default=2)
+    sub.add_parser("init", help="the MLP's rank per layer at initialisation, every regime, variant and seed")
     sub.add_parser("summary")
     args = parser.parse_args()
     if args.part == "run":
         run(args.regimes, args.seeds, args.variants, {"a": args.epochs_a, "b": args.epochs_b})
+    if args.part == "init":
+        init_ranks(["a", "b"], [0, 1, 2], list(VARIANTS))
     write_summary()
 
 
