@@ -222,9 +222,9 @@ def figure(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 * len(summary), figsize=(5 * 2 * len(summary), 3.6), squeeze=False)
+    fig, axes = plt.subplots(len(summary), 2, figsize=(11, 3.8 * len(summary)), squeeze=False)
     for k, (regime, block) in enumerate(summary.items()):
-        acc_ax, rank_ax = axes[0, 2 * k], axes[0, 2 * k + 1]
+        acc_ax, rank_ax = axes[k, 0], axes[k, 1]
         names = list(block["variants"])
         for x, name in enumerate(names):
             v = block["variants"][name]
@@ -238,6 +238,7 @@ def figure(summary: dict[str, Any], path: Path) -> None:
         acc_ax.set_ylabel("val_acc")
         acc_ax.set_title(f"regime {regime}: val_acc per seed, mean +- sd")
         rank_ax.set_xlabel("CF-Conv layer")
+        rank_ax.set_xticks(range(1, 1 + max(len(v["rank_mlp"]) for v in block["variants"].values())))
         rank_ax.set_ylabel("effective rank of the MLP's kernel")
         rank_ax.set_title(f"regime {regime}: MLP rank, trained (dashed: init)")
         rank_ax.legend(fontsize=7)
