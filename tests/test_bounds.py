@@ -143,3 +143,92 @@ def test_the_report_lists_sizes_at_bound(bounded_trial, tmp_path):
     write_trial(tmp_path / "lb", bounded_trial.to_dict(), experiment="e", trial_id="nj", sync=False)
     text = make_report(tmp_path / "lb", tmp_path / "rep").read_text()
     assert "at bound" in text and "njet nj layer 1 (schedule+input)" in text
+
+
+# ------------------------------------------------------------------------------------------- a layer's own range
+def _fit_envelope(target_sigma: float | None, steps: int = 150) -> list[dict]:
+    """Fit the apertures of an envelope layer (weights frozen, sigma from 0.4 grid units, Adam at 0.05 with the
+    trial's optimizers and after-step clip) to a target kernel: W o U(target_sigma), or with ``None`` W o U(1/7)
+    narrowed further by a 0.5 px Gaussian, which no aperture in the clip [1/7, 7] can reach."""
+    from nas_flex.functional.envelope import envelope_weight
+    from nas_flex.layers.envelope import EnvelopeConv
+
+    torch.manual_seed(0)
+    layer = EnvelopeConv(2, 3, 7, sigma_init=0.4)
+    layer.weight.requires_grad_(False)
+    with torch.no_grad():
+        if target_sigma is None:
+            r2 = (torch.arange(7.0) - 3).square()
+            narrow = torch.exp(-0.5 * (r2[:, None] + r2[None, :]) / 0.5**2)  # (7, 7), 1 at the centre
+            kernel = envelope_weight(layer.weight, torch.full((3,), 1 / 7)) * narrow
+        else:
+            kernel = envelope_weight(layer.weight, torch.full((3,), target_sigma))
+    start = size_parameter_start(layer)
+    opts = make_optimizers(layer, {**CFG, "lr": 0.05}, lambda s: 1.0)
+    for _ in range(steps):
+        x = torch.randn(8, 2, 12, 12)
+        target = torch.nn.functional.conv2d(x, kernel, layer.bias.detach(), padding=3)
+        opts.zero_grad()
+        torch.nn.functional.mse_loss(layer(x), target).backward()
+        opts.weights.step()
+        opts.schedule_step()
+        layer.constrain_()  # as the trial does after every step
+    return mark_bounds(learned_size_records(layer), layer, start, travel_budgets(opts.all, opts.schedulers))
+
+
+def test_apertures_driven_onto_the_clip_are_marked_range():
+    (rec,) = _fit_envelope(target_sigma=None)
+    assert rec["sigma_min"] == pytest.approx(1 / 7, rel=1e-6)  # held on the clip, where the target pulls past it
+    assert rec["at_bound"] == "range"
+    assert rec["budget_used"] < 0.9  # 150 steps of 0.05 could move them by 7.5: the clip stopped them, not Adam
+
+
+def test_apertures_that_reach_their_target_inside_the_range_are_not_marked():
+    (rec,) = _fit_envelope(target_sigma=0.25)
+    assert rec["sigma_min"] == pytest.approx(0.25, rel=0.05) and rec["sigma_max"] == pytest.approx(0.25, rel=0.05)
+    assert rec["at_bound"] is None
+
+
+def test_a_range_is_declared_by_the_layer_and_marks_only_what_sits_on_it():
+    from nas_flex.layers.envelope import EnvelopeConv
+
+    layer = EnvelopeConv(1, 4, 7, sigma_init=(0.3, 0.6))
+    assert [(p is layer.sigma, lo, hi) for p, lo, hi in layer.size_ranges()] == [(True, 1 / 7, 7.0)]
+    assert list(NJetConv(1, 1).size_ranges()) == []  # the default: no declared range
+    start = size_parameter_start(layer)
+    for values, expected in (([0.3, 0.4, 0.5, 0.6], None), ([1 / 7, 0.4, 0.5, 0.6], "range"),
+                             ([0.3, 0.4, 0.5, 7.0], "range"), ([1 / 7 * 1.01, 0.4, 0.5, 0.6], None)):
+        with torch.no_grad():
+            layer.sigma.copy_(torch.tensor(values))
+        (rec,) = mark_bounds(learned_size_records(layer), layer, start, {})
+        assert rec["at_bound"] == expected, values
+    # moved from 0.3 to 1/7 with a budget of 0.1: stopped by the schedule and (one filter) by the clip
+    with torch.no_grad():
+        layer.sigma.copy_(torch.tensor([1 / 7, 0.4, 0.5, 0.6]))
+    (rec,) = mark_bounds(learned_size_records(layer), layer, start, {id(layer.sigma): 0.1})
+    assert rec["at_bound"] == "schedule+range" and rec["budget_used"] == pytest.approx((0.3 - 1 / 7) / 0.1)
+
+
+@pytest.fixture(scope="module")
+def clipped_trial():
+    """An envelope trial whose apertures all start on the clip (sigma_init below 1/n) and are not trained
+    (size_lr_factor 0): a size that starts at the clip and stays there counts as held by the range."""
+    cfg = {"dataset": "digits", "backbone": "simple", "conv": "envelope", "kernel_size": 3,
+           "conv_hparams": {"sigma_init": 0.05}, "width": 4, "depth": 2, "pooling": "none", "image_size": 8,
+           "epochs": 1, "batch_size": 32, "train_subset": 32, "val_subset": 32, "lr": 1e-2, "size_lr_factor": 0.0,
+           "seed": 0}
+    return run_trial(cfg)
+
+
+def test_a_trial_with_apertures_on_the_clip_shows_range_in_the_summary_and_the_report(clipped_trial, tmp_path):
+    from nas_flex.leaderboard import write_trial
+    from nas_flex.report import make_report
+
+    result = clipped_trial
+    assert [r["at_bound"] for r in result.learned_sizes] == ["range", "range"]
+    assert result.learned_sizes[0]["sigma_max"] == pytest.approx(1 / 3)
+    row = trial_table(result, experiment="e", trial_id="t0", written_at=result.finished).to_pandas()
+    assert "[at bound: range]" in format_size_changes(size_changes(row)).splitlines()[0]
+    write_trial(tmp_path / "lb", result.to_dict(), experiment="e", trial_id="env", sync=False)
+    text = make_report(tmp_path / "lb", tmp_path / "rep").read_text()
+    assert "envelope env layer 1 (range)" in text

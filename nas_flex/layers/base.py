@@ -133,7 +133,7 @@ class KernelLayer(nn.Module):
 
     Every hook the rest of nas_flex reads from a layer is declared here with its default, so a new layer is one
     class: the backbones (``spatial_stem``, ``sequence_layer``), training (``size_parameters``, ``size_recipe``,
-    ``regularization``, ``constrain_``), the leaderboard (``size_record`` and ``size_summary``: what
+    ``regularization``, ``constrain_``, ``size_ranges``), the leaderboard (``size_record`` and ``size_summary``: what
     ``nas_flex.learned_sizes`` writes into each trial's row), and export (``to_conv2d``, ``frequency_kernel``,
     ``to_conv1d``, by ``domain`` and ``spatial_dims``).
 
@@ -222,6 +222,15 @@ class KernelLayer(nn.Module):
             return tuple(round(float(v)) for v in self.effective_kernel_size)
         except (NotImplementedError, TypeError, ValueError, OverflowError):  # no size, or a non-finite one
             return ("uncached", id(self), next(_RECOUNT))
+
+    def size_ranges(self) -> Iterator[tuple[nn.Parameter, float, float]]:
+        """``(parameter, low, high)`` for each size parameter that the layer's own clip holds in [low, high] (in
+        the parameter's own unit, as ``constrain_`` and the forward apply it). None by default.
+
+        A size parameter that ends on ``low`` or ``high`` was stopped by the layer's range, not placed there by the
+        data: ``nas_flex.train.bounds`` marks its layer "range".
+        """
+        return iter(())
 
     def size_record(self) -> dict[str, Any]:
         """The raw size parameters as plain Python values, for ``nas_flex.learned_sizes``."""

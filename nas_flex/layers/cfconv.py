@@ -212,7 +212,10 @@ class CFConv(FrequencyKernelLayer):
             the frequency coordinates: C_in + C_out more inputs) or "embedding" (a learned vector per input and per
             output channel, ``channel_embedding_in`` (C_in, D) and ``channel_embedding_out`` (C_out, D), N(0, 1) at
             init, trained with the weights). Categorical inputs raise the effective rank of the joint MLP's kernel
-            across output channels at init (``tests/test_cfconv_channels.py``); per pair stays the default.
+            across output channels at init (``tests/test_cfconv_channels.py``), but not after training: in a binary
+            task with ~1 % of the positions sampled per step (the paper's regime) one-hot and embedding inputs end
+            15-17 points below per pair and 10-12 below the index, their MLP at rank 2-5 of 16 like the index's
+            (``experiments/cfconv_channels.py``, 3 seeds; docs/reproductions.md); per pair stays the default.
         channel_embedding_dim: D, the embedding's width for ``channel_inputs="embedding"``. Default 4.
         bias: add a learnable bias per output channel (spatial domain; nn.Conv2d's default; not in the paper).
 

@@ -180,6 +180,10 @@ class EnvelopeConv(KernelLayer):
         with torch.no_grad():
             self.sigma.clamp_(*self.sigma_bounds)
 
+    def size_ranges(self) -> Iterator[tuple[nn.Parameter, float, float]]:
+        """The apertures' clip [1 / n, n] (grid units): an aperture on it is held there by the clip."""
+        yield (self.sigma, *self.sigma_bounds)
+
     def size_record(self) -> dict[str, Any]:
         """sigma / sigma_min / sigma_max: mean, min, max aperture in grid units (the raw parameter, clipped to
         [1 / n, n]); sigma_px: the mean aperture in pixels (sigma * n); n: the base grid side."""

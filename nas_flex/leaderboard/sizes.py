@@ -91,7 +91,8 @@ def size_changes(frame: pd.DataFrame) -> pd.DataFrame:
         raw size parameter that sums the layer up: the record's ``size_parameter``), ``init_value``, ``learned_value``,
         ``change`` (learned / init - 1), ``at_bound`` (where training left the size at a bound: "schedule" (the
         furthest its optimizer could move it in the trial's steps), "input" (the kernel spans the feature map),
-        both joined by "+", or None; ``nas_flex.train.bounds``), and ``init_<key>`` / ``learned_<key>`` for every
+        "range" (the layer's own clip holds it at a limit), those that hold joined by "+", or None;
+        ``nas_flex.train.bounds``), and ``init_<key>`` / ``learned_<key>`` for every
         numeric raw size parameter the records hold (``sigma_min``, ``mask_mean_h``, ``entropy``, ...). A trial
         with no learned-size layer gets no row.
 

@@ -102,8 +102,9 @@ def _sizes_vs_depth(df, metric: str, way: str, path: Path, top: int, history=Non
         return "no learned-size trials with recorded sizes"
     init_note = (f"; the size at initialisation (the epoch-0 record) dashed for {with_init}" if with_init
                  else "; no epoch-0 record in the history, so no sizes at initialisation")
-    bound_note = ("; at bound (the size stopped by its optimizer's step budget, \"schedule\", or by the feature map, "
-                  "\"input\"; ringed in red): " + ", ".join(bounded)) if bounded else "; no size at bound"
+    bound_note = ("; at bound (the size stopped by its optimizer's step budget, \"schedule\", by the feature map, "
+                  "\"input\", or by the layer's own clip, \"range\"; ringed in red): " + ", ".join(bounded)
+                  ) if bounded else "; no size at bound"
     return f"{len(lines)} trial(s): " + ", ".join(lines) + init_note + bound_note
 
 

@@ -1,8 +1,9 @@
 """Which learned sizes ended at a bound: the furthest their optimizer could move them, or the feature map's side.
 
-A learned size that stops at a bound says nothing about where the data wants it. Two bounds are checked per
-learned-size layer at the end of a trial, and the layer's size record gets ``at_bound`` ("schedule", "input",
-"schedule+input" or None) and ``budget_used`` (a float, or None where no budget applies):
+A learned size that stops at a bound says nothing about where the data wants it. Three bounds are checked per
+learned-size layer at the end of a trial, and the layer's size record gets ``at_bound`` (the marks that hold, joined
+by "+" in the order below: "schedule", "input", "range", "schedule+range", ..., or None) and ``budget_used`` (a
+float, or None where no budget applies):
 
 * **schedule**: under Adam a parameter moves by about its learning rate per step at most (the step is
   lr * m_hat / (sqrt(v_hat) + eps), and |m_hat| / sqrt(v_hat) is 1 when the gradient keeps its sign, less when it
@@ -25,6 +26,12 @@ learned-size layer at the end of a trial, and the layer's size record gets ``at_
 * **input**: the layer's kernel spans the whole feature map it last saw in height or width (N-Jet's side capped at
   the map, a FlexConv mask cropped to the full grid, a frequency layer whose kernel mass fills the map): the size
   cannot grow further where it matters.
+* **range**: the layer's own clip holds a size parameter at a limit of its declared range
+  (``KernelLayer.size_ranges()``: the envelope's apertures in [1/n, n]; a user layer declares its own). Any entry
+  (e.g. one filter's aperture) within ``RANGE_TOLERANCE`` of ``low`` or ``high``, or past it, marks the layer. Only
+  the final value counts, also for an entry that started on the clip (the envelope's smallest initial apertures,
+  0.1 clipped to 1/7) and never left it: the clip passes the gradient straight through, so any step that pushed it
+  inwards would have moved it off, and one still there at the end is held by the range, not placed by the data.
 """
 
 from __future__ import annotations
@@ -37,10 +44,13 @@ from torch import Tensor, nn
 
 from nas_flex.layers.base import KernelLayer
 
-__all__ = ["TOLERANCE", "size_parameter_start", "travel_budgets", "mark_bounds"]
+__all__ = ["TOLERANCE", "RANGE_TOLERANCE", "size_parameter_start", "travel_budgets", "mark_bounds"]
 
 #: a size within this share of its travel budget (10 %) counts as stopped by the schedule
 TOLERANCE = 0.1
+#: a size parameter within this share of a range limit's magnitude (0.1 %) counts as held at it: a clip sets it to
+#: the limit exactly, up to the parameter's float precision
+RANGE_TOLERANCE = 1e-3
 
 _ADAM = (torch.optim.Adam, torch.optim.AdamW)
 
@@ -97,6 +107,17 @@ def _input_capped(layer: KernelLayer) -> bool:
     return kh >= h or kw >= w
 
 
+def _range_held(layer: KernelLayer) -> bool:
+    """Whether any entry of a size parameter with a declared range sits on (or past) one of its limits."""
+    for param, low, high in layer.size_ranges():
+        v = param.detach().double()
+        if v.numel() == 0 or v.is_meta:
+            continue
+        if bool((v <= low + RANGE_TOLERANCE * abs(low)).any() or (v >= high - RANGE_TOLERANCE * abs(high)).any()):
+            return True
+    return False
+
+
 def mark_bounds(records: Sequence[Mapping[str, Any]], model: nn.Module, start: Mapping[str, list[Tensor]],
                 budgets: Mapping[int, float | None], *, tolerance: float = TOLERANCE) -> list[dict[str, Any]]:
     """The size records with ``at_bound`` and ``budget_used`` added (module docstring).
@@ -109,7 +130,7 @@ def mark_bounds(records: Sequence[Mapping[str, Any]], model: nn.Module, start: M
         tolerance: the share of the budget below which a size still counts as free (default ``TOLERANCE``).
 
     Returns:
-        New dicts; a record whose layer has no start copy gets ``at_bound`` from the input check only.
+        New dicts; a record whose layer has no start copy gets ``at_bound`` from the input and range checks only.
     """
     layers = _layers(model)
     out = []
@@ -124,5 +145,7 @@ def mark_bounds(records: Sequence[Mapping[str, Any]], model: nn.Module, start: M
                 marks.append("schedule")
             if _input_capped(layer):
                 marks.append("input")
+            if _range_held(layer):
+                marks.append("range")
         out.append({**rec, "at_bound": "+".join(marks) or None, "budget_used": used})
     return out
