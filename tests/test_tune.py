@@ -45,6 +45,7 @@ def grid4(trial):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_four_trial_search_end_to_end(tmp_path):
     space = SearchSpace(grid4, sampler="grid")
     lb = search(space, storage=tmp_path, experiment="e2e", verbose=0)
@@ -177,6 +178,7 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_identical_configs_are_trained_once(tmp_path):
     def two(trial):
         return {**TINY, "epochs": 1, "conv": trial.suggest_categorical("conv", ["conv", "mixed"])}
@@ -267,6 +269,7 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_asha_stops_the_worse_trials_and_their_rows_keep_metrics(tmp_path):
     """ASHA (grace 1 epoch, reduction factor 2) stops trials early, and each still gets a row (status "stopped")
     with its last epoch's metrics; a two-objective search runs end to end. Half the grid cannot learn (lr 1e-7), the
