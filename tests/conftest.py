@@ -44,7 +44,8 @@ def local_ray():
 
 
 def pytest_collection_modifyitems(config, items):
-    # the tests on the shared Ray last, in their collected order (a stable sort)
+    # the tests on the shared Ray last, in their collected order (a stable sort); a module-scoped fixture of their
+    # module is then set up again for them, so keep those tests free of expensive module fixtures
     items.sort(key=lambda item: "local_ray" in getattr(item, "fixturenames", ()))
     if torch.cuda.is_available():
         return
