@@ -141,6 +141,7 @@ def test_smoke_runs_every_step_but_the_search_on_the_cpu(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_smoke_search_runs_both_trials_at_once(tmp_path):
     assert gpu_check.main(["--smoke", "--out", str(tmp_path), "--steps", "search"]) == 0
     search = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["search"]

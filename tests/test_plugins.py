@@ -195,13 +195,16 @@ def own_loop(config, ctx):
 
 if __name__ == "__main__":
     address = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "-" else None
-    trainable = own_loop if "--own-loop" in sys.argv else None
-    lb = nas_flex.search(SearchSpace(space, sampler="grid"), storage=sys.argv[2], address=address,
-                         verbose=0, max_failures=0, trainable=trainable)
-    rows = [{"conv": r.params_conv, "status": r.status, "flops": float(r.flops), "error": str(r.error),
-             "heights": [float(s["height"]) for s in (r.learned_sizes if r.learned_sizes is not None else [])]}
-            for r in lb.to_pandas().itertuples()]
-    print("ROWS", json.dumps(rows))
+    # nas_flex's loop, the user's own (--own-loop), or both, one search after the other (--both-loops)
+    loops = {"built-in": None, "own": own_loop}
+    names = ["own"] if "--own-loop" in sys.argv else list(loops) if "--both-loops" in sys.argv else ["built-in"]
+    for name in names:
+        lb = nas_flex.search(SearchSpace(space, sampler="grid"), storage=f"{sys.argv[2]}/{name}", address=address,
+                             verbose=0, max_failures=0, trainable=loops[name])
+        rows = [{"conv": r.params_conv, "status": r.status, "flops": float(r.flops), "error": str(r.error),
+                 "heights": [float(s["height"]) for s in (r.learned_sizes if r.learned_sizes is not None else [])]}
+                for r in lb.to_pandas().itertuples()]
+        print("ROWS", name, json.dumps(rows))
 '''
 
 
@@ -223,9 +226,10 @@ def _write_user_project(tmp: Path) -> tuple[Path, Path]:
     return project, images
 
 
-def _check_rows(out: subprocess.CompletedProcess) -> None:
+def _check_rows(out: subprocess.CompletedProcess, loop: str) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    rows = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("ROWS "))[5:])
+    line = next(line for line in out.stdout.splitlines() if line.startswith(f"ROWS {loop} "))
+    rows = json.loads(line.split(" ", 2)[2])
     assert sorted(r["conv"] for r in rows) == ["my_conv", "njet"]
     for row in rows:
         assert row["status"] == "completed" and row["flops"] > 0, row
@@ -242,13 +246,13 @@ def _run_script(project: Path, *args: str, env: dict | None = None, timeout: int
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("loop", ["built-in", "own"])
-def test_registered_plugins_reach_the_embedded_ray(tmp_path, loop):
-    """A layer and a backbone from __main__, imagefolder and a user module's dataset, with nas_flex's loop or the
-    user's own (``trainable=``) in the same search."""
+def test_registered_plugins_reach_the_embedded_ray(tmp_path):
+    """A layer and a backbone from __main__, imagefolder and a user module's dataset, with nas_flex's loop and with
+    the user's own (``trainable=``): one script, one search each (a Ray started and shut down by each)."""
     project, images = _write_user_project(tmp_path)
-    own = ["-", "--own-loop"] if loop == "own" else []
-    _check_rows(_run_script(project, str(images), str(tmp_path / "runs"), *own))
+    out = _run_script(project, str(images), str(tmp_path / "runs"), "-", "--both-loops")
+    for loop in ("built-in", "own"):
+        _check_rows(out, loop)
 
 
 def _free_port() -> int:
@@ -281,7 +285,7 @@ def test_registered_plugins_reach_a_two_node_cluster(tmp_path):
         time.sleep(6)
         # the user's own loop (trainable=) with their layer, backbone and datasets, on the cluster
         _check_rows(_run_script(project, str(images), str(tmp_path / "runs"), f"127.0.0.1:{port}", "--own-loop",
-                                env=env))
+                                env=env), "own")
     finally:
         for proc in reversed(nodes):
             _stop(proc)

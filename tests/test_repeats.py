@@ -166,6 +166,7 @@ def test_the_sampler_sees_the_mean_once_per_architecture():
 # ------------------------------------------------------------------------------------------------- resume
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_resume_of_a_repeated_search_redoes_no_finished_seed(tmp_path):
     from nas_flex.spaces import SearchSpace
     from nas_flex.tune import search

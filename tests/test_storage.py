@@ -304,6 +304,7 @@ def _killed_states(storage: Path, space: SearchSpace, monkeypatch) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_resume_finishes_every_kill_state_with_one_row_each_and_unpickles_nothing(tmp_path, monkeypatch):
     from nas_flex.tune import search
 

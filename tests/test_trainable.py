@@ -258,6 +258,7 @@ def njet_or_fail(config, ctx):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_a_trainable_search_writes_the_rows_of_built_in_trials(tmp_path):
     lb = search(SearchSpace(four_cases, sampler="grid"), storage=tmp_path, experiment="own", trainable=njet_or_fail,
                 max_failures=0, verbose=0)
@@ -385,6 +386,7 @@ def _write_image_folder(root: Path, classes=("circle", "square"), per_split=(6, 
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_the_example_searches_an_image_folder(tmp_path):
     _write_image_folder(tmp_path / "images")
     lb = search(EXAMPLE, storage=tmp_path / "lb", num_samples=2, experiment="example", max_failures=0, verbose=0,

@@ -45,6 +45,7 @@ def grid4(trial):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_four_trial_search_end_to_end(tmp_path):
     space = SearchSpace(grid4, sampler="grid")
     lb = search(space, storage=tmp_path, experiment="e2e", verbose=0)
@@ -108,7 +109,8 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
     space_file = tmp_path / "tiny_space.py"
     # epochs long enough (480 examples, 24 epochs: seconds per trial even on an idle machine) that the Ctrl-C lands
     # inside a trial, not after the search has finished
-    space_file.write_text(SPACE_FILE.format(tiny=repr({**TINY, "epochs": 24, "train_subset": 480})))
+    space_file.write_text(SPACE_FILE.format(tiny=repr({**TINY, "epochs": 24, "train_subset": 480})).replace(
+        '["max", "avg", "none"]', '["max", "avg"]'))  # four trials: two finish, one is cut short, one is new after
     storage = tmp_path / "lb"
     system_tmp = tmp_path / "system_tmp"
     system_tmp.mkdir()
@@ -138,7 +140,7 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
     assert proc.wait(timeout=120) == 130, proc.stdout.read()[-3000:]  # Ctrl-C ends the command, not just Tune
     first = Leaderboard(storage).to_pandas()
     first = first[first["status"] != "error"]  # a trial the interruption cut short may have written an error row
-    assert 2 <= len(first) < 6, "the interruption came too late to test a resume"
+    assert 2 <= len(first) < 4, "the interruption came too late to test a resume"
     done_before = first.set_index("trial_id")["written_at"].to_dict()
     import torch
 
@@ -158,9 +160,9 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
     after_summary = out.stdout.split("Each learned-size method's best trial")[-1]
     assert "mixed (" in after_summary and "normalized_entropy 1 -> " in after_summary, out.stdout[-2000:]
     df = Leaderboard(storage).to_pandas()
-    assert len(df) == 6 and df["trial_id"].is_unique, df[["trial_id", "status"]]
+    assert len(df) == 4 and df["trial_id"].is_unique, df[["trial_id", "status"]]
     assert (df["status"] == "completed").all()
-    assert len(set(zip(df["params_conv"], df["params_pooling"]))) == 6
+    assert len(set(zip(df["params_conv"], df["params_pooling"]))) == 4
     after = df.set_index("trial_id")["written_at"].to_dict()
     for trial_id, written in done_before.items():  # finished trials were not redone
         assert after[trial_id] == written
@@ -177,18 +179,20 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_identical_configs_are_trained_once(tmp_path):
     def two(trial):
         return {**TINY, "epochs": 1, "conv": trial.suggest_categorical("conv", ["conv", "mixed"])}
 
-    lb = search(SearchSpace(two, sampler="random"), storage=tmp_path, num_samples=5, experiment="dd",
+    # three samples of two configs: at least one is a duplicate, whatever the sampler draws
+    lb = search(SearchSpace(two, sampler="random"), storage=tmp_path, num_samples=3, experiment="dd",
                 max_concurrent=1, verbose=0)
     df = lb.to_pandas()
-    assert len(df) == 5
+    assert len(df) == 3
     trained = df[df["status"] == "completed"]
     assert len(trained) == trained["config_key"].nunique() <= 2
     dups = df[df["status"] == "duplicate"]
-    assert len(dups) == 5 - len(trained)
+    assert len(dups) == 3 - len(trained) >= 1
     for _, d in dups.iterrows():
         original = trained[trained["config_key"] == d["config_key"]].iloc[0]
         assert d["metrics_val_acc"] == original["metrics_val_acc"] and "duplicate of" in d["error"]
@@ -267,6 +271,7 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's embedded Ray
 def test_asha_stops_the_worse_trials_and_their_rows_keep_metrics(tmp_path):
     """ASHA (grace 1 epoch, reduction factor 2) stops trials early, and each still gets a row (status "stopped")
     with its last epoch's metrics; a two-objective search runs end to end. Half the grid cannot learn (lr 1e-7), the
