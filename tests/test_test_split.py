@@ -297,6 +297,7 @@ def test_a_users_loop_gets_the_test_split_and_reports_its_score_outside_the_epoc
 
 
 # -------------------------------------------------------------------------------------- a real search
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_search_with_a_test_split_never_shows_it_to_the_searcher_or_the_scheduler(tmp_path, monkeypatch):

@@ -100,6 +100,7 @@ def test_reuse_actors_is_checked_before_ray():
         RunConfig(reuse_actors="yes")
 
 
+@pytest.mark.usefixtures("local_ray")
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_search_reuses_its_worker_processes(tmp_path):
