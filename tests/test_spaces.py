@@ -78,7 +78,8 @@ def test_dry_build_loads_the_dataset_the_trial_would(monkeypatch):
     monkeypatch.setattr(data, "get_dataset", recording)
     config = {"dataset": "digits", "download": True, "seed": 3, "image_size": 12, "data_options": {"val_fraction": 0.5}}
     validate_config(config, build=True)
-    assert calls == [("digits", {"root": None, "image_size": 12, "seed": 3, "download": True, "val_fraction": 0.5})]
+    assert calls == [("digits", {"root": None, "image_size": 12, "seed": 3, "download": True, "test_fraction": None,
+                                 "val_fraction": 0.5})]
 
 
 def test_bad_settings():
