@@ -138,6 +138,10 @@ FIELDS: tuple[ConfigField, ...] = (
        "mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); off on CPU"),
     _f("deterministic", False, (bool,), "bool", "cuDNN deterministic kernels (slower)"),
     _f("num_workers", 0, (int,), "int64", "DataLoader workers", run_only=True),
+    _f("val_every", 1, (int,), "int64",
+       "validate after every this many epochs and always after the last (1: every epoch, and the model at "
+       "initialisation); larger values save the validation passes when only the final accuracy is read, but the "
+       "per-epoch curves, ASHA and the 'best epoch' see only the validated epochs", *_AT_LEAST_1, run_only=True),
 )
 
 _BY_NAME: dict[str, ConfigField] = {f.name: f for f in FIELDS}

@@ -202,12 +202,12 @@ def config_hash(canonical_json: str) -> str:
 
 #: config keys left out of an ``architecture_key``: the seed, which varies between repeated runs of one
 #: architecture, and the run-only keys of ``nas_flex.config`` (where and how a trial runs, not what it trains)
-REPEAT_KEYS: tuple[str, ...] = ("seed", "device", "num_workers", "download")
+REPEAT_KEYS: tuple[str, ...] = ("seed", "device", "num_workers", "download", "val_every")
 
 
 #: config keys added after the first leaderboards were written, with the value that means "as before": a config
 #: holding that value is keyed as if the key were absent, so existing storages keep their config and architecture keys
-KEY_NEUTRAL: dict[str, Any] = {"test_fraction": None}
+KEY_NEUTRAL: dict[str, Any] = {"test_fraction": None, "val_every": 1}
 
 
 def keyed_values(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,10 @@ POOLING = "max"
 
 # 10 epochs at batch 32 (450 steps): at 6 epochs of batch 64 (138 steps) FlexConv trailed the best grid point by 23
 # points (0.652 vs 0.886), at 10 x 32 by a few (experiments/main_job_sizes.py; docs/results.md)
+# val_every 10: the job reads each run's final accuracy, so it validates once, after the last epoch, instead of after
+# every epoch (8 % of a trial's time); the sizes at initialisation are still recorded
 BASE = {"backbone": "simple", "depth": 4, "width": 16, "dataset": "digits-multiscale", "epochs": 10, "batch_size": 32,
-        "lr": 1e-2}
+        "lr": 1e-2, "val_every": 10}
 
 # cfconv runs the layer's default, one MLP per channel pair (the paper's Phi(H, W)): the paper's recommended joint MLP
 # collapses a layer's output channels at this width and stays near chance here (docs/results.md, "NIFF and CF-Conv at

@@ -63,7 +63,7 @@ def test_a_resolved_config_is_frozen_json_safe_and_resolves_to_itself():
 
 def test_architecture_key_leaves_out_the_seed_and_where_the_trial_runs():
     base = resolve_config({"conv": "flexconv", "seed": 0})
-    assert set(RUN_ONLY) == {"device", "num_workers", "download"}
+    assert set(RUN_ONLY) == {"device", "num_workers", "download", "val_every"}
     same = resolve_config({"conv": "flexconv", "seed": 7, "device": "cpu", "num_workers": 2})
     assert same.architecture_key == base.architecture_key and same.key != base.key
     for other in ({"conv": "njet"}, {"conv": "flexconv", "lr": 0.1}, {"conv": "flexconv", "pooling": "avg"}):

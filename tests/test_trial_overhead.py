@@ -141,3 +141,26 @@ def test_every_layer_has_a_stable_cost_signature_and_the_meter_matches_a_fresh_c
     assert first.total == count_flops(layer.eval(), x).total
     if get(name).domain == "frequency":
         assert signature is None  # the input grid sets a frequency layer's cost
+
+
+def test_val_every_validates_only_the_chosen_epochs_and_trains_the_same_model():
+    """``val_every`` 3 over 4 epochs validates after epochs 3 and 4 (the last, always) and not at initialisation;
+    the training is unchanged (validation draws no random numbers), so the final metrics equal a run validated
+    after every epoch, and the config and architecture keys of the default are those of a config without the key."""
+    from nas_flex.errors import HyperparameterError
+    from nas_flex.train import run_trial
+
+    base = {**TINY, "epochs": 4, "train_subset": 64, "val_subset": 32}
+    every, reports = run_trial(base), []
+    sparse = run_trial({**base, "val_every": 3}, report=reports.append)
+    validated = [h["epoch"] for h in sparse.history if h["val_acc"] is not None]
+    assert validated == [3, 4] and [h["epoch"] for h in sparse.history] == [0, 1, 2, 3, 4]
+    assert [r["epoch"] for r in reports] == [3, 4]  # the searcher and ASHA see validated epochs only
+    assert sparse.history[0]["learned_sizes"] == every.history[0]["learned_sizes"]  # sizes at init still recorded
+    assert sparse.metrics["val_acc"] == every.metrics["val_acc"]
+    assert sparse.metrics["train_loss"] == every.metrics["train_loss"]
+    assert sparse.best["epoch"] in (3, 4)
+    assert resolve_config({**base, "val_every": 1}).key == resolve_config(base).key
+    assert resolve_config({**base, "val_every": 5}).architecture_key == resolve_config(base).architecture_key
+    with pytest.raises(HyperparameterError, match="val_every"):
+        resolve_config({**base, "val_every": 0})

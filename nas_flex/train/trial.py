@@ -265,8 +265,10 @@ def load_checkpoint(path: Path, trial: TrialSetup) -> TrialProgress:
 
 def _initial_progress(trial: TrialSetup, flops: FlopCount) -> TrialProgress:
     """A fresh trial's progress: the epoch-0 record (validation metrics and sizes, raw size parameters included, at
-    initialisation), so "moved from X to Y" can be read off."""
-    val_loss, val_acc = evaluate(trial.model, trial.val_loader, trial.device, trial.autocast)
+    initialisation), so "moved from X to Y" can be read off. The initial model is validated only when every epoch
+    is (``val_every`` 1)."""
+    val_loss, val_acc = (evaluate(trial.model, trial.val_loader, trial.device, trial.autocast)
+                         if trial.cfg.get("val_every", 1) == 1 else (None, None))
     epoch0 = {"epoch": 0, "train_loss": None, "train_acc": None, "train_reg": None, "val_loss": val_loss,
               "val_acc": val_acc, "lr": trial.opts.weights.param_groups[0]["lr"], "seconds": 0.0,
               "flops": flops.per_sample, "learned_sizes": learned_size_records(trial.model)}
@@ -302,8 +304,10 @@ def _guarded_epoch(trial: TrialSetup, epoch: int, loader, size_batches
 def _epoch_record(trial: TrialSetup, epoch: int, stats: dict[str, float], seconds: float
                   ) -> tuple[dict[str, Any], FlopCount]:
     """(the history record after ``epoch`` (0-based) trained: its metrics, validation, FLOPs and learned sizes;
-    the FLOPs)."""
-    val_loss, val_acc = evaluate(trial.model, trial.val_loader, trial.device, trial.autocast)
+    the FLOPs). Validation runs after every ``val_every``-th epoch and after the last; else val_* are None."""
+    done, every = epoch + 1, trial.cfg.get("val_every", 1)
+    val_loss, val_acc = (evaluate(trial.model, trial.val_loader, trial.device, trial.autocast)
+                         if done % every == 0 or done == trial.cfg["epochs"] else (None, None))
     flops = trial.meter()
     return {
         "epoch": epoch + 1,
@@ -338,7 +342,7 @@ def _train_epochs(trial: TrialSetup, progress: TrialProgress, report: Report | N
         progress.history.append(record)
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, trial, progress, epoch)
-        if report is not None:
+        if report is not None and record["val_acc"] is not None:  # the searcher and ASHA see validated epochs
             report({**record, "params": trial.params})
 
 
@@ -357,10 +361,11 @@ def summarise(trial: TrialSetup, progress: TrialProgress, *, started: str) -> Tr
     """The ``TrialRecord`` of a trial that stopped training: final and best metrics, compute, sizes, versions."""
     trained = [h for h in progress.history if h["epoch"] >= 1]  # epoch 0 is the state at initialisation
     last = trained[-1] if trained else {}
+    validated = [h for h in trained if h["val_acc"] is not None]  # every epoch unless val_every > 1
     best = {
-        "val_acc": max((h["val_acc"] for h in trained), default=float("nan")),
-        "val_loss": min((h["val_loss"] for h in trained), default=float("nan")),
-        "epoch": max(trained, key=lambda h: h["val_acc"])["epoch"] if trained else 0,
+        "val_acc": max((h["val_acc"] for h in validated), default=float("nan")),
+        "val_loss": min((h["val_loss"] for h in validated), default=float("nan")),
+        "epoch": max(validated, key=lambda h: h["val_acc"])["epoch"] if validated else 0,
     }
     history, flops, seconds = progress.history, progress.flops, progress.train_seconds
     peak, peak_kind = _peak_memory(trial.device)
@@ -371,7 +376,7 @@ def summarise(trial: TrialSetup, progress: TrialProgress, *, started: str) -> Tr
         started=started,
         finished=utc_now(),
         epochs_completed=len(trained),
-        metrics={k: last.get(k, float("nan")) for k in TASK_METRICS},
+        metrics={k: float("nan") if last.get(k) is None else last[k] for k in TASK_METRICS},
         best=best,
         history=history,
         params=trial.params,
