@@ -367,7 +367,9 @@ def test_rows_written_before_test_splits_still_read_and_a_duplicate_takes_its_ow
     # a row file as the code before test splits wrote it: without the three new columns
     old = dataclasses.replace(owner, config=resolve_config(TINY), metrics={k: metrics[k] for k in TASK_METRICS})
     table = trial_table(old, experiment="e", trial_id="old", written_at=datetime.now(timezone.utc))
-    pq.write_table(table.drop_columns(["params_test_fraction", "metrics_test_loss", "metrics_test_acc"]),
+    # (and without the params_ column of any config key added since: val_every)
+    pq.write_table(table.drop_columns(["params_test_fraction", "params_val_every", "metrics_test_loss",
+                                       "metrics_test_acc"]),
                    tmp_path / trial_file_name("e", "old"))
     df = Leaderboard(tmp_path).to_pandas().set_index("trial_id")
     assert math.isnan(df.loc["old", "metrics_test_acc"]) and df.loc["own", "metrics_test_acc"] == 0.7

@@ -164,3 +164,18 @@ def test_val_every_validates_only_the_chosen_epochs_and_trains_the_same_model():
     assert resolve_config({**base, "val_every": 5}).architecture_key == resolve_config(base).architecture_key
     with pytest.raises(HyperparameterError, match="val_every"):
         resolve_config({**base, "val_every": 0})
+
+
+def test_how_often_a_trial_validates_never_changes_what_it_trains():
+    """CF-Conv draws its sampled positions from torch's global RNG; evaluation must not draw from it (a DataLoader
+    draws a base seed when an iteration starts), so a CF-Conv trial validated after every epoch and one validated
+    only after the last train the same model."""
+    from nas_flex.train import run_trial
+
+    base = {**TINY, "conv": "cfconv", "conv_hparams": {"sampled_positions": 64}, "epochs": 3, "train_subset": 64,
+            "val_subset": 32, "image_size": 8}
+    every = run_trial(base)
+    last = run_trial({**base, "val_every": 3})
+    assert every.status.value == "completed"
+    assert last.metrics["train_loss"] == every.metrics["train_loss"]
+    assert last.metrics["val_acc"] == every.metrics["val_acc"]

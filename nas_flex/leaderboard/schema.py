@@ -27,6 +27,7 @@ from nas_flex.config import arrow_types
 from nas_flex.errors import LeaderboardSchemaError
 from nas_flex.record import (
     HISTORY_METRIC_DIRECTIONS,
+    KEY_NEUTRAL,
     METRIC_DIRECTIONS,
     RESULT_FIELDS,
     TASK_METRICS,
@@ -75,9 +76,10 @@ CONFIG_COLUMNS: dict[str, Any] = {k: _ARROW[t] for k, t in arrow_types().items()
 _UTC = pa.timestamp("us", tz="UTC")
 
 #: columns added to the trial table after its first files were written: a file without one still reads (the column
-#: is null in its rows) instead of being refused as a file of another schema
-ADDED_COLUMNS: frozenset[str] = frozenset({"architecture_key", "params_test_fraction", "metrics_test_loss",
-                                           "metrics_test_acc"})
+#: is null in its rows) instead of being refused as a file of another schema. Every config key added later has a
+#: ``KEY_NEUTRAL`` value, so its params_ column is one of them.
+ADDED_COLUMNS: frozenset[str] = frozenset({"architecture_key", "metrics_test_loss", "metrics_test_acc",
+                                           *(f"params_{key}" for key in KEY_NEUTRAL)})
 
 # (name, type, nullable, doc)
 Field = tuple[str, Any, bool, str]

@@ -121,8 +121,16 @@ def _loaders(cfg: dict[str, Any], device: torch.device):
         val = torch.utils.data.Subset(val, list(range(min(cfg["val_subset"], len(val)))))
     pin = device.type == "cuda"
     common = {"batch_size": cfg["batch_size"], "num_workers": cfg["num_workers"], "pin_memory": pin}
-    val_loader = torch.utils.data.DataLoader(val, shuffle=False, **common)
+    val_loader = _eval_loader(val, common)
     return splits, train, val_loader, common
+
+
+def _eval_loader(dataset, loader_args: dict[str, Any]):
+    """A DataLoader for evaluation with a generator of its own: starting an iteration draws a base seed, which would
+    otherwise come from torch's global RNG and shift every later draw of it (CF-Conv's sampled positions), so how
+    often a trial validates would change what it trains."""
+    return torch.utils.data.DataLoader(dataset, shuffle=False, generator=torch.Generator().manual_seed(0),
+                                       **loader_args)
 
 
 def evaluate(model: nn.Module, loader, device: torch.device, autocast: dict[str, Any]) -> tuple[float, float]:
@@ -228,8 +236,7 @@ def setup_trial(cfg: Mapping[str, Any], *, device: str | None = None) -> tuple[T
     flops = flop_meter()
     reset_peak_memory(device)
     train_set, size_set, opts, scaler, autocast = _optimisation(cfg, model, train_set, device)
-    test_loader = None if splits.test is None else torch.utils.data.DataLoader(splits.test, shuffle=False,
-                                                                               **loader_args)
+    test_loader = None if splits.test is None else _eval_loader(splits.test, loader_args)
     trial = TrialSetup(cfg=cfg, device=device, model=model, params=params, sample=sample, flop_meter=flop_meter,
                        train_set=train_set, size_set=size_set, val_loader=val_loader, loader_args=loader_args,
                        opts=opts, scaler=scaler, autocast=autocast, size_start=size_parameter_start(model),
