@@ -27,7 +27,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# without the Ray end-to-end runs (about a minute and a half)
+# without the Ray end-to-end runs (about two minutes on 2 cores)
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
