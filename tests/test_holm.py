@@ -106,3 +106,25 @@ def test_ranking_says_which_differences_survive_the_correction(tmp_path):
     assert ("Resolved ahead of the grid's best (conv k=3 pool=max): njet k=3 pool=max; resolved behind it: none "
             "(Holm-Bonferroni over 3 comparisons, 5% family-wise); resolved at 5% uncorrected only: "
             "flexconv k=3 pool=max (ahead)") in text
+
+
+def test_the_family_is_the_methods_against_the_grid_not_the_grids_own_points(tmp_path):
+    """Two more grid points (conv 5x5, 7x7) below the grid's best are compared with it, uncorrected, but are not in
+    the Holm family: the family stays the 3 methods, and the same methods survive as without those points."""
+    grid = [0.90, 0.92, 0.94]
+    runs = {"grid": (BASE, grid),
+            "grid5": ({**BASE, "kernel_size": 5}, [0.89, 0.91, 0.93]),
+            "grid7": ({**BASE, "kernel_size": 7}, [0.80, 0.815, 0.83]),  # far below: its own test rejects
+            "njet": ({**BASE, "conv": "njet"}, [0.96, 0.975, 0.99]),
+            "flexconv": ({**BASE, "conv": "flexconv"}, [0.92, 0.95, 0.98]),
+            "niff": ({**BASE, "conv": "niff"}, [0.93, 0.89, 0.95])}
+    from nas_flex.leaderboard import Leaderboard
+    from nas_flex.leaderboard.ranking import rank_architectures
+
+    ranking = rank_architectures(Leaderboard(_board(tmp_path, runs)).to_pandas(), "metrics_val_acc", "max")
+    assert ranking.family_size == 3
+    text = format_by_architecture(tmp_path)
+    assert "(Holm-Bonferroni over 3 comparisons, 5% family-wise)" in text
+    assert "Resolved ahead of the grid's best (conv k=3 pool=max): njet k=3 pool=max" in text
+    grid7 = next(ln for ln in text.splitlines() if " conv k=7" in ln)
+    assert "Holm p" not in grid7 and "uncorrected only" in grid7  # compared, described, not a claim of the family

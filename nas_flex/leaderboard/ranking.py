@@ -4,8 +4,10 @@ best mean among the discrete ``conv`` layer's architectures) by a paired t-test 
 methods whose difference from it is resolved named at the end. A leaderboard with one run per architecture says
 so: it has no spread, and no difference in it is resolved.
 
-The comparisons with the reference are one family of tests, corrected by Holm-Bonferroni
-(``nas_flex.leaderboard.stats.holm_bonferroni``): a difference is "resolved" when it survives the correction, and
+The comparisons of the methods with the reference are one family of tests, corrected by Holm-Bonferroni
+(``nas_flex.leaderboard.stats.holm_bonferroni``); the grid's other points are compared too but are left out of the
+family (they are not claims about a method; without a grid every comparison is in it). A difference is "resolved"
+when it survives the correction, and
 "resolved at 5 % uncorrected only" when its own test rejects at 5 % but the family's does not. Each line keeps the
 uncorrected 95 % interval of the difference and prints both p-values.
 """
@@ -113,7 +115,10 @@ def rank_architectures(frame: pd.DataFrame, metric: str, direction: str, *, leve
         else:
             comparisons[str(key)] = compare_runs(runs[key], runs[reference], a_name=str(key), b_name=reference,
                                                  level=level)
-    keys = [k for k, c in comparisons.items() if c is not None]
+    # the family: what the ranking claims, each method against the grid's best; the grid's other points are compared
+    # too (uncorrected, descriptive) but are not claims about a method, so they do not dilute the correction
+    grid_keys = {str(k) for k in grid["architecture_key"]}
+    keys = [k for k, c in comparisons.items() if c is not None and k not in grid_keys]
     adjusted, _ = holm_bonferroni([comparisons[k].p_value for k in keys], 1.0 - level)  # type: ignore[union-attr]
     return ArchitectureRanking(table, comparisons, reference, metric, direction,
                                "the grid's best" if len(grid) else "the best", dict(zip(keys, adjusted)))
