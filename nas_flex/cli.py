@@ -158,7 +158,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         objectives=_parse_objectives(args.objective), sampler=args.sampler, max_concurrent=args.max_concurrent,
         seed=args.seed, repeats=args.repeats, resume=args.resume,
         overrides={"dataset": args.dataset, "epochs": args.epochs},
-        verbose=0 if args.quiet else 1,
+        verbose=0 if args.quiet else 1, reuse_actors=not args.fresh_workers,
     )
     df = lb.to_pandas()
     experiment = args.experiment or (df.sort_values("written_at")["experiment"].iloc[-1] if len(df) else None)
@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, metavar="N",
                    help="train every sampled architecture under N derived seeds, one row each; the sampler sees "
                         "their mean and --num-samples counts architectures (default: the space's REPEATS, else 1)")
+    p.add_argument("--fresh-workers", action="store_true",
+                   help="start a new worker process for every trial (Ray's reuse_actors=False); default: a finished "
+                        "trial's worker runs the next one, its imports and data already loaded")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     p.set_defaults(func=_cmd_search)
 

@@ -333,3 +333,47 @@ def test_a_sequence_model_exports_to_plain_causal_conv1d(tmp_path):
     with torch.no_grad():
         assert torch.allclose(load_model(tmp_path / "out")(x), res.model(x), atol=1e-6)
         assert torch.allclose(res.deployable(x), res.model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_row_of_the_users_own_loop_is_refused_before_any_work(board, tmp_path, capsys):
+    """An experiment run with ``trainable=`` (its ``_experiments/<name>.json`` says so): export names the reason and
+    the kept weights file, exit 2, and neither trains nor writes anything."""
+    import shutil
+
+    from nas_flex.cli import main
+    from nas_flex.export import export_trial
+    from nas_flex.storage import StorageLayout
+
+    lb = shutil.copytree(board[0], tmp_path / "lb")
+    meta = StorageLayout(lb).experiment_file("exp")
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({"experiment": "exp", "trainable": True}))
+    out = tmp_path / "out"
+    with pytest.raises(NasFlexError, match=r"trained by your own training function .*_weights/exp--conv\.pt"):
+        export_trial(lb, "conv", out)
+    assert main(["export", str(lb), "--best", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "docs/trainable.md" in err, err
+    assert not out.exists()
+    meta.write_text(json.dumps({"experiment": "exp", "trainable": False}))  # the built-in loop's: exported
+    assert (export_trial(lb, "conv", out, onnx=False).out / "architecture.json").is_file()
+
+
+@pytest.mark.parametrize("experiment", ["../../elsewhere", "_weights", "a/b"])
+def test_a_forged_experiment_name_in_a_row_reads_nothing_outside_the_storage(board, tmp_path, experiment):
+    """A row whose experiment names a path: export refuses it in one line before looking for weights with it."""
+    import pandas as pd
+
+    from nas_flex.errors import UnsafeStorageError
+    from nas_flex.export import export_trial
+    from nas_flex.leaderboard import Leaderboard
+
+    row = Leaderboard(board[0]).to_pandas().iloc[0].copy()
+    row["experiment"] = experiment
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    pd.DataFrame([row]).to_parquet(forged / "forged.parquet")
+    (tmp_path / "elsewhere--conv.pt").write_bytes(b"not read")
+    with pytest.raises(UnsafeStorageError, match="experiment name .* could name a path"):
+        export_trial(forged, str(row["trial_id"]), tmp_path / "out", onnx=False)
+    assert not (tmp_path / "out").exists()

@@ -76,6 +76,23 @@ def test_the_cli_checks_a_long_name_and_a_default_name_from_a_long_space_file(tm
     assert not ray.is_initialized() and not storage.exists()
 
 
+@pytest.mark.parametrize("flag, reuse", [([], True), (["--fresh-workers"], False)])
+def test_the_cli_passes_the_worker_choice_to_the_search(tmp_path, monkeypatch, flag, reuse):
+    """``--fresh-workers`` reaches ``search`` as ``reuse_actors=False``; without it the default (reuse) is kept."""
+    import nas_flex.tune
+
+    seen = {}
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(7)  # stop before anything runs
+
+    monkeypatch.setattr(nas_flex.tune, "search", capture)
+    with pytest.raises(SystemExit):
+        main(["search", "space.py", "--storage", str(tmp_path / "lb"), "--quiet", *flag])
+    assert seen["reuse_actors"] is reuse
+
+
 def test_leaderboard_and_export_arguments_are_checked_before_reading(tmp_path, capsys):
     """No leaderboard exists at the path: each bad argument is reported, not the missing leaderboard."""
     missing = str(tmp_path / "no_board")

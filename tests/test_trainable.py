@@ -17,7 +17,7 @@ import torch
 from test_tune import NAS_FLEX, ROOT, TINY, _experiment
 from torch import nn
 
-from nas_flex.errors import SearchSpaceError
+from nas_flex.errors import NasFlexError, SearchSpaceError
 from nas_flex.layers import build
 from nas_flex.leaderboard import Leaderboard
 from nas_flex.models import convert
@@ -281,6 +281,10 @@ def test_a_trainable_search_writes_the_rows_of_built_in_trials(tmp_path):
     assert sorted(trained["epoch"]) == [1, 1, 2, 2] and (trained["flops"] > 0).all()
     left = {p.name for p in (tmp_path / "_running" / "own").iterdir()}  # an errored trial's stays for its retry
     assert left == set(df.loc[["raises", "silent"], "trial_id"])
+    from nas_flex.export import export_trial  # the user's model is not the config's: refused, naming the weights
+
+    with pytest.raises(NasFlexError, match="trained by your own training function"):
+        export_trial(tmp_path, df.loc["njet", "trial_id"], tmp_path / "export")
 
 
 RESUME_SPACE = textwrap.dedent('''

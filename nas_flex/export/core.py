@@ -52,6 +52,7 @@ from nas_flex.export.folder import TRAINING_DIR, check_out, staged_export
 from nas_flex.record import TrialStatus, to_jsonable
 from nas_flex.storage.atomic import write_atomic
 from nas_flex.storage.layout import TRIAL_STATE_FILE, StorageLayout
+from nas_flex.storage.safety import check_experiment, check_trial_id, inside
 
 __all__ = ["ExportResult", "export_trial", "export_best", "export_row", "find_row", "TORCHSCRIPT_FILE",
            "EXPORTED_PROGRAM_FILE", "ONNX_FILE", "ONNX_PACKAGES", "run_onnx"]
@@ -144,16 +145,38 @@ def export_trial(leaderboard: Any, trial_id: str, out: str | os.PathLike, *, exp
 
 
 def kept_weights_path(leaderboard_path: str | os.PathLike, experiment: str, trial_id: str) -> Path:
-    """Where a search keeps a trial's trained weights (``nas_flex.search`` writes them when the trial ends)."""
-    return StorageLayout(leaderboard_path).weights(experiment, trial_id)
+    """Where a search keeps a trial's trained weights (``nas_flex.search`` writes them when the trial ends).
+
+    Raises:
+        UnsafeStorageError: ``experiment`` or ``trial_id`` (read from a row) could name a path outside the storage.
+    """
+    where = f"the leaderboard {str(leaderboard_path)!r}"
+    path = StorageLayout(leaderboard_path).weights(check_experiment(experiment, where), check_trial_id(trial_id, where))
+    inside(leaderboard_path, path)
+    return path
 
 
 def _kept_weights(leaderboard_path: Any, row: Any, kwargs: dict[str, Any]) -> None:
-    """Use the weights the search kept for this trial, unless the caller passed ``weights``."""
-    if kwargs.get("weights") is None:
-        path = kept_weights_path(leaderboard_path, str(row["experiment"]), str(row["trial_id"]))
-        if path.is_file():
-            kwargs["weights"] = path
+    """Use the weights the search kept for this trial, unless the caller passed ``weights``; refuse, before any
+    work, a trial that the user's own training function trained (export cannot rebuild the user's model)."""
+    path = kept_weights_path(leaderboard_path, str(row["experiment"]), str(row["trial_id"]))
+    _refuse_user_loop(leaderboard_path, row, path)
+    if kwargs.get("weights") is None and path.is_file():
+        kwargs["weights"] = path
+
+
+def _refuse_user_loop(leaderboard_path: Any, row: Any, weights: Path) -> None:
+    """An ``ExportError`` for a row of an experiment run with ``search(..., trainable=fn)``: its weights are the
+    user's model's, and export rebuilds the config's built-in backbone, so they cannot fit."""
+    from nas_flex.storage import read_json
+
+    meta = StorageLayout(leaderboard_path).experiment_file(str(row["experiment"]))
+    if meta.is_file() and read_json(inside(leaderboard_path, meta)).get("trainable", False):
+        raise ExportError(
+            f"trial {row['trial_id']!r} of experiment {row['experiment']!r} was trained by your own training function "
+            f"(trainable=): export rebuilds nas_flex's built-in model from the config and cannot hold your model's "
+            f"weights. Build your model and load {str(weights)!r} into it with torch.load(..., weights_only=True) "
+            "(docs/trainable.md)")
 
 
 # ------------------------------------------------------------------------------------------------------ weights

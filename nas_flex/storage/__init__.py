@@ -32,7 +32,7 @@ from nas_flex.storage.layout import (
     trial_file_name,
 )
 from nas_flex.storage.records import claim, private_ray_dir, read_json, read_trial_file, write_trial_file
-from nas_flex.storage.safety import SAFE_NAME, check_no_links, check_trial_id, inside, remove_tree
+from nas_flex.storage.safety import SAFE_NAME, check_experiment, check_no_links, check_trial_id, inside, remove_tree
 
 __all__ = [
     "StorageLayout", "HISTORY_DIR", "MERGE_DIR", "TRIAL_FILE", "TRIAL_STATE_FILE", "COMPACTED_LEVEL",
@@ -40,5 +40,5 @@ __all__ = [
     "write_atomic", "write_bytes_atomic", "write_json_atomic", "temporary_name", "is_temporary", "fsync_file",
     "fsync_dir",
     "read_json", "read_trial_file", "write_trial_file", "claim", "private_ray_dir",
-    "SAFE_NAME", "check_trial_id", "inside", "check_no_links", "remove_tree",
+    "SAFE_NAME", "check_trial_id", "check_experiment", "inside", "check_no_links", "remove_tree",
 ]

@@ -4,7 +4,8 @@ nor deletes outside it.
 * ``check_no_links`` refuses a storage that holds a symbolic link (before Ray starts): a link at
   ``_running/<experiment>`` would make the clean-up of finished trials delete in the folder it points to.
 * ``inside`` resolves a path (following links) and refuses one that leaves the storage.
-* ``check_trial_id`` refuses a trial id read from a row or a scratch file that is not a plain name (``../x``).
+* ``check_trial_id`` refuses a trial id read from a row or a scratch file that is not a plain name (``../x``);
+  ``check_experiment`` refuses an experiment name read from a row that could name a path (``../x``, ``a/b``).
 * ``remove_tree`` deletes a folder only after both checks.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from nas_flex.errors import UnsafeStorageError
 
-__all__ = ["SAFE_NAME", "check_trial_id", "inside", "check_no_links", "remove_tree"]
+__all__ = ["SAFE_NAME", "check_trial_id", "check_experiment", "inside", "check_no_links", "remove_tree"]
 
 #: a trial id (or another name used as one path component): no separator, no leading dot, at most 100 characters
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
@@ -34,6 +35,23 @@ def check_trial_id(trial_id: object, where: str = "the storage") -> str:
         raise UnsafeStorageError(f"trial id {trial_id!r} read from {where} is not a plain name ({SAFE_NAME.pattern}); "
                                  "a forged or damaged record: move it out of the storage")
     return trial_id
+
+
+def check_experiment(name: object, where: str = "the storage") -> str:
+    """``name`` if it can be an experiment's name (the rule ``nas_flex.search`` applies when it starts one: no path
+    separator or control character, no leading '.' or '_'), else a one-line ``UnsafeStorageError``: a row's
+    experiment names files (``_weights/<experiment>--<trial id>.pt``, ``_experiments/<experiment>.json``).
+
+    Example:
+        >>> check_experiment("grid-tpe--digits-multiscale--s0")
+        'grid-tpe--digits-multiscale--s0'
+    """
+    if (not isinstance(name, str) or not name.strip() or name.startswith((".", "_")) or any(c in name for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise UnsafeStorageError(f"experiment name {name!r} read from {where} could name a path (a separator, a "
+                                 "control character or a leading '.' / '_'); a forged or damaged record: move it "
+                                 "out of the storage")
+    return name
 
 
 def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
