@@ -318,6 +318,17 @@ def _interval(prefix: str, values: list[float]) -> dict[str, float]:
     return {f"{prefix}_mean": mean, f"{prefix}_sd": sd, f"{prefix}_low": low, f"{prefix}_high": high}
 
 
+def _ratio_interval(prefix: str, values: list[float]) -> dict[str, float]:
+    """A ratio's geometric mean over seeds with the 95 % t interval taken on the log scale: a share of compute is
+    positive and skewed (0.25 and 4 are the same distance from 1), so its arithmetic t interval can reach below 0.
+    ``_sd`` is the standard deviation of the logs."""
+    logs = [math.log(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    n, mean, sd, low, high = t_interval(logs)
+    return {f"{prefix}_mean": math.exp(mean) if n else math.nan, f"{prefix}_sd": sd,
+            f"{prefix}_low": math.exp(low) if math.isfinite(low) else math.nan,
+            f"{prefix}_high": math.exp(high) if math.isfinite(high) else math.nan}
+
+
 def _grid_arm(dataset: str, arm: str, rows: pd.DataFrame, score: str) -> tuple[dict, pd.DataFrame]:
     """One grid arm's row of the table (its final score per seed, mean and interval) and its curve per seed."""
     from nas_flex.report.curves import grid_curve
@@ -350,7 +361,7 @@ def _against_grid(runs: dict[int, pd.Series], curve: pd.DataFrame, score: str) -
         shares_s.append(r["train_seconds"] / cost["seconds"] if cost and cost["seconds"] > 0 else math.nan)
         shares_f.append(r["train_flops"] / cost["flops"] if cost and cost["flops"] > 0 else math.nan)
     comp = compare_runs(mine, grids, a_name="run", b_name="grid")
-    return {**_interval("share_seconds", shares_s), **_interval("share_flops", shares_f),
+    return {**_ratio_interval("share_seconds", shares_s), **_ratio_interval("share_flops", shares_f),
             # 0.0 - x: a tie prints as 0.0, not -0.0
             "gap_mean": 0.0 - 100 * comp.difference, "gap_low": 0.0 - 100 * comp.ci_high,
             "gap_high": 0.0 - 100 * comp.ci_low,
@@ -412,8 +423,9 @@ def summarise(df: pd.DataFrame, score: str | None = None,
         (table, curves): ``table`` with dataset, method, arm, seeds, score, acc_mean with its 95 % t interval
         acc_low / acc_high over seeds, acc_std, acc_min, acc_max, seconds and flops (mean per seed: a grid arm's
         whole search, a learned method's one run); for learned methods and the retrain, against the TPE grid of the
-        same seed: share_seconds_* / share_flops_* (mean, sd, low, high over seeds: the run's compute over the
-        grid's when its curve first reached the run's score, or its final score if the run is above it), gap_*
+        same seed: share_seconds_* / share_flops_* (the run's compute over the grid's when its curve first reached
+        the run's score, or its final score if the run is above it: geometric mean over seeds, sd of the logs, and
+        the 95 % t interval on the log scale), gap_*
         (grid's final score - run, points, paired t interval), diff / diff_low / diff_high / resolved /
         diff_method (``compare_runs``, run - grid); for the retrain, keep_diff / keep_low / keep_high /
         keep_resolved / keep_method (retrain - the learned run it came from, paired). ``curves``: per
@@ -517,8 +529,8 @@ def markdown(table: pd.DataFrame) -> str:
                          f"{r.flops / 1e9:.1f} | {share} | {gap} | {_verdict(r)} |")
         lines += ["", "Each figure is a mean over seeds with its 95 % Student t interval (none with one seed). "
                   "Share: the run's compute over the grid's (the TPE arm) when the grid's curve first reached the "
-                  "run's score, or its final score if the run is above it. Gap: the grid's final score minus the "
-                  "run's, paired over seeds.", ""]
+                  "run's score, or its final score if the run is above it; a geometric mean over seeds with the t "
+                  "interval on the log scale. Gap: the grid's final score minus the run's, paired over seeds.", ""]
     return "\n".join(lines)
 
 

@@ -100,10 +100,13 @@ def test_shares_gaps_and_the_retrain_with_intervals_over_seeds():
     assert (njet["acc_mean"], njet["acc_low"], njet["acc_high"]) == pytest.approx(_t([0.90, 0.78, 0.70]), abs=1e-4)
     # seed 0: above the grid's final 0.85, reached by the grid at 20 s: 12 / 20; seed 1: the grid's curve first
     # reached min(0.78, 0.75) = 0.75 at its first trial (10 s): 15 / 10; seed 2: 0.70 first reached at 20 s: 5 / 20
-    assert njet["share_seconds_mean"] == pytest.approx((0.6 + 1.5 + 0.25) / 3)
+    # a share is a ratio: geometric mean, t interval on the log scale (positive, symmetric in 1/x)
+    assert njet["share_seconds_mean"] == pytest.approx((0.6 * 1.5 * 0.25) ** (1 / 3))
+    logs = _t([math.log(0.6), math.log(1.5), math.log(0.25)])
     assert (njet["share_seconds_low"], njet["share_seconds_high"]) == pytest.approx(
-        _t([0.6, 1.5, 0.25])[1:], abs=1e-4)
-    assert njet["share_flops_mean"] == pytest.approx(2 * (0.6 + 1.5 + 0.25) / 3)  # twice the FLOPs per example
+        (math.exp(logs[1]), math.exp(logs[2])), rel=1e-3)
+    assert 0 < njet["share_seconds_low"] < njet["share_seconds_mean"] < njet["share_seconds_high"]
+    assert njet["share_flops_mean"] == pytest.approx(2 * (0.6 * 1.5 * 0.25) ** (1 / 3))  # twice the FLOPs per example
     # gap = grid's final - run, points: -5, -3, +10; paired over seeds, not resolved
     assert (njet["gap_mean"], njet["gap_low"], njet["gap_high"]) == pytest.approx(_t([-5.0, -3.0, 10.0]), abs=1e-3)
     assert not njet["resolved"] and njet["diff_method"] == "paired t"
@@ -186,12 +189,18 @@ def test_only_finished_dataset_seed_pairs_are_analysed():
 
 def test_defaults_give_the_budget_that_can_answer_and_quick_keeps_a_smoke_run():
     args = study.parse_args([])
-    assert (args.grid_trials, args.epochs, args.batch_size, args.test_fraction) == (30, 10, 32, 0.2)
+    assert (args.grid_trials, args.epochs, args.batch_size, args.test_fraction) == (30, 13, 32, 0.2)
+    # 13 epochs: the fewest that give the main job's optimizer steps (10 epochs of 45 batches of the whole training
+    # split) on the 1151 examples the test split leaves (36 batches)
+    steps = study.steps_per_epoch("digits-multiscale", 32, 0.2)
+    assert steps == 36 and study.steps_per_epoch("digits-multiscale", 32, None) == 45
+    assert 12 * steps < 10 * 45 <= 13 * steps
+    assert study.parse_args(["--test-fraction", "0"]).epochs == 10
     assert args.seeds == [0, 1, 2] and args.datasets == ["digits-multiscale", "digits-scaleshift"]
     assert "cfconv" in args.methods and args.grid_trials > study.TPE_STARTUP
     # per (dataset, seed): 2 x 30 grid trials, 6 methods + N-Jet's safe-subsampling, 1 retrain
     assert sum(n for _, n in study.plan(args)) == 6 * (60 + 7 + 1)
-    assert "408 trials, 0 already in runs/study-heldout, 408 to train at 10 epochs of batch 32" in study.estimate(
+    assert "408 trials, 0 already in runs/study-heldout, 408 to train at 13 epochs of batch 32" in study.estimate(
         args, pd.DataFrame(columns=["experiment"]))
     quick = study.parse_args(["--quick"])
     assert (quick.grid_trials, quick.epochs, len(quick.seeds), len(quick.datasets)) == (2, 2, 1, 1)
@@ -203,7 +212,7 @@ def test_defaults_give_the_budget_that_can_answer_and_quick_keeps_a_smoke_run():
 def test_a_storage_at_another_budget_is_refused_before_anything_runs():
     from nas_flex.errors import StorageError
 
-    args = study.parse_args(["--datasets", "digits", "--seeds", "0", "1", "2"])
+    args = study.parse_args(["--datasets", "digits", "--seeds", "0", "1", "2", "--epochs", "10"])
     board = _board()
     # 3 x 68 planned; in the board: 9 grid trials, 7 learned runs, 3 retrains (212 s of training in all)
     assert ("204 trials, 19 already in runs/study-heldout, 185 to train at 10 epochs of batch 32; about 0.6 h of "

@@ -153,8 +153,8 @@ def test_interrupted_file_space_resumes_in_another_process(tmp_path):
     _plant_pickles(storage, "r1", marker)
 
     # the resume also starts a fresh worker per trial (--fresh-workers: Ray's reuse_actors=False), the other path
-    out = subprocess.run(cmd[:-3] + ["--resume", "--fresh-workers", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=400,
-                         env=env)
+    out = subprocess.run(cmd[:-3] + ["--resume", "--fresh-workers", "--quiet"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=400, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert not marker.exists(), "resume unpickled a file from the storage"
     # the summary shows each learned-size method's best trial with its sizes at init -> after training
