@@ -194,7 +194,9 @@ def test_a_range_is_declared_by_the_layer_and_marks_only_what_sits_on_it():
 
     layer = EnvelopeConv(1, 4, 7, sigma_init=(0.3, 0.6))
     assert [(p is layer.sigma, lo, hi) for p, lo, hi in layer.size_ranges()] == [(True, 1 / 7, 7.0)]
-    assert list(NJetConv(1, 1).size_ranges()) == []  # the default: no declared range
+    from nas_flex.layers import build
+
+    assert list(build("conv", 1, 1, kernel_size=3).size_ranges()) == []  # the default: no declared range
     start = size_parameter_start(layer)
     for values, expected in (([0.3, 0.4, 0.5, 0.6], None), ([1 / 7, 0.4, 0.5, 0.6], "range"),
                              ([0.3, 0.4, 0.5, 7.0], "range"), ([1 / 7 * 1.01, 0.4, 0.5, 0.6], None)):
@@ -232,3 +234,24 @@ def test_a_trial_with_apertures_on_the_clip_shows_range_in_the_summary_and_the_r
     write_trial(tmp_path / "lb", result.to_dict(), experiment="e", trial_id="env", sync=False)
     text = make_report(tmp_path / "lb", tmp_path / "rep").read_text()
     assert "envelope env layer 1 (range)" in text
+
+
+@pytest.mark.parametrize("kind", ["njet", "flexconv"])
+def test_njet_and_flexconv_declare_their_sigma_clips(kind):
+    """N-Jet's log_sigma is clipped to log SIGMA_BOUNDS, FlexConv's mask width to [SIGMA_MIN, SIGMA_MAX]: a size on
+    the clip is marked "range", one just inside it is not, and the declared range is the one constrain_ applies."""
+    from nas_flex.layers import build
+
+    layer = build(kind, 1, 2)
+    ((param, low, high),) = list(layer.size_ranges())
+    assert param is (layer.log_sigma if kind == "njet" else layer.mask_sigma)
+    start = size_parameter_start(layer)
+    for value, expected in ((low - 1.0 if kind == "njet" else low / 2, "range"), (high + 1.0, "range"),
+                            ((low + high) / 2, None), (low + 0.05 * abs(low) + 1e-3, None)):
+        with torch.no_grad():
+            param.fill_(value)
+        layer.constrain_()  # as the trial does after every step: a value past the clip lands on it
+        v = param.detach()
+        assert low - 1e-6 * abs(low) <= float(v.min()) and float(v.max()) <= high + 1e-6 * abs(high)  # float32
+        (rec,) = mark_bounds(learned_size_records(layer), layer, start, {})
+        assert rec["at_bound"] == expected, (kind, value)

@@ -184,6 +184,10 @@ class _FlexBase(KernelLayer):
         with torch.no_grad():
             self.mask_sigma.clamp_(SIGMA_MIN, SIGMA_MAX)
 
+    def size_ranges(self) -> Iterator[tuple[nn.Parameter, float, float]]:
+        """The mask width's clip [SIGMA_MIN, SIGMA_MAX] (relative-position units)."""
+        yield (self.mask_sigma, SIGMA_MIN, SIGMA_MAX)
+
     # ---------------------------------------------------------------------------------------- regularizer
     def _grid(self) -> tuple[int, ...]:  # pragma: no cover - both subclasses override it
         raise NotImplementedError

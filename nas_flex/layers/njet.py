@@ -183,6 +183,11 @@ class NJetConv(KernelLayer):
         with torch.no_grad():
             self.log_sigma.clamp_(math.log(lo), math.log(hi))
 
+    def size_ranges(self) -> Iterator[tuple[nn.Parameter, float, float]]:
+        """``log_sigma``'s clip: log of ``SIGMA_BOUNDS``."""
+        lo, hi = self.SIGMA_BOUNDS
+        yield (self.log_sigma, math.log(lo), math.log(hi))
+
     def size_record(self) -> dict[str, Any]:
         """sigma: the scale in pixels (within ``SIGMA_BOUNDS``); order and extent: the layer's hyperparameters."""
         return {"sigma": self._sigma_value(), "order": self.order, "extent": self.extent}

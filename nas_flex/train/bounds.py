@@ -27,7 +27,8 @@ float, or None where no budget applies):
   the map, a FlexConv mask cropped to the full grid, a frequency layer whose kernel mass fills the map): the size
   cannot grow further where it matters.
 * **range**: the layer's own clip holds a size parameter at a limit of its declared range
-  (``KernelLayer.size_ranges()``: the envelope's apertures in [1/n, n]; a user layer declares its own). Any entry
+  (``KernelLayer.size_ranges()``: the envelope's apertures in [1/n, n], N-Jet's sigma in ``SIGMA_BOUNDS``,
+  FlexConv's mask width in [SIGMA_MIN, SIGMA_MAX]; a user layer declares its own). Any entry
   (e.g. one filter's aperture) within ``RANGE_TOLERANCE`` of ``low`` or ``high``, or past it, marks the layer. Only
   the final value counts, also for an entry that started on the clip (the envelope's smallest initial apertures,
   0.1 clipped to 1/7) and never left it: the clip passes the gradient straight through, so any step that pushed it
