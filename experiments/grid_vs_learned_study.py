@@ -348,7 +348,7 @@ def _against_grid(runs: dict[int, pd.Series], curve: pd.DataFrame, score: str) -
     """Shares of the grid's compute, gap and paired comparison of one learned method's runs (one per seed)."""
     from nas_flex.report.curves import grid_cost_to_reach
 
-    shares_s, shares_f, mine, grids = [], [], {}, {}
+    shares_s, shares_f, whole_s, whole_f, mine, grids = [], [], [], [], {}, {}
     for seed, r in runs.items():
         own = curve[curve["seed"] == seed]
         final = float(own["score_so_far"].iloc[-1]) if len(own) else math.nan
@@ -356,12 +356,16 @@ def _against_grid(runs: dict[int, pd.Series], curve: pd.DataFrame, score: str) -
         if not (math.isfinite(final) and math.isfinite(value)):
             continue
         mine[seed], grids[seed] = value, final
+        # the run against the grid's whole search (all its trials)
+        whole_s.append(r["train_seconds"] / float(own["cum_seconds"].iloc[-1]))
+        whole_f.append(r["train_flops"] / float(own["cum_flops"].iloc[-1]))
         # the grid's compute when its curve first reached the run's score (its final score if the run is above)
         cost = grid_cost_to_reach(own, min(value, final), column="score_so_far")
         shares_s.append(r["train_seconds"] / cost["seconds"] if cost and cost["seconds"] > 0 else math.nan)
         shares_f.append(r["train_flops"] / cost["flops"] if cost and cost["flops"] > 0 else math.nan)
     comp = compare_runs(mine, grids, a_name="run", b_name="grid")
     return {**_ratio_interval("share_seconds", shares_s), **_ratio_interval("share_flops", shares_f),
+            **_ratio_interval("whole_seconds", whole_s), **_ratio_interval("whole_flops", whole_f),
             # 0.0 - x: a tie prints as 0.0, not -0.0
             "gap_mean": 0.0 - 100 * comp.difference, "gap_low": 0.0 - 100 * comp.ci_high,
             "gap_high": 0.0 - 100 * comp.ci_low,
@@ -425,7 +429,8 @@ def summarise(df: pd.DataFrame, score: str | None = None,
         whole search, a learned method's one run); for learned methods and the retrain, against the TPE grid of the
         same seed: share_seconds_* / share_flops_* (the run's compute over the grid's when its curve first reached
         the run's score, or its final score if the run is above it: geometric mean over seeds, sd of the logs, and
-        the 95 % t interval on the log scale), gap_*
+        the 95 % t interval on the log scale), whole_seconds_* / whole_flops_* (the same for the run's compute over
+        the grid's whole search), gap_*
         (grid's final score - run, points, paired t interval), diff / diff_low / diff_high / resolved /
         diff_method (``compare_runs``, run - grid); for the retrain, keep_diff / keep_low / keep_high /
         keep_resolved / keep_method (retrain - the learned run it came from, paired). ``curves``: per
@@ -534,6 +539,49 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _short_verdict(r: pd.Series) -> str:
+    if not math.isfinite(r.diff_low):
+        return "too few seeds to test"
+    if not r.resolved:
+        return "not distinguishable"
+    side = "ahead" if r["diff"] > 0 else "behind"
+    if r.arm == "learned" and not r.get("resolved_holm", True):
+        return f"{side} at 5 % uncorrected, not after Holm"
+    return f"**{side}**" + (" (Holm)" if r.arm == "learned" else "")
+
+
+def readme_table(table: pd.DataFrame) -> str:
+    """The study in one Markdown table for the README: per method and dataset, the held-out accuracy, the run's
+    difference to the TPE grid's final accuracy (positive: the run is ahead; paired over seeds) with its verdict
+    (Holm over the learned methods), and the share of the grid's training seconds at which the grid's curve reached
+    the run's accuracy."""
+    datasets = sorted(table["dataset"].unique())
+    head = "| method | " + " | ".join(f"{d.removeprefix('digits-')}: test acc [95 % CI] | run - grid, pts "
+                                      f"[95 % CI]: verdict | share of the grid's seconds, % [95 % CI]"
+                                      for d in datasets) + " |"
+    lines = [head, "|" + " --- |" * (1 + 3 * len(datasets))]
+    by = {d: table[table["dataset"] == d].set_index("method") for d in datasets}
+    first = by[datasets[0]]
+    grids = [m for m in first.index if first.loc[m, "arm"].startswith("grid")]
+    learned = first[first["arm"] == "learned"].sort_values("acc_mean", ascending=False, kind="stable").index
+    retrain = [m for m in first.index if first.loc[m, "arm"] == "discretised"]
+    for method in [*sorted(grids, reverse=True), *learned, *retrain]:
+        cells = [method.replace("discretised conv", "discretised and retrained")]
+        for d in datasets:
+            if method not in by[d].index:
+                cells += ["-", "-", "-"]
+                continue
+            r = by[d].loc[method]
+            cells.append(_ci(r.acc_mean, r.acc_low, r.acc_high))
+            if r.arm.startswith("grid"):
+                cells += ["(the grid)" if "tpe" in method else "", ""]
+                continue
+            cells.append(f"{_ci(r['diff'], r.diff_low, r.diff_high, 100, 1, '+')}: {_short_verdict(r)}")
+            cells.append(_ci(r.share_seconds_mean, r.share_seconds_low, r.share_seconds_high, 100, 0))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def figure(table: pd.DataFrame, curves: dict[str, pd.DataFrame], path: Path) -> None:
     """Per dataset, the grids' curves (mean over seeds, 95 % band) against cumulative compute (seconds, FLOPs x
     examples), and each learned method's run at its mean compute with the 95 % interval of its score."""
@@ -593,6 +641,7 @@ def analyse(storage: Path, out: Path, skip_mixed: bool = False) -> pd.DataFrame:
     text = markdown(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.md").write_text(text)
+    (out / "readme_table.md").write_text(readme_table(table) + "\n")
     table.to_csv(out / "study.csv", index=False)
     for cum in ("cum_seconds", "cum_flops"):  # the bands the figure draws, as numbers
         bands = curve_bands(curves, cum)

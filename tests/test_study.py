@@ -107,6 +107,8 @@ def test_shares_gaps_and_the_retrain_with_intervals_over_seeds():
         (math.exp(logs[1]), math.exp(logs[2])), rel=1e-3)
     assert 0 < njet["share_seconds_low"] < njet["share_seconds_mean"] < njet["share_seconds_high"]
     assert njet["share_flops_mean"] == pytest.approx(2 * (0.6 * 1.5 * 0.25) ** (1 / 3))  # twice the FLOPs per example
+    # against the grid's whole search (30 s per seed): 12, 15 and 5 s of the run
+    assert njet["whole_seconds_mean"] == pytest.approx((12 / 30 * 15 / 30 * 5 / 30) ** (1 / 3))
     # gap = grid's final - run, points: -5, -3, +10; paired over seeds, not resolved
     assert (njet["gap_mean"], njet["gap_low"], njet["gap_high"]) == pytest.approx(_t([-5.0, -3.0, 10.0]), abs=1e-3)
     assert not njet["resolved"] and njet["diff_method"] == "paired t"
@@ -125,6 +127,19 @@ def test_shares_gaps_and_the_retrain_with_intervals_over_seeds():
             "distinguishable at this budget)") in text
     assert "| njet (safe-subsampling) | 1 | 0.880 | 6 | 0.6 | 30 / 30 | -3.0 |" in text  # one seed: no interval
     assert "test accuracy (held out)" in text
+
+
+def test_the_readme_table_gives_each_method_its_difference_verdict_and_share():
+    table, _ = study.summarise(_board())
+    lines = study.readme_table(table).splitlines()
+    assert lines[0].startswith("| method | digits: test acc [95 % CI] | run - grid, pts [95 % CI]: verdict |")
+    assert lines[2] == "| grid (tpe, 3 trials) | 0.800 [0.676, 0.924] | (the grid) |  |"
+    # run - grid, points: +5, +3, -10 (the sign of the study table's gap, flipped: positive is ahead)
+    lo, hi = _t([5.0, 3.0, -10.0])[1:]
+    njet = next(line for line in lines if line.startswith("| njet |"))
+    assert njet.startswith(f"| njet | 0.793 [0.543, 1.043] | -0.7 [{lo:+.1f}, {hi:+.1f}]: not distinguishable | 61 [")
+    assert "| njet (safe-subsampling) | 0.880 | +3.0: too few seeds to test | 30 |" in lines
+    assert lines[-1].startswith("| discretised and retrained |")
 
 
 def test_changing_test_scores_never_changes_a_selection():
