@@ -612,6 +612,7 @@ def figure(table: pd.DataFrame, curves: dict[str, pd.DataFrame], path: Path) -> 
                 ax.errorbar([r[col]], [r.acc_mean], yerr=err, fmt="D" if r.arm == "discretised" else "o",
                             color=colors(n % 10), capsize=3, label=r.method)
             ax.set_xscale("log")
+            ax.set_ylim(0.0, 1.02)  # an accuracy: a t interval past 0 or 1 is drawn cut at the axis
             ax.set_xlabel(label)
             ax.set_ylabel(("test" if held else "validation (not held out)") + " accuracy (grid: of its trial best "
                           "on validation so far)", fontsize=8)
