@@ -488,6 +488,18 @@ def _ci(mean: float, low: float, high: float, scale: float = 1.0, digits: int = 
     return text  # one seed: no interval (the table's note says so)
 
 
+def _share(r: pd.Series, unit: str) -> str:
+    """A share of the grid's compute in %, with its interval; two decimals below 1 %, so a bound is never 0."""
+    values = [100 * r[f"share_{unit}_{k}"] for k in ("mean", "low", "high")]
+
+    def fmt(v: float) -> str:
+        return f"{v:.0f}" if v >= 1 else f"{v:.2f}"
+
+    if not math.isfinite(values[0]):
+        return "-"
+    return fmt(values[0]) + (f" [{fmt(values[1])}, {fmt(values[2])}]" if math.isfinite(values[1]) else "")
+
+
 def _verdict(r: pd.Series) -> str:
     """What a learned method's (or the retrain's) row says against the grid, and for the retrain, against its run."""
     if r.arm.startswith("grid"):
@@ -522,20 +534,20 @@ def markdown(table: pd.DataFrame) -> str:
         what = "test accuracy (held out)" if held else "validation accuracy (NOT held out: no test split)"
         lines += [f"**{dataset}**", "",
                   f"| method | seeds | {what}, mean [95 % CI] | train s | fwd GFLOP x ex | share of the grid's "
-                  "seconds / FLOPs, % [95 % CI] | gap to the grid's final, pts [95 % CI] | verdict |",
+                  "seconds / FLOPs, % [95 % CI] | run - grid's final, pts [95 % CI] | verdict |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for _, r in part.sort_values("acc_mean", ascending=False, kind="stable").iterrows():  # ranked by mean
             share = gap = ""
             if not r.arm.startswith("grid") and isinstance(r.get("diff_method"), str):
-                share = (f"{_ci(r.share_seconds_mean, r.share_seconds_low, r.share_seconds_high, 100, 0)} / "
-                         f"{_ci(r.share_flops_mean, r.share_flops_low, r.share_flops_high, 100, 0)}")
-                gap = _ci(r.gap_mean, r.gap_low, r.gap_high, 1, 1, "+")
+                share = (f"{_share(r, 'seconds')} / {_share(r, 'flops')}")
+                gap = _ci(r["diff"], r.diff_low, r.diff_high, 100, 1, "+")
             lines.append(f"| {r.method} | {r.seeds} | {_ci(r.acc_mean, r.acc_low, r.acc_high)} | {r.seconds:.0f} | "
                          f"{r.flops / 1e9:.1f} | {share} | {gap} | {_verdict(r)} |")
         lines += ["", "Each figure is a mean over seeds with its 95 % Student t interval (none with one seed). "
                   "Share: the run's compute over the grid's (the TPE arm) when the grid's curve first reached the "
                   "run's score, or its final score if the run is above it; a geometric mean over seeds with the t "
-                  "interval on the log scale. Gap: the grid's final score minus the run's, paired over seeds.", ""]
+                  "interval on the log scale. Run - grid: the run's score minus the grid's final one, paired over "
+                  "seeds (positive: the run is ahead).", ""]
     return "\n".join(lines)
 
 
@@ -577,7 +589,7 @@ def readme_table(table: pd.DataFrame) -> str:
                 cells += ["(the grid)" if "tpe" in method else "", ""]
                 continue
             cells.append(f"{_ci(r['diff'], r.diff_low, r.diff_high, 100, 1, '+')}: {_short_verdict(r)}")
-            cells.append(_ci(r.share_seconds_mean, r.share_seconds_low, r.share_seconds_high, 100, 0))
+            cells.append(_share(r, "seconds"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -76,3 +76,19 @@ def test_study_tables_match_the_studys_numbers():
         sd = 0.0 if pd.isna(r.acc_std) else r.acc_std  # one seed: the study prints a spread of 0
         assert acc == f"{r.acc_mean:.3f} +- {sd:.3f} ({r.acc_min:.3f}-{r.acc_max:.3f})", (r.dataset, label)
         assert seconds == f"{r.seconds:.0f}" and flops == f"{r.flops / 1e9:.1f}", (r.dataset, label)
+
+
+@pytest.mark.parametrize("folder", ["study_heldout", "study_heldout_10ep"])
+def test_the_held_out_studys_tables_are_the_ones_it_wrote(folder):
+    """docs/results.md holds the study's own table (study.md) verbatim, and the README the study's README table of
+    the default run: every number in them was written by ``python -m experiments.grid_vs_learned_study``."""
+    out = ROOT / "experiments" / "results" / folder
+    results = (ROOT / "docs" / "results.md").read_text()
+    for block in (out / "study.md").read_text().strip().split("\n\n"):
+        assert block.strip() in results, block[:200]
+    if folder == "study_heldout":
+        assert (out / "readme_table.md").read_text().strip() in (ROOT / "README.md").read_text()
+    # the CSV and the Markdown agree (the Markdown is rendered from the table the CSV holds)
+    csv = pd.read_csv(out / "study.csv")
+    for r in csv.itertuples():
+        assert f"| {r.method} | {r.seeds} | {r.acc_mean:.3f} [{r.acc_low:.3f}, {r.acc_high:.3f}] |" in results
