@@ -274,21 +274,36 @@ def test_registered_plugins_reach_a_two_node_cluster(tmp_path):
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token[-1])
     env.pop("RAY_ADDRESS", None)
     port = _free_port()
-    common = ["--num-cpus=1", "--block", "--include-dashboard=false", "--disable-usage-stats"]
+    common = ["--num-cpus=1", "--block", "--disable-usage-stats"]  # --include-dashboard is for the head only
     nodes = []
     try:
-        nodes.append(subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", *common], env=env,
+        nodes.append(subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                                       *common], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        time.sleep(8)
+        _wait_for_nodes(ray_bin, port, env, 1)
         nodes.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *common], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        time.sleep(6)
+        _wait_for_nodes(ray_bin, port, env, 2)  # the search runs on a cluster of two nodes, not on the head alone
         # the user's own loop (trainable=) with their layer, backbone and datasets, on the cluster
         _check_rows(_run_script(project, str(images), str(tmp_path / "runs"), f"127.0.0.1:{port}", "--own-loop",
                                 env=env), "own")
     finally:
         for proc in reversed(nodes):
             _stop(proc)
+
+
+def _wait_for_nodes(ray_bin: str, port: int, env: dict, n: int, timeout: float = 120.0) -> None:
+    """Poll ``ray status`` until the cluster lists ``n`` active nodes (instead of sleeping a fixed time)."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], capture_output=True, text=True,
+                              env=env, timeout=60).stdout
+        active = text.split("Active:", 1)[1].split("Pending:", 1)[0] if "Active:" in text else ""
+        if active.count("node_") >= n:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the test cluster did not reach {n} active node(s) in {timeout:.0f} s:\n{text[-2000:]}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
