@@ -377,3 +377,27 @@ def test_a_forged_experiment_name_in_a_row_reads_nothing_outside_the_storage(boa
     with pytest.raises(UnsafeStorageError, match="experiment name .* could name a path"):
         export_trial(forged, str(row["trial_id"]), tmp_path / "out", onnx=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_exporting_the_best_by_the_test_score_warns_that_it_selects_on_the_test_split(board, tmp_path):
+    """The test split is for scoring: choosing the export by it is allowed, with a warning that names why."""
+    import shutil
+
+    import pandas as pd
+
+    from nas_flex.export import export_best
+    from nas_flex.leaderboard import Leaderboard
+
+    lb = shutil.copytree(board[0], tmp_path / "lb")
+    df = Leaderboard(lb).to_pandas()
+    if "metrics_test_acc" not in df.columns or df["metrics_test_acc"].isna().all():  # rows without a test split
+        for f in lb.glob("*.parquet"):
+            part = pd.read_parquet(f)
+            part["metrics_test_acc"] = 0.5
+            part.to_parquet(f)
+    with pytest.warns(UserWarning, match="chooses the trial on the held-out test split"):
+        export_best(lb, tmp_path / "out", metric="metrics_test_acc", onnx=False)
+    with warnings.catch_warnings(record=True) as seen:  # by validation: no such warning
+        warnings.simplefilter("always")
+        export_best(lb, tmp_path / "out2", metric="metrics_val_acc", onnx=False)
+    assert not [w for w in seen if "held-out test split" in str(w.message)]

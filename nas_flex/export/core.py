@@ -124,6 +124,10 @@ def export_best(leaderboard: Any, out: str | os.PathLike, *, metric: str = "metr
     from nas_flex.leaderboard import Leaderboard
 
     check_out(out, force=kwargs.get("force", False))  # before reading or training anything
+    if str(metric).removeprefix("metrics_").startswith("test_"):
+        warnings.warn(f"export_best by {metric!r} chooses the trial on the held-out test split: its test score is "
+                      "then no longer an unbiased estimate; choose by a validation metric to keep the split held out",
+                      UserWarning, stacklevel=2)
     lb = leaderboard if isinstance(leaderboard, Leaderboard) else Leaderboard(leaderboard)
     row = lb.best(metric)
     _kept_weights(lb.path, row, kwargs)
