@@ -18,7 +18,8 @@ from pathlib import Path
 
 from nas_flex.errors import UnsafeStorageError
 
-__all__ = ["SAFE_NAME", "check_trial_id", "check_experiment", "inside", "check_no_links", "remove_tree"]
+__all__ = ["SAFE_NAME", "check_trial_id", "check_experiment", "is_experiment_name", "inside", "check_no_links",
+           "remove_tree"]
 
 #: a trial id (or another name used as one path component): no separator, no leading dot, at most 100 characters
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
@@ -37,6 +38,13 @@ def check_trial_id(trial_id: object, where: str = "the storage") -> str:
     return trial_id
 
 
+def is_experiment_name(name: object) -> bool:
+    """Whether ``name`` may name an experiment's files and folders: a non-empty string without a path separator or
+    a control character that does not start with '.' or '_' (the one rule for a new experiment and a stored row)."""
+    return (isinstance(name, str) and bool(name.strip()) and not name.startswith((".", "_"))
+            and not any(c in name for c in "/\\") and not any(ord(c) < 32 or ord(c) == 127 for c in name))
+
+
 def check_experiment(name: object, where: str = "the storage") -> str:
     """``name`` if it can be an experiment's name (the rule ``nas_flex.search`` applies when it starts one: no path
     separator or control character, no leading '.' or '_'), else a one-line ``UnsafeStorageError``: a row's
@@ -46,8 +54,7 @@ def check_experiment(name: object, where: str = "the storage") -> str:
         >>> check_experiment("grid-tpe--digits-multiscale--s0")
         'grid-tpe--digits-multiscale--s0'
     """
-    if (not isinstance(name, str) or not name.strip() or name.startswith((".", "_")) or any(c in name for c in "/\\")
-            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+    if not is_experiment_name(name):
         raise UnsafeStorageError(f"experiment name {name!r} read from {where} could name a path (a separator, a "
                                  "control character or a leading '.' / '_'); a forged or damaged record: move it "
                                  "out of the storage")

@@ -14,6 +14,7 @@ from typing import Any
 
 from nas_flex.errors import SearchSpaceError, unknown_name
 from nas_flex.record import METRICS, TEST_METRICS
+from nas_flex.storage.safety import is_experiment_name
 from nas_flex.tune.errors import ResourceError
 
 __all__ = ["TuneConfig", "RunConfig", "SAMPLERS", "SCHEDULERS", "split_options", "resolve_objectives",
@@ -53,8 +54,7 @@ def check_experiment_name(name: Any, storage: str | os.PathLike | None = None) -
     """An experiment name names files and folders of the storage: no path separators or control characters, no
     hidden names, and short enough (in bytes) that every file name built from it fits the filesystem of
     ``storage`` (``NAME_RESERVE_BYTES`` less than its limit)."""
-    if not isinstance(name, str) or not name.strip() or name.startswith((".", "_")) or any(
-            c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if not is_experiment_name(name):
         raise SearchSpaceError(f"`experiment` must be a non-empty name without '/', '\\' or control characters "
                                f"that does not start with '.' or '_' (it names files and folders in the storage), "
                                f"but got {name!r}")
