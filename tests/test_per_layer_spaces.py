@@ -70,3 +70,25 @@ def test_per_layer_learned_space_covers_every_learned_method():
     assert methods == {"mixed", "flexconv", "njet", "envelope", "niff", "cfconv"}
     assert all(c["pooling"] != ["safe", "safe"] or c["conv"] == "njet" for c in configs)
     assert any(c["pooling"] == ["safe", "safe"] for c in configs)
+
+
+def test_the_studys_learned_runs_use_the_main_jobs_hyperparameters():
+    """Each learned method of the study's space gets the conv_hparams and kernel_size the main job gives it (the
+    study once ran FlexConv at the authors' mask width 0.075 while the main job used 0.125)."""
+    import runpy
+
+    main_job = runpy.run_path(str(ROOT / "search_spaces" / "grid_vs_learned.py"))
+    study = runpy.run_path(str(ROOT / "search_spaces" / "per_layer_learned.py"))
+
+    class Fixed:  # answers each categorical with the given method (an Optuna-compatible define-by-run trial)
+        def __init__(self, method):
+            self.method = method
+
+        def suggest_categorical(self, name, choices):
+            return self.method if name == "method" else choices[0]
+
+    for method in study["METHODS"]:
+        a, b = main_job["space"](Fixed(method)), study["space"](Fixed(method))
+        assert a.get("conv_hparams") == b.get("conv_hparams"), method
+        assert a.get("kernel_size") == b.get("kernel_size"), method
+    assert study["space"](Fixed("flexconv"))["conv_hparams"] == {"mask_sigma_init": 0.125}
